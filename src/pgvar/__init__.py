@@ -1,0 +1,3 @@
+"""pgvar: policy-gradient estimators and their variance, exact where mathematics allows."""
+
+__version__ = "0.1.0"
