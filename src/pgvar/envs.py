@@ -1,0 +1,153 @@
+"""Built-in MDPs, each with its source. ``make("name:key=value,...")`` builds one by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from pgvar.errors import SpecError
+from pgvar.mdp import TabularMDP
+
+
+def lesson(noise_width: float = 0.6) -> TabularMDP:
+    """The lesson's gradient-variance explorer (lesson 07): 3 steps, 3 actions per step.
+
+    The best actions are [0, 1, 2]; the best action earns 1, the others 0, plus uniform noise of
+    width 0.6 (``0.6 * (U - 0.5)`` in the lesson's code); gamma = 1. States 0, 1, 2 are the steps, so
+    logits per observation are the lesson's per-step logits; state 3 is terminal.
+    """
+    n_steps, n_actions, best = 3, 3, (0, 1, 2)
+    transitions = np.zeros((n_steps + 1, n_actions, n_steps + 1))
+    rewards = np.zeros((n_steps + 1, n_actions))
+    for t in range(n_steps):
+        transitions[t, :, t + 1] = 1.0
+        rewards[t, best[t]] = 1.0
+    transitions[n_steps, :, n_steps] = 1.0
+    return TabularMDP(
+        initial_s=np.eye(n_steps + 1)[0],
+        transitions=transitions,
+        rewards=rewards,
+        gamma=1.0,
+        horizon=n_steps,
+        terminal_s=np.arange(n_steps + 1) == n_steps,
+        observation_s=np.array([0, 1, 2, -1]),
+        reward_noise="uniform",
+        noise_scale=noise_width,
+        name="lesson",
+        description="Lesson 07's explorer MDP: 3 steps x 3 actions, best actions [0, 1, 2], "
+        "reward 1 for the best action + uniform noise of width 0.6, gamma 1.",
+        state_names=("step 0", "step 1", "step 2", "end"),
+    )
+
+
+def short_corridor() -> TabularMDP:
+    """Sutton & Barto (2018), Example 13.1: the short corridor with switched actions.
+
+    Three non-terminal states that all look the same to the policy; actions are left (0) and
+    right (1), reversed in the second state; reward -1 per step; gamma = 1; unbounded episodes
+    that end on reaching the goal (state 3). The best stochastic policy picks right with
+    probability about 0.59 and has v*(S0) of about -11.6.
+    """
+    left, right = 0, 1
+    moves = {0: {left: 0, right: 1}, 1: {left: 2, right: 0}, 2: {left: 1, right: 3}}
+    transitions = np.zeros((4, 2, 4))
+    for state, by_action in moves.items():
+        for action, target in by_action.items():
+            transitions[state, action, target] = 1.0
+    transitions[3, :, 3] = 1.0
+    return TabularMDP(
+        initial_s=np.eye(4)[0],
+        transitions=transitions,
+        rewards=np.full((4, 2), -1.0),
+        gamma=1.0,
+        horizon=None,
+        terminal_s=np.array([False, False, False, True]),
+        observation_s=np.array([0, 0, 0, -1]),
+        name="short-corridor",
+        description="Sutton & Barto Example 13.1: short corridor with switched actions, "
+        "reward -1 per step, every state looks alike.",
+        state_names=("S", "switched", "right of switched", "G"),
+        action_names=("left", "right"),
+    )
+
+
+def bandit(k: int = 10, seed: int = 0, mean: float = 4.0) -> TabularMDP:
+    """A k-armed Gaussian bandit as in Sutton & Barto (2018), Section 2.8 / Figure 2.5.
+
+    Arm means q*(a) ~ Normal(``mean``, 1) from ``seed``, rewards q*(a) + Normal(0, 1); one step.
+    The offset ``mean`` = 4 is the figure's: without a baseline the gradient bandit then learns slowly.
+    """
+    if k < 1:
+        raise SpecError(f"bandit: k must be >= 1, got {k}")
+    means = np.random.default_rng(seed).normal(mean, 1.0, size=k)
+    transitions = np.zeros((2, k, 2))
+    transitions[:, :, 1] = 1.0
+    rewards = np.zeros((2, k))
+    rewards[0] = means
+    return TabularMDP(
+        initial_s=np.array([1.0, 0.0]),
+        transitions=transitions,
+        rewards=rewards,
+        gamma=1.0,
+        horizon=1,
+        terminal_s=np.array([False, True]),
+        observation_s=np.array([0, -1]),
+        reward_noise="gaussian",
+        noise_scale=1.0,
+        name=f"bandit:k={k},seed={seed}",
+        description=f"{k}-armed Gaussian bandit, arm means ~ N({mean}, 1), unit reward noise.",
+    )
+
+
+def random_mdp(
+    seed: int = 0, states: int = 5, actions: int = 3, horizon: int = 10, gamma: float = 0.95
+) -> TabularMDP:
+    """A random finite-horizon MDP: Dirichlet(1) transitions, Normal(0, 1) mean rewards per (s, a),
+    Gaussian reward noise of std 0.5, uniform start; logits per observation (= state)."""
+    if states < 1 or actions < 1 or horizon < 1:
+        raise SpecError("random: states, actions and horizon must be >= 1")
+    rng = np.random.default_rng(seed)
+    return TabularMDP(
+        initial_s=np.full(states, 1.0 / states),
+        transitions=rng.dirichlet(np.ones(states), size=(states, actions)),
+        rewards=rng.normal(size=(states, actions)),
+        gamma=gamma,
+        horizon=horizon,
+        reward_noise="gaussian",
+        noise_scale=0.5,
+        name=f"random:seed={seed},states={states},actions={actions},horizon={horizon},gamma={gamma}",
+        description=f"Random MDP (seed {seed}): {states} states, {actions} actions, horizon {horizon}.",
+    )
+
+
+BUILTINS: dict[str, Callable[..., TabularMDP]] = {
+    "lesson": lesson,
+    "short-corridor": short_corridor,
+    "bandit": bandit,
+    "random": random_mdp,
+}
+
+
+def make(name: str) -> TabularMDP:
+    """Build a built-in MDP from ``NAME`` or ``NAME:key=value,key=value``."""
+    base, _, options = name.partition(":")
+    if base not in BUILTINS:
+        raise SpecError(f"mdp: unknown built-in {base!r}; choose one of {', '.join(BUILTINS)} or give a file")
+    kwargs: dict[str, float | int] = {}
+    for item in filter(None, options.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SpecError(f"mdp: option {item!r} in {name!r} must look like key=value")
+        try:
+            number = float(raw)
+        except ValueError:
+            raise SpecError(f"mdp: option {key}={raw!r} in {name!r} must be a number") from None
+        kwargs[key.strip()] = int(number) if number.is_integer() and key.strip() != "gamma" else number
+    try:
+        return BUILTINS[base](**kwargs)
+    except TypeError:
+        import inspect
+
+        allowed = ", ".join(inspect.signature(BUILTINS[base]).parameters)
+        raise SpecError(f"mdp: {base!r} takes options {allowed}; got {', '.join(kwargs)}") from None

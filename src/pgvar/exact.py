@@ -1,0 +1,477 @@
+"""Moves 1, 2 and 4 of the lesson, computed exactly: J, grad J and every estimator's mean and variance.
+
+Nothing here samples. Finite-horizon MDPs are solved by backward induction over the steps t; an
+unbounded episodic MDP is unrolled until the probability that the episode is still running falls
+below ``tail_tol`` (the output reports that probability as the truncation bound).
+
+Estimator moments (mean and per-parameter second moment of g = sum_t Psi_t * score_t) come either
+from enumerating every state-action path (few trajectories) or from a backward recursion on the
+suffix quantities of an episode, each affine in the same quantity one step later:
+  Y_t = x_t + rho * Y_{t+1}               (reward-to-go; for GAE x_t = delta_t and rho = gamma * lam)
+  Z_t = score_t + Z_{t+1}                 (suffix sum of scores)
+  A_t = w_t * score_t + d_t x_t Z_{t+1} + e_t + A_{t+1}   (the estimator's suffix)
+with w_t = c_t * Y_t - b_t(s_t). The full return is written R = sum_t gamma^t r_t so that
+sum_t (R - b_t) score_t = sum_t (gamma^t G_t - b_t) score_t + sum_t gamma^t r_t Z_{t+1}; hence d_t.
+e_t = beta * gamma^t * grad H[pi(.|s_t)] is the direct term of the entropy bonus. The conditional
+moments E[Y^i Z^j A^k | s_t = s] of total degree <= 2 (per parameter) need only the same or lower
+degrees at the next state, so one backward pass gives them all. Reward noise enters only through its
+variance; running the pass again with that variance set to zero gives the sampling part of the
+variance, and the difference is the reward-noise part (law of total variance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pgvar.errors import PgvarError
+from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, score_scale_t
+from pgvar.mdp import TabularMDP
+from pgvar.policy import entropy_table, parameter_index, policy_table
+
+MAX_ENUMERATED_PATHS = 20_000
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The MDP under a fixed policy, unrolled over T steps (time-augmented).
+
+    Attributes:
+      flow_tsas: (T, S, A, S) pi(a|s) * P(s'|s, a), zero in terminal states (the episode stops).
+      probs_tsa: (T, S, A) pi(a|s) at step t.
+      reward_tsas: (T, S, A, S) mean reward, entropy bonus beta * H(s) included.
+      noise_var_sa: (S, A) variance of the reward noise.
+      score_tsaD: (T, S, A, D) score e_a - pi(.|s) placed in theta's flat layout.
+      entropy_grad_tsD: (T, S, D) beta * gamma^t * grad H[pi(.|s)] (the direct term of the bonus).
+      tail_mass: probability that an unbounded episode is still running after T steps (0 if finite).
+    """
+
+    mdp: TabularMDP
+    theta: np.ndarray
+    beta: float
+    flow_tsas: np.ndarray
+    probs_tsa: np.ndarray
+    reward_tsas: np.ndarray
+    noise_var_sa: np.ndarray
+    score_tsaD: np.ndarray
+    entropy_grad_tsD: np.ndarray
+    tail_mass: float
+
+    @property
+    def steps(self) -> int:
+        return self.flow_tsas.shape[0]
+
+
+def unroll(mdp: TabularMDP, theta: np.ndarray, beta: float = 0.0, tail_tol: float = 1e-14,
+           max_steps: int = 200_000) -> Chain:
+    """Unroll ``mdp`` under softmax(theta) into a :class:`Chain` (see its docs)."""
+    if mdp.horizon is not None:
+        n_steps, tail = mdp.horizon, 0.0
+    else:
+        n_steps, tail = _steps_until_absorbed(mdp, theta, tail_tol, max_steps)
+    n_states, n_actions, n_params = mdp.n_states, mdp.n_actions, theta.size
+    alive_s = ~mdp.terminal_s
+    flow, probs, reward, scores, ent_grad = [], [], [], [], []
+    cache: dict[int, tuple] = {}
+    for t in range(n_steps):
+        key = t if (theta.ndim == 3 or mdp.time_dependent) else 0
+        if key not in cache:
+            probs_sa = policy_table(theta, mdp, t)
+            entropy_s, grad_h_sa = entropy_table(theta, mdp, t)
+            index_sa = parameter_index(mdp, theta.shape, t)
+            score_saD = np.zeros((n_states, n_actions, n_params))
+            grad_h_sD = np.zeros((n_states, n_params))
+            for s in np.flatnonzero(alive_s):
+                score_saD[s][:, index_sa[s]] = np.eye(n_actions) - probs_sa[s][None, :]
+                grad_h_sD[s, index_sa[s]] = grad_h_sa[s]
+            flow_sas = probs_sa[:, :, None] * mdp.transitions_at(t) * alive_s[:, None, None]
+            reward_sas = mdp.reward_sas + beta * entropy_s[:, None, None]
+            cache[key] = (flow_sas, probs_sa, reward_sas, score_saD, grad_h_sD)
+        flow_sas, probs_sa, reward_sas, score_saD, grad_h_sD = cache[key]
+        flow.append(flow_sas)
+        probs.append(probs_sa)
+        reward.append(reward_sas)
+        scores.append(score_saD)
+        ent_grad.append(beta * mdp.gamma**t * grad_h_sD)
+    return Chain(mdp, theta, beta, np.array(flow), np.array(probs), np.array(reward),
+                 mdp.noise_variance_sa, np.array(scores), np.array(ent_grad), tail)
+
+
+def _steps_until_absorbed(mdp: TabularMDP, theta: np.ndarray, tol: float, max_steps: int) -> tuple[int, float]:
+    flow_ss = np.einsum("sa,sap->sp", policy_table(theta, mdp), mdp.transitions) * ~mdp.terminal_s[:, None]
+    alive_s = mdp.initial_s * ~mdp.terminal_s
+    for t in range(1, max_steps + 1):
+        alive_s = alive_s @ flow_ss
+        mass = alive_s[~mdp.terminal_s].sum()
+        if mass < tol:
+            return t, float(mass)
+    raise PgvarError(
+        f"mdp {mdp.name!r}: under this policy an episode is still running after {max_steps} steps with "
+        f"probability {mass:.2g}; exact results need episodes that end (move the logits off the extremes)"
+    )
+
+
+# -- move 1: the objective -----------------------------------------------------------------------
+
+def state_distribution(chain: Chain) -> np.ndarray:
+    """(T + 1, S) P(s_t = s and the episode has not ended before step t); terminal states hold the
+    probability of having just arrived there."""
+    dist = np.zeros((chain.steps + 1, chain.mdp.n_states))
+    dist[0] = chain.mdp.initial_s
+    for t in range(chain.steps):
+        dist[t + 1] = np.einsum("sap,s->p", chain.flow_tsas[t], dist[t])
+    return dist
+
+
+def values(chain: Chain) -> tuple[np.ndarray, np.ndarray]:
+    """V_t(s) as (T + 1, S) and Q_t(s, a) as (T, S, A): expected discounted reward-to-go (entropy bonus
+    included), zero in terminal states and after the last step."""
+    mdp = chain.mdp
+    value_ts = np.zeros((chain.steps + 1, mdp.n_states))
+    q_tsa = np.zeros((chain.steps, mdp.n_states, mdp.n_actions))
+    for t in range(chain.steps - 1, -1, -1):
+        trans_sas = mdp.transitions_at(t)
+        q_tsa[t] = np.einsum("sap,sap->sa", trans_sas, chain.reward_tsas[t] + mdp.gamma * value_ts[t + 1][None, None, :])
+        q_tsa[t][mdp.terminal_s] = 0.0
+        value_ts[t] = (chain.probs_tsa[t] * q_tsa[t]).sum(axis=1) * ~mdp.terminal_s
+    return value_ts, q_tsa
+
+
+def objective(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> float:
+    """J(theta) = E[sum_t gamma^t (r_t + entropy * H[pi(.|s_t)])]."""
+    chain = unroll(mdp, theta, entropy)
+    return float(mdp.initial_s @ values(chain)[0][0])
+
+
+# -- move 2: the policy-gradient theorem ---------------------------------------------------------
+
+def exact_gradient(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> np.ndarray:
+    """grad J(theta), same shape as theta, by the policy-gradient theorem:
+    sum_t gamma^t sum_s d_t(s) [sum_a pi(a|s) (Q_t(s,a) - V_t(s)) score(s,a) + entropy * grad H(s)]."""
+    chain = unroll(mdp, theta, entropy)
+    return _gradient(chain).reshape(theta.shape)
+
+
+def _gradient(chain: Chain) -> np.ndarray:
+    dist_ts = state_distribution(chain)
+    value_ts, q_tsa = values(chain)
+    advantage_tsa = q_tsa - value_ts[:-1, :, None]
+    discount_t = chain.mdp.gamma ** np.arange(chain.steps)
+    weight_tsa = discount_t[:, None, None] * dist_ts[:-1, :, None] * chain.probs_tsa * advantage_tsa
+    return np.einsum("tsa,tsad->d", weight_tsa, chain.score_tsaD) + np.einsum(
+        "ts,tsd->d", dist_ts[:-1], chain.entropy_grad_tsD
+    )
+
+
+# -- move 3: baselines at their exact values ----------------------------------------------------
+
+def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
+    """Turn ``spec``'s baseline into numbers: running means at their exact limits, V, or the optimum."""
+    mdp, n_steps = chain.mdp, chain.steps
+    n_states, n_actions = mdp.n_states, mdp.n_actions
+    scale_t = score_scale_t(spec, mdp.gamma, n_steps)
+    offsets_tsa = np.zeros((n_steps, n_states, n_actions))
+    values_ts = np.zeros((n_steps + 1, n_states))
+    baseline_t = None
+    if spec.baseline == "none":
+        pass
+    elif spec.baseline in ("lesson", "running"):
+        baseline_t = running_baseline_limits(chain, spec)
+        if spec.weight == "gae":
+            values_ts[:n_steps] = baseline_t[:, None]
+        else:
+            offsets_tsa[:] = (scale_t * baseline_t)[:, None, None]
+    elif spec.baseline == "value":
+        value_ts = values(chain)[0]
+        if spec.weight == "gae":
+            values_ts = value_ts
+        else:
+            offsets_tsa[:] = (scale_t[:, None] * value_ts[:-1])[:, :, None]
+    else:
+        coefficient_tD = _optimal_coefficients(chain, spec)
+        for t in range(n_steps):
+            index_sa = parameter_index(mdp, chain.theta.shape, t)
+            offsets_tsa[t] = coefficient_tD[t][index_sa]
+        if spec.baseline == "optimal":
+            baseline_t = coefficient_tD[:, 0] / scale_t
+    return ResolvedEstimator(spec, offsets_tsa, values_ts, baseline_t)
+
+
+def running_baseline_limits(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
+    """(T,) the limit of the per-step running mean: E[G_t | running at t] for ``lesson`` (and for
+    ``running`` with reward-to-go weights), E[R | running at t] for ``running`` with the full return."""
+    mdp = chain.mdp
+    dist_ts = state_distribution(chain)[:-1] * ~mdp.terminal_s
+    alive_t = dist_ts.sum(axis=1)
+    value_ts = values(chain)[0][:-1]
+    expected_t = (dist_ts * value_ts).sum(axis=1)
+    if spec.weight == "return" and spec.baseline == "running":
+        past_t = _past_reward(chain, dist_ts)
+        expected_t = past_t + mdp.gamma ** np.arange(chain.steps) * expected_t
+    return np.divide(expected_t, alive_t, out=np.zeros_like(expected_t), where=alive_t > 0)
+
+
+def _past_reward(chain: Chain, dist_ts: np.ndarray) -> np.ndarray:
+    """(T,) E[sum_{k<t} gamma^k r_k ; running at t]."""
+    mdp = chain.mdp
+    past_s = np.zeros(mdp.n_states)
+    out = np.zeros(chain.steps)
+    full = state_distribution(chain)
+    for t in range(chain.steps):
+        out[t] = past_s[~mdp.terminal_s].sum()
+        flow = chain.flow_tsas[t]
+        past_s = np.einsum("sap,s->p", flow, past_s) + mdp.gamma**t * np.einsum(
+            "sap,s,sap->p", flow, full[t], chain.reward_tsas[t]
+        )
+    return out
+
+
+# -- move 4: exact moments ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExactMoments:
+    """Exact single-episode moments of an estimator.
+
+    Attributes:
+      mean: (D,) E[g] (equals grad J for every unbiased estimator).
+      variance: (D,) Var[g_i] per parameter.
+      variance_trace: sum of ``variance``: the expected squared distance of g from its mean.
+      reward_noise: the part of the trace due to reward noise, E[Var(g | states, actions)].
+      sampling: the part due to sampling actions and transitions, Var(E[g | states, actions]).
+      method: "enumeration" or "recursion".
+      tail_mass: probability mass of episodes longer than the unrolled horizon (0 when exact).
+      baseline_t: per-step baseline constants where the estimator has them, else None.
+    """
+
+    spec: EstimatorSpec
+    mean: np.ndarray
+    variance: np.ndarray
+    variance_trace: float
+    reward_noise: float
+    sampling: float
+    method: str
+    steps: int
+    tail_mass: float
+    baseline_t: np.ndarray | None
+
+
+def exact_moments(
+    mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, method: str = "auto",
+    chain: Chain | None = None,
+) -> ExactMoments:
+    """Exact mean and variance of ``spec``'s single-episode gradient estimate at ``theta``."""
+    chain = chain if chain is not None else unroll(mdp, theta, spec.entropy)
+    if chain.beta != spec.entropy:
+        raise PgvarError("exact_moments: the chain was unrolled with another entropy coefficient")
+    estimator = resolve(chain, spec)
+    if method == "auto":
+        method = "enumeration" if count_paths(chain) <= MAX_ENUMERATED_PATHS else "recursion"
+    if method == "enumeration":
+        mean, second, second_no_noise = _enumerate_moments(chain, estimator)
+    elif method == "recursion":
+        mean, second = _recursion_moments(chain, estimator, noise=True)
+        second_no_noise = _recursion_moments(chain, estimator, noise=False)[1]
+    else:
+        raise PgvarError(f"method: unknown {method!r}; use auto, enumeration or recursion")
+    variance = np.maximum(second - mean**2, 0.0)
+    total = float(variance.sum())
+    sampling = float(np.maximum(second_no_noise - mean**2, 0.0).sum())
+    return ExactMoments(spec, mean, variance, total, max(total - sampling, 0.0), sampling, method,
+                        chain.steps, chain.tail_mass, estimator.baseline_t)
+
+
+def _coefficients(chain: Chain, spec: EstimatorSpec, values_ts: np.ndarray):
+    """x_t's mean (T, S, A, S), rho, c_t, d_t of the recursion for this weight."""
+    mdp, n_steps = chain.mdp, chain.steps
+    gamma = mdp.gamma
+    c_t = score_scale_t(spec, gamma, n_steps)
+    d_t = np.zeros(n_steps)
+    x_tsas = chain.reward_tsas
+    rho = gamma
+    if spec.weight == "return":
+        c_t = gamma ** np.arange(n_steps, dtype=float)
+        d_t = c_t.copy()
+    elif spec.weight == "gae":
+        rho = gamma * spec.lam
+        x_tsas = (chain.reward_tsas + gamma * values_ts[1:, None, None, :]
+                  - values_ts[:-1, :, None, None])
+    return x_tsas, rho, c_t, d_t
+
+
+def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_optimum: bool = False):
+    """One backward pass; returns the moments at t = 0 per state and, optionally, per-step terms."""
+    mdp, n_steps = chain.mdp, chain.steps
+    n_states, n_params = mdp.n_states, chain.theta.size
+    x_tsas, rho, c_t, d_t = _coefficients(chain, estimator.spec, estimator.values_ts)
+    noise_var_sa = chain.noise_var_sa if noise else np.zeros_like(chain.noise_var_sa)
+    zeros_s, zeros_sD = np.zeros(n_states), np.zeros((n_states, n_params))
+    mY, mYY = zeros_s, zeros_s
+    mZ = mZZ = mYZ = mA = mYA = mZA = mAA = zeros_sD
+    kept = []
+    for t in range(n_steps - 1, -1, -1):
+        flow, mu, score = chain.flow_tsas[t], x_tsas[t], chain.score_tsaD[t]
+        offsets_sD = _dense_offsets(chain, estimator, t)
+        c, d = c_t[t], d_t[t]
+        ex2 = mu**2 + noise_var_sa[:, :, None]
+        q1 = mu + rho * mY[None, None, :]
+        q2 = ex2 + 2 * rho * mu * mY[None, None, :] + rho**2 * mYY[None, None, :]
+        score_sq = score**2
+
+        def t1(k):  # sum_{a,s'} flow * k * score
+            return np.einsum("sap,sad->sd", flow * k, score)
+
+        def t2(k, m):  # sum flow * k * m[s']
+            return np.einsum("sap,pd->sd", flow * k, m)
+
+        def t3(k, m):  # sum flow * k * score * m[s']
+            return np.einsum("sad,sad->sd", np.einsum("sap,pd->sad", flow * k, m), score)
+
+        def t4(k):  # sum flow * k * score^2
+            return np.einsum("sap,sad->sd", flow * k, score_sq)
+
+        one = 1.0
+        b = offsets_sD
+        eY = (flow * q1).sum(axis=(1, 2))
+        eYY = (flow * q2).sum(axis=(1, 2))
+        eZ = t1(one) + t2(one, mZ)
+        eZZ = t4(one) + 2 * t3(one, mZ) + t2(one, mZZ)
+        eYZ = t1(q1) + t2(mu, mZ) + rho * t2(one, mYZ)
+        t3_1_mA = t3(one, mA)
+        eA0 = c * t1(q1) - b * t1(one) + d * t2(mu, mZ) + t2(one, mA)
+        eYA0 = (c * t1(q2) - b * t1(q1) + d * (t2(ex2, mZ) + rho * t2(mu, mYZ))
+                + t2(mu, mA) + rho * t2(one, mYA))
+        eZA0 = (c * t4(q1) - b * t4(one) + d * t3(mu, mZ) + t3_1_mA + c * t3(mu, mZ)
+                + c * rho * t3(one, mYZ) - b * t3(one, mZ) + d * t2(mu, mZZ) + t2(one, mZA))
+        eAA0 = (c**2 * t4(q2) - 2 * c * b * t4(q1) + b**2 * t4(one) + d**2 * t2(ex2, mZZ)
+                + t2(one, mAA)
+                + 2 * d * (c * (t3(ex2, mZ) + rho * t3(mu, mYZ)) - b * t3(mu, mZ))
+                + 2 * (c * (t3(mu, mA) + rho * t3(one, mYA)) - b * t3_1_mA)
+                + 2 * d * t2(mu, mZA))
+        if keep_for_optimum:
+            kept.append((t1(q1), t4(one) + t3(one, mZ), c * t4(q1) + d * t3(mu, mZ) + t3_1_mA, t4(one)))
+        e = chain.entropy_grad_tsD[t]
+        mY, mYY, mZ, mZZ, mYZ = eY, eYY, eZ, eZZ, eYZ
+        mA, mYA, mZA, mAA = eA0 + e, eYA0 + e * eY[:, None], eZA0 + e * eZ, eAA0 + 2 * e * eA0 + e**2
+    return mA, mAA, kept[::-1]
+
+
+def _dense_offsets(chain: Chain, estimator: ResolvedEstimator, t: int) -> np.ndarray:
+    """(S, D) the baseline offsets of step t placed where each state's scores live."""
+    mdp = chain.mdp
+    index_sa = parameter_index(mdp, chain.theta.shape, t)
+    dense = np.zeros((mdp.n_states, chain.theta.size))
+    np.put_along_axis(dense, index_sa, estimator.offsets_tsa[t], axis=1)
+    return dense
+
+
+def _recursion_moments(chain: Chain, estimator: ResolvedEstimator, noise: bool):
+    mA, mAA, _ = _backward(chain, estimator, noise)
+    start_s = chain.mdp.initial_s
+    return start_s @ mA, start_s @ mAA
+
+
+def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
+    """(T, D) the variance-minimising amount to subtract from step t's weight, per parameter
+    (``optimal-per-parameter``) or one number per step broadcast over D (``optimal``):
+    b*_t = E[score_t . g0] / E[|score_t|^2], g0 the estimator without baseline (cross-step terms of
+    the scores have zero mean, so the steps decouple)."""
+    mdp, n_steps, n_params = chain.mdp, chain.steps, chain.theta.size
+    zero = ResolvedEstimator(spec, np.zeros((n_steps, mdp.n_states, mdp.n_actions)),
+                             np.zeros((n_steps + 1, mdp.n_states)))
+    _, _, kept = _backward(chain, zero, noise=True, keep_for_optimum=True)
+    x_tsas, rho, c_t, d_t = _coefficients(chain, spec, zero.values_ts)
+    dist_s = mdp.initial_s.copy()
+    forward_sD = np.zeros((mdp.n_states, n_params))  # E[sum_{u<t} c_u rho^(t-u) score_u ; s_t = s]
+    past_s = np.zeros(mdp.n_states)  # E[sum_{u<t} d_u x_u ; s_t = s]
+    coefficients = np.zeros((n_steps, n_params))
+    for t in range(n_steps):
+        score_y, score_score_z, score_a, score_sq = kept[t]
+        numerator = (forward_sD * score_y + past_s[:, None] * score_score_z + dist_s[:, None] * score_a).sum(0)
+        denominator = (dist_s[:, None] * score_sq).sum(0)
+        if spec.baseline == "optimal":
+            coefficients[t] = numerator.sum() / denominator.sum() if denominator.sum() > 0 else 0.0
+        else:
+            coefficients[t] = np.divide(numerator, denominator, out=np.zeros(n_params), where=denominator > 1e-300)
+        flow = chain.flow_tsas[t]
+        forward_sD = rho * (np.einsum("sap,sd->pd", flow, forward_sD)
+                            + c_t[t] * np.einsum("sap,s,sad->pd", flow, dist_s, chain.score_tsaD[t]))
+        past_s = np.einsum("sap,s->p", flow, past_s) + d_t[t] * np.einsum("sap,s,sap->p", flow, dist_s, x_tsas[t])
+        dist_s = np.einsum("sap,s->p", flow, dist_s)
+    return coefficients
+
+
+# -- enumeration: the independent check ---------------------------------------------------------
+
+def count_paths(chain: Chain) -> int:
+    """Number of state-action paths with positive probability (stops counting past the limit)."""
+    support_tsas = chain.flow_tsas > 0
+    count_s = (chain.mdp.initial_s > 0).astype(float)
+    total = 0.0
+    for t in range(chain.steps):
+        branches_sp = support_tsas[t].sum(axis=1)
+        ended = count_s * chain.mdp.terminal_s
+        total += ended.sum()
+        count_s = count_s @ branches_sp
+        if total + count_s.sum() > MAX_ENUMERATED_PATHS or chain.tail_mass > 0:
+            return MAX_ENUMERATED_PATHS + 1
+    return int(total + count_s.sum())
+
+
+def enumerate_paths(chain: Chain):
+    """Every path with positive probability, padded to T steps.
+
+    Returns (prob_b, states_tb, actions_tb, next_tb, alive_tb)."""
+    mdp = chain.mdp
+    start = np.flatnonzero(mdp.initial_s > 0)
+    prob = mdp.initial_s[start]
+    states = [start]
+    actions, nexts, alive = [], [], []
+    current = start
+    running = ~mdp.terminal_s[start]
+    for t in range(chain.steps):
+        flow = chain.flow_tsas[t]
+        b_idx, a_idx, p_idx = [], [], []
+        for b in range(current.size):
+            if running[b]:
+                a_s, p_s = np.nonzero(flow[current[b]])
+            else:
+                a_s, p_s = np.array([0]), np.array([current[b]])
+            b_idx.append(np.full(a_s.size, b))
+            a_idx.append(a_s)
+            p_idx.append(p_s)
+        b_idx, a_idx, p_idx = map(np.concatenate, (b_idx, a_idx, p_idx))
+        step_prob = np.where(running[b_idx], flow[current[b_idx], a_idx, p_idx], 1.0)
+        prob = prob[b_idx] * step_prob
+        states = [s[b_idx] for s in states]
+        actions = [a[b_idx] for a in actions] + [a_idx]
+        nexts = [n[b_idx] for n in nexts] + [p_idx]
+        alive = [r[b_idx] for r in alive] + [running[b_idx]]
+        running = running[b_idx] & ~mdp.terminal_s[p_idx]
+        current = p_idx
+        states.append(p_idx)
+    return prob, np.array(states[:-1]), np.array(actions), np.array(nexts), np.array(alive)
+
+
+def _enumerate_moments(chain: Chain, estimator: ResolvedEstimator):
+    """Mean, second moment, and second moment without reward noise, by enumerating every path.
+
+    g is affine in the rewards, so E[g^2 | path] = g(mean rewards)^2 + sum_k Var(eps_k) * h_k^2 with
+    h_k = g(rewards + e_k) - g(rewards)."""
+    mdp = chain.mdp
+    prob_b, states_tb, actions_tb, next_tb, alive_tb = enumerate_paths(chain)
+    base_rewards_tb = mdp.reward_sas[states_tb, actions_tb, next_tb]
+    noise_var_tb = np.where(alive_tb, chain.noise_var_sa[states_tb, actions_tb], 0.0)
+
+    def grads(rewards_tb):
+        return episode_gradients(mdp, chain.theta, estimator, states_tb, actions_tb, rewards_tb, alive_tb)
+
+    g_bD = grads(base_rewards_tb)
+    mean = prob_b @ g_bD
+    second_no_noise = prob_b @ g_bD**2
+    noise_bD = np.zeros_like(g_bD)
+    for k in range(states_tb.shape[0]):
+        bumped = base_rewards_tb.copy()
+        bumped[k] += 1.0
+        noise_bD += noise_var_tb[k][:, None] * (grads(bumped) - g_bD) ** 2
+    return mean, second_no_noise + prob_b @ noise_bD, second_no_noise
