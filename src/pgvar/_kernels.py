@@ -9,7 +9,6 @@ and calls again, so the numbers do not depend on how the work is chunked.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 NOISE_NONE, NOISE_UNIFORM, NOISE_GAUSSIAN = 0, 1, 2
@@ -28,18 +27,53 @@ def _draw(cdf, u):
 @njit(cache=True)
 def simulate_batches(
     # the MDP
-    initial_cdf, initial_fixed, trans_cdf, trans_fixed, reward_sas, noise_kind, noise_scale_sa,
-    terminal_s, gamma, max_steps, unbounded,
+    initial_cdf,
+    initial_fixed,
+    trans_cdf,
+    trans_fixed,
+    reward_sas,
+    noise_kind,
+    noise_scale_sa,
+    terminal_s,
+    gamma,
+    max_steps,
+    unbounded,
     # the policy (tables per step when per-step logits, else one table)
-    probs_psa, probs_cdf_psa, index_psa, entropy_ps, entropy_grad_psa, beta,
+    probs_psa,
+    probs_cdf_psa,
+    index_psa,
+    entropy_ps,
+    entropy_grad_psa,
+    beta,
     # the estimators
-    weight_kind_e, rho_e, scaled_e, running_e, offsets_etsa, values_ets,
+    weight_kind_e,
+    rho_e,
+    scaled_e,
+    running_e,
+    offsets_etsa,
+    values_ets,
     # where we are
-    episode_start, episode_stop, warmup, batch_size,
-    uniforms, uniform_pos, normals, normal_pos,
+    episode_start,
+    episode_stop,
+    warmup,
+    batch_size,
+    uniforms,
+    uniform_pos,
+    normals,
+    normal_pos,
     # outputs / state
-    sums_emd, run_sum_g_t, run_sum_r_t, run_count_t, pending_g_t, pending_r_t, pending_count_t,
-    states_t, actions_t, rewards_t, returns_t, work_t,
+    sums_emd,
+    run_sum_g_t,
+    run_sum_r_t,
+    run_count_t,
+    pending_g_t,
+    pending_r_t,
+    pending_count_t,
+    states_t,
+    actions_t,
+    rewards_t,
+    returns_t,
+    work_t,
 ):
     n_estimators = weight_kind_e.shape[0]
     n_actions = probs_psa.shape[2]
@@ -132,7 +166,9 @@ def simulate_batches(
                     for b in range(n_actions):
                         psi = weight - base - offsets_etsa[e, t, st, b]
                         score = (1.0 if b == actions_t[t] else 0.0) - probs_psa[p, st, b]
-                        sums_emd[e, batch, index_psa[p, st, b]] += psi * score + direct * entropy_grad_psa[p, st, b]
+                        sums_emd[e, batch, index_psa[p, st, b]] += (
+                            psi * score + direct * entropy_grad_psa[p, st, b]
+                        )
                     if scaled_e[e]:
                         scale *= gamma
         # -- running statistics: used from the next batch on, never by the batch that made them

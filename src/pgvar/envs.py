@@ -121,11 +121,41 @@ def random_mdp(
     )
 
 
+def repayment(bonus: float = 0.5) -> TabularMDP:
+    """A counterexample to "reward-to-go only lowers the variance" (built for pgvar).
+
+    Step 0: ``borrow`` pays +1 now and leads to the ``in debt`` state, ``abstain`` pays 0. Step 1:
+    in debt, every action costs the 1 back; either way action 1 earns ``bonus``. The full return
+    never contains the loan (it cancels), but the reward-to-go at step 1 sees only the repayment, so
+    dropping the "irrelevant" past adds variance. A state-value baseline takes it out again.
+    """
+    # states: 0 start, 1 in debt, 2 no debt, 3 end
+    transitions = np.zeros((4, 2, 4))
+    transitions[0, 0, 1] = transitions[0, 1, 2] = 1.0
+    transitions[1:, :, 3] = 1.0
+    rewards = np.array([[1.0, 0.0], [-1.0, -1.0 + bonus], [0.0, bonus], [0.0, 0.0]])
+    return TabularMDP(
+        initial_s=np.eye(4)[0],
+        transitions=transitions,
+        rewards=rewards,
+        gamma=1.0,
+        horizon=2,
+        terminal_s=np.array([False, False, False, True]),
+        observation_s=np.array([0, 1, 2, -1]),
+        name="repayment",
+        description="Counterexample: borrow +1 at step 0, repay -1 at step 1; action 1 at step 1 earns "
+        f"{bonus:g}. Reward-to-go raises the variance here; a value baseline lowers it.",
+        state_names=("start", "in debt", "no debt", "end"),
+        action_names=("borrow / act 0", "abstain / act 1"),
+    )
+
+
 BUILTINS: dict[str, Callable[..., TabularMDP]] = {
     "lesson": lesson,
     "short-corridor": short_corridor,
     "bandit": bandit,
     "random": random_mdp,
+    "repayment": repayment,
 }
 
 

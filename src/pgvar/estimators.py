@@ -109,7 +109,9 @@ def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
             f"or a preset ({', '.join(PRESETS)})"
         )
     if baseline not in BASELINES:
-        raise SpecError(f"estimator {raw!r}: unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+        raise SpecError(
+            f"estimator {raw!r}: unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}"
+        )
     if weight == "gae" and baseline not in BIAS_FREE_FOR_GAE:
         raise SpecError(
             f"estimator {raw!r}: GAE takes its baseline as the value function; use one of "
@@ -196,7 +198,9 @@ def episode_gradients(
     contrib_tbA = psi_tbA * scores_tbA
     if spec.entropy > 0:
         grad_h_tbA = np.stack([entropy_table(theta, mdp, t)[1][states_tb[t]] for t in range(n_steps)])
-        contrib_tbA = contrib_tbA + spec.entropy * (gamma ** steps)[..., None] * grad_h_tbA * alive_tb[..., None]
+        contrib_tbA = (
+            contrib_tbA + spec.entropy * (gamma**steps)[..., None] * grad_h_tbA * alive_tb[..., None]
+        )
     index_tbA = np.stack([parameter_index(mdp, theta.shape, t)[states_tb[t]] for t in range(n_steps)])
     grads_bD = np.zeros((n_episodes, theta.size))
     episode_tbA = np.broadcast_to(np.arange(n_episodes)[None, :, None], index_tbA.shape)

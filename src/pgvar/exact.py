@@ -63,8 +63,9 @@ class Chain:
         return self.flow_tsas.shape[0]
 
 
-def unroll(mdp: TabularMDP, theta: np.ndarray, beta: float = 0.0, tail_tol: float = 1e-14,
-           max_steps: int = 200_000) -> Chain:
+def unroll(
+    mdp: TabularMDP, theta: np.ndarray, beta: float = 0.0, tail_tol: float = 1e-14, max_steps: int = 200_000
+) -> Chain:
     """Unroll ``mdp`` under softmax(theta) into a :class:`Chain` (see its docs)."""
     if mdp.horizon is not None:
         n_steps, tail = mdp.horizon, 0.0
@@ -94,11 +95,23 @@ def unroll(mdp: TabularMDP, theta: np.ndarray, beta: float = 0.0, tail_tol: floa
         reward.append(reward_sas)
         scores.append(score_saD)
         ent_grad.append(beta * mdp.gamma**t * grad_h_sD)
-    return Chain(mdp, theta, beta, np.array(flow), np.array(probs), np.array(reward),
-                 mdp.noise_variance_sa, np.array(scores), np.array(ent_grad), tail)
+    return Chain(
+        mdp,
+        theta,
+        beta,
+        np.array(flow),
+        np.array(probs),
+        np.array(reward),
+        mdp.noise_variance_sa,
+        np.array(scores),
+        np.array(ent_grad),
+        tail,
+    )
 
 
-def _steps_until_absorbed(mdp: TabularMDP, theta: np.ndarray, tol: float, max_steps: int) -> tuple[int, float]:
+def _steps_until_absorbed(
+    mdp: TabularMDP, theta: np.ndarray, tol: float, max_steps: int
+) -> tuple[int, float]:
     flow_ss = np.einsum("sa,sap->sp", policy_table(theta, mdp), mdp.transitions) * ~mdp.terminal_s[:, None]
     alive_s = mdp.initial_s * ~mdp.terminal_s
     for t in range(1, max_steps + 1):
@@ -113,6 +126,7 @@ def _steps_until_absorbed(mdp: TabularMDP, theta: np.ndarray, tol: float, max_st
 
 
 # -- move 1: the objective -----------------------------------------------------------------------
+
 
 def state_distribution(chain: Chain) -> np.ndarray:
     """(T + 1, S) P(s_t = s and the episode has not ended before step t); terminal states hold the
@@ -132,7 +146,9 @@ def values(chain: Chain) -> tuple[np.ndarray, np.ndarray]:
     q_tsa = np.zeros((chain.steps, mdp.n_states, mdp.n_actions))
     for t in range(chain.steps - 1, -1, -1):
         trans_sas = mdp.transitions_at(t)
-        q_tsa[t] = np.einsum("sap,sap->sa", trans_sas, chain.reward_tsas[t] + mdp.gamma * value_ts[t + 1][None, None, :])
+        q_tsa[t] = np.einsum(
+            "sap,sap->sa", trans_sas, chain.reward_tsas[t] + mdp.gamma * value_ts[t + 1][None, None, :]
+        )
         q_tsa[t][mdp.terminal_s] = 0.0
         value_ts[t] = (chain.probs_tsa[t] * q_tsa[t]).sum(axis=1) * ~mdp.terminal_s
     return value_ts, q_tsa
@@ -145,6 +161,7 @@ def objective(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> float
 
 
 # -- move 2: the policy-gradient theorem ---------------------------------------------------------
+
 
 def exact_gradient(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> np.ndarray:
     """grad J(theta), same shape as theta, by the policy-gradient theorem:
@@ -165,6 +182,7 @@ def _gradient(chain: Chain) -> np.ndarray:
 
 
 # -- move 3: baselines at their exact values ----------------------------------------------------
+
 
 def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
     """Turn ``spec``'s baseline into numbers: running means at their exact limits, V, or the optimum."""
@@ -229,6 +247,7 @@ def _past_reward(chain: Chain, dist_ts: np.ndarray) -> np.ndarray:
 
 # -- move 4: exact moments ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExactMoments:
     """Exact single-episode moments of an estimator.
@@ -257,7 +276,10 @@ class ExactMoments:
 
 
 def exact_moments(
-    mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, method: str = "auto",
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    spec: EstimatorSpec,
+    method: str = "auto",
     chain: Chain | None = None,
 ) -> ExactMoments:
     """Exact mean and variance of ``spec``'s single-episode gradient estimate at ``theta``."""
@@ -277,8 +299,18 @@ def exact_moments(
     variance = np.maximum(second - mean**2, 0.0)
     total = float(variance.sum())
     sampling = float(np.maximum(second_no_noise - mean**2, 0.0).sum())
-    return ExactMoments(spec, mean, variance, total, max(total - sampling, 0.0), sampling, method,
-                        chain.steps, chain.tail_mass, estimator.baseline_t)
+    return ExactMoments(
+        spec,
+        mean,
+        variance,
+        total,
+        max(total - sampling, 0.0),
+        sampling,
+        method,
+        chain.steps,
+        chain.tail_mass,
+        estimator.baseline_t,
+    )
 
 
 def _coefficients(chain: Chain, spec: EstimatorSpec, values_ts: np.ndarray):
@@ -294,9 +326,32 @@ def _coefficients(chain: Chain, spec: EstimatorSpec, values_ts: np.ndarray):
         d_t = c_t.copy()
     elif spec.weight == "gae":
         rho = gamma * spec.lam
-        x_tsas = (chain.reward_tsas + gamma * values_ts[1:, None, None, :]
-                  - values_ts[:-1, :, None, None])
+        x_tsas = chain.reward_tsas + gamma * values_ts[1:, None, None, :] - values_ts[:-1, :, None, None]
     return x_tsas, rho, c_t, d_t
+
+
+@dataclass(frozen=True)
+class _StepSums:
+    """Expectations over (a, s') given s at one step, for a per-(s, a, s') factor k (or a scalar):
+    t1: E[k score], t2: E[k m(s')], t3: E[k score * m(s')], t4: E[k score^2]; each (S, D)."""
+
+    flow: np.ndarray  # (S, A, S)
+    score: np.ndarray  # (S, A, D)
+
+    def t1(self, k):
+        return np.einsum("sap,sad->sd", self.flow * k, self.score)
+
+    def t2(self, k, m):
+        return np.einsum("sap,pd->sd", self.flow * k, m)
+
+    def t3(self, k, m):
+        return np.einsum("sad,sad->sd", np.einsum("sap,pd->sad", self.flow * k, m), self.score)
+
+    def t4(self, k):
+        return np.einsum("sap,sad->sd", self.flow * k, self.score**2)
+
+    def all(self):
+        return self.t1, self.t2, self.t3, self.t4
 
 
 def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_optimum: bool = False):
@@ -316,20 +371,7 @@ def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_
         ex2 = mu**2 + noise_var_sa[:, :, None]
         q1 = mu + rho * mY[None, None, :]
         q2 = ex2 + 2 * rho * mu * mY[None, None, :] + rho**2 * mYY[None, None, :]
-        score_sq = score**2
-
-        def t1(k):  # sum_{a,s'} flow * k * score
-            return np.einsum("sap,sad->sd", flow * k, score)
-
-        def t2(k, m):  # sum flow * k * m[s']
-            return np.einsum("sap,pd->sd", flow * k, m)
-
-        def t3(k, m):  # sum flow * k * score * m[s']
-            return np.einsum("sad,sad->sd", np.einsum("sap,pd->sad", flow * k, m), score)
-
-        def t4(k):  # sum flow * k * score^2
-            return np.einsum("sap,sad->sd", flow * k, score_sq)
-
+        t1, t2, t3, t4 = _StepSums(flow, score).all()
         one = 1.0
         b = offsets_sD
         eY = (flow * q1).sum(axis=(1, 2))
@@ -339,15 +381,30 @@ def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_
         eYZ = t1(q1) + t2(mu, mZ) + rho * t2(one, mYZ)
         t3_1_mA = t3(one, mA)
         eA0 = c * t1(q1) - b * t1(one) + d * t2(mu, mZ) + t2(one, mA)
-        eYA0 = (c * t1(q2) - b * t1(q1) + d * (t2(ex2, mZ) + rho * t2(mu, mYZ))
-                + t2(mu, mA) + rho * t2(one, mYA))
-        eZA0 = (c * t4(q1) - b * t4(one) + d * t3(mu, mZ) + t3_1_mA + c * t3(mu, mZ)
-                + c * rho * t3(one, mYZ) - b * t3(one, mZ) + d * t2(mu, mZZ) + t2(one, mZA))
-        eAA0 = (c**2 * t4(q2) - 2 * c * b * t4(q1) + b**2 * t4(one) + d**2 * t2(ex2, mZZ)
-                + t2(one, mAA)
-                + 2 * d * (c * (t3(ex2, mZ) + rho * t3(mu, mYZ)) - b * t3(mu, mZ))
-                + 2 * (c * (t3(mu, mA) + rho * t3(one, mYA)) - b * t3_1_mA)
-                + 2 * d * t2(mu, mZA))
+        eYA0 = (
+            c * t1(q2) - b * t1(q1) + d * (t2(ex2, mZ) + rho * t2(mu, mYZ)) + t2(mu, mA) + rho * t2(one, mYA)
+        )
+        eZA0 = (
+            c * t4(q1)
+            - b * t4(one)
+            + d * t3(mu, mZ)
+            + t3_1_mA
+            + c * t3(mu, mZ)
+            + c * rho * t3(one, mYZ)
+            - b * t3(one, mZ)
+            + d * t2(mu, mZZ)
+            + t2(one, mZA)
+        )
+        eAA0 = (
+            c**2 * t4(q2)
+            - 2 * c * b * t4(q1)
+            + b**2 * t4(one)
+            + d**2 * t2(ex2, mZZ)
+            + t2(one, mAA)
+            + 2 * d * (c * (t3(ex2, mZ) + rho * t3(mu, mYZ)) - b * t3(mu, mZ))
+            + 2 * (c * (t3(mu, mA) + rho * t3(one, mYA)) - b * t3_1_mA)
+            + 2 * d * t2(mu, mZA)
+        )
         if keep_for_optimum:
             kept.append((t1(q1), t4(one) + t3(one, mZ), c * t4(q1) + d * t3(mu, mZ) + t3_1_mA, t4(one)))
         e = chain.entropy_grad_tsD[t]
@@ -377,8 +434,9 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
     b*_t = E[score_t . g0] / E[|score_t|^2], g0 the estimator without baseline (cross-step terms of
     the scores have zero mean, so the steps decouple)."""
     mdp, n_steps, n_params = chain.mdp, chain.steps, chain.theta.size
-    zero = ResolvedEstimator(spec, np.zeros((n_steps, mdp.n_states, mdp.n_actions)),
-                             np.zeros((n_steps + 1, mdp.n_states)))
+    zero = ResolvedEstimator(
+        spec, np.zeros((n_steps, mdp.n_states, mdp.n_actions)), np.zeros((n_steps + 1, mdp.n_states))
+    )
     _, _, kept = _backward(chain, zero, noise=True, keep_for_optimum=True)
     x_tsas, rho, c_t, d_t = _coefficients(chain, spec, zero.values_ts)
     dist_s = mdp.initial_s.copy()
@@ -387,21 +445,30 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
     coefficients = np.zeros((n_steps, n_params))
     for t in range(n_steps):
         score_y, score_score_z, score_a, score_sq = kept[t]
-        numerator = (forward_sD * score_y + past_s[:, None] * score_score_z + dist_s[:, None] * score_a).sum(0)
+        numerator = (forward_sD * score_y + past_s[:, None] * score_score_z + dist_s[:, None] * score_a).sum(
+            0
+        )
         denominator = (dist_s[:, None] * score_sq).sum(0)
         if spec.baseline == "optimal":
             coefficients[t] = numerator.sum() / denominator.sum() if denominator.sum() > 0 else 0.0
         else:
-            coefficients[t] = np.divide(numerator, denominator, out=np.zeros(n_params), where=denominator > 1e-300)
+            coefficients[t] = np.divide(
+                numerator, denominator, out=np.zeros(n_params), where=denominator > 1e-300
+            )
         flow = chain.flow_tsas[t]
-        forward_sD = rho * (np.einsum("sap,sd->pd", flow, forward_sD)
-                            + c_t[t] * np.einsum("sap,s,sad->pd", flow, dist_s, chain.score_tsaD[t]))
-        past_s = np.einsum("sap,s->p", flow, past_s) + d_t[t] * np.einsum("sap,s,sap->p", flow, dist_s, x_tsas[t])
+        forward_sD = rho * (
+            np.einsum("sap,sd->pd", flow, forward_sD)
+            + c_t[t] * np.einsum("sap,s,sad->pd", flow, dist_s, chain.score_tsaD[t])
+        )
+        past_s = np.einsum("sap,s->p", flow, past_s) + d_t[t] * np.einsum(
+            "sap,s,sap->p", flow, dist_s, x_tsas[t]
+        )
         dist_s = np.einsum("sap,s->p", flow, dist_s)
     return coefficients
 
 
 # -- enumeration: the independent check ---------------------------------------------------------
+
 
 def count_paths(chain: Chain) -> int:
     """Number of state-action paths with positive probability (stops counting past the limit)."""

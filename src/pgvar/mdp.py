@@ -149,7 +149,9 @@ def _check_distribution(p: np.ndarray, field_name: str, index_names: str) -> Non
     negative = p < -_ATOL
     if negative.any():
         where = tuple(int(i) for i in np.argwhere(negative)[0])
-        raise MDPError(f"{field_name}: probability at {index_names} {list(where)} is {p[where]:g}, must be >= 0")
+        raise MDPError(
+            f"{field_name}: probability at {index_names} {list(where)} is {p[where]:g}, must be >= 0"
+        )
     sums = p.sum(axis=-1)
     off = np.abs(sums - 1.0) > 1e-6
     if off.any():
@@ -161,7 +163,9 @@ def _check_distribution(p: np.ndarray, field_name: str, index_names: str) -> Non
 def validate(mdp: TabularMDP) -> None:
     """Raise :class:`MDPError` naming the first field that is wrong."""
     if mdp.initial_s.ndim != 1 or mdp.initial_s.shape[0] == 0:
-        raise MDPError(f"initial: must be a non-empty list of S probabilities, got shape {mdp.initial_s.shape}")
+        raise MDPError(
+            f"initial: must be a non-empty list of S probabilities, got shape {mdp.initial_s.shape}"
+        )
     n_states = mdp.initial_s.shape[0]
     t = mdp.transitions
     if t.ndim not in (3, 4) or t.shape[-1] != n_states or t.shape[-3] != n_states:
@@ -185,7 +189,9 @@ def validate(mdp: TabularMDP) -> None:
         if isinstance(mdp.horizon, bool) or not isinstance(mdp.horizon, (int, np.integer)) or mdp.horizon < 1:
             raise MDPError(f"horizon: must be a positive integer or null, got {mdp.horizon!r}")
         if t.ndim == 4 and t.shape[0] < mdp.horizon:
-            raise MDPError(f"transitions: per-step transitions cover {t.shape[0]} steps, horizon is {mdp.horizon}")
+            raise MDPError(
+                f"transitions: per-step transitions cover {t.shape[0]} steps, horizon is {mdp.horizon}"
+            )
     elif t.ndim == 4:
         raise MDPError("transitions: per-step transitions need a finite horizon")
     if mdp.terminal_s.shape != (n_states,):
@@ -193,14 +199,19 @@ def validate(mdp: TabularMDP) -> None:
     if mdp.terminal_s.all():
         raise MDPError("terminal: at least one state must be non-terminal")
     if mdp.observation_s.shape != (n_states,):
-        raise MDPError(f"observations: must give one observation per state (S={n_states}), got shape {mdp.observation_s.shape}")
+        raise MDPError(
+            f"observations: must give one observation per state (S={n_states}), "
+            f"got shape {mdp.observation_s.shape}"
+        )
     hidden = (mdp.observation_s < 0) & ~mdp.terminal_s
     if hidden.any():
         raise MDPError(
             f"observations: state {int(np.argmax(hidden))} has observation < 0; only terminal states may (-1)"
         )
     if mdp.reward_noise not in NOISE_KINDS:
-        raise MDPError(f"noise.kind: unknown noise kind {mdp.reward_noise!r}; use one of {', '.join(NOISE_KINDS)}")
+        raise MDPError(
+            f"noise.kind: unknown noise kind {mdp.reward_noise!r}; use one of {', '.join(NOISE_KINDS)}"
+        )
     scale = mdp.noise_scale
     if scale.ndim != 0 and scale.shape != (n_states, n_actions):
         raise MDPError(f"noise.scale: must be a number or an (S, A) table, got shape {scale.shape}")
@@ -222,5 +233,6 @@ def _check_episodes_end(mdp: TabularMDP) -> None:
     if not reach.all():
         stuck = int(np.argmin(reach))
         raise MDPError(
-            f"terminal: state {stuck} can never reach a terminal state, so episodes without a horizon never end"
+            f"terminal: state {stuck} can never reach a terminal state, "
+            "so episodes without a horizon never end"
         )

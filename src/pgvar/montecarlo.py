@@ -19,7 +19,7 @@ import numpy as np
 from pgvar import _kernels
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimator
-from pgvar.exact import Chain, exact_moments, resolve, unroll, _gradient
+from pgvar.exact import Chain, _gradient, exact_moments, resolve, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 
@@ -54,11 +54,11 @@ class Sample:
     running: RunningBaselines = field(repr=False)
 
 
-def _check_counts(n: int, batches: int) -> None:
+def _check_counts(n: int, batches: int, least_batches: int = 2) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise SpecError(f"N: batch size must be an integer >= 1, got {n!r}")
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 2:
-        raise SpecError(f"batches: need an integer >= 2 to measure a variance, got {batches!r}")
+    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < least_batches:
+        raise SpecError(f"batches: need an integer >= {least_batches} to measure a variance, got {batches!r}")
 
 
 def _policy_tables(mdp: TabularMDP, theta: np.ndarray):
@@ -104,7 +104,7 @@ def sample_batch_means(
     Running baselines (``lesson``, ``running``) see only episodes of earlier batches or of the warm-up
     (default: 1000 episodes when a running baseline is asked for and ``running`` is not given).
     """
-    _check_counts(n, batches)
+    _check_counts(n, batches, least_batches=1)
     specs = list(specs)
     betas = {spec.entropy for spec in specs}
     if len(betas) != 1:
@@ -130,7 +130,9 @@ def sample_batch_means(
     trans_cdf, trans_fixed, initial_cdf, initial_fixed = _transition_tables(mdp, max_steps)
     noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
 
-    seeds = seed.spawn(2) if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed).spawn(2)
+    seeds = (
+        seed.spawn(2) if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed).spawn(2)
+    )
     uniform_rng, normal_rng = (np.random.Generator(np.random.PCG64(s)) for s in seeds)
     per_episode = 1 + 3 * max_steps
     buffer = max(_BUFFER, 2 * per_episode)
@@ -145,12 +147,44 @@ def sample_batch_means(
     while episode < total:
         stop = min(total, episode + max(1, buffer // (4 * per_episode)) * 4)
         done, upos, npos, cut = _kernels.simulate_batches(
-            initial_cdf, initial_fixed, trans_cdf, trans_fixed, mdp.reward_sas, noise_kind,
-            mdp.noise_scale_sa, mdp.terminal_s, mdp.gamma, max_steps, unbounded,
-            probs, probs_cdf, index, entropy_ps, grad_psa, beta,
-            weight_kind, rho, scaled, running_kind, offsets, values,
-            episode, stop, warmup, n, uniforms, upos, normals, npos,
-            sums, running.sum_g_t, running.sum_r_t, running.count_t, *pending, *scratch_int, *scratch,
+            initial_cdf,
+            initial_fixed,
+            trans_cdf,
+            trans_fixed,
+            mdp.reward_sas,
+            noise_kind,
+            mdp.noise_scale_sa,
+            mdp.terminal_s,
+            mdp.gamma,
+            max_steps,
+            unbounded,
+            probs,
+            probs_cdf,
+            index,
+            entropy_ps,
+            grad_psa,
+            beta,
+            weight_kind,
+            rho,
+            scaled,
+            running_kind,
+            offsets,
+            values,
+            episode,
+            stop,
+            warmup,
+            n,
+            uniforms,
+            upos,
+            normals,
+            npos,
+            sums,
+            running.sum_g_t,
+            running.sum_r_t,
+            running.count_t,
+            *pending,
+            *scratch_int,
+            *scratch,
         )
         truncated += cut
         if progress is not None and done > episode:
@@ -165,7 +199,23 @@ def sample_batch_means(
     return Sample(specs, n, sums / n, truncated, running)
 
 
+def estimate_gradient(
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    spec: EstimatorSpec,
+    n: int,
+    seed: int | np.random.SeedSequence = 0,
+    *,
+    running: RunningBaselines | None = None,
+) -> np.ndarray:
+    """One batch-mean gradient estimate from ``n`` fresh episodes, shaped like theta (what one step
+    of stochastic gradient ascent uses). Pass ``running`` to keep running baselines across steps."""
+    sample = sample_batch_means(mdp, theta, [spec], n, 1, seed, running=running)
+    return sample.batch_means_emd[0, 0].reshape(theta.shape)
+
+
 # -- the KPI -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VarianceReading:
@@ -198,14 +248,17 @@ class VarianceReading:
 def variance_trace(batch_means_md: np.ndarray) -> tuple[float, tuple[float, float]]:
     """Trace of the sample covariance of (M, D) batch means, and its 95% confidence interval."""
     n_batches = batch_means_md.shape[0]
-    deviations_sq = ((batch_means_md - batch_means_md.mean(axis=0)) ** 2).sum(axis=1) * n_batches / (n_batches - 1)
+    deviations_sq = (
+        ((batch_means_md - batch_means_md.mean(axis=0)) ** 2).sum(axis=1) * n_batches / (n_batches - 1)
+    )
     estimate = float(deviations_sq.mean())
     half = 1.959963984540054 * float(deviations_sq.std(ddof=1)) / np.sqrt(n_batches)
     return estimate, (max(estimate - half, 0.0), estimate + half)
 
 
-def read_sample(sample: Sample, grad: np.ndarray | None, exact_traces: dict[str, float] | None = None
-                ) -> list[VarianceReading]:
+def read_sample(
+    sample: Sample, grad: np.ndarray | None, exact_traces: dict[str, float] | None = None
+) -> list[VarianceReading]:
     """Turn a :class:`Sample` into one :class:`VarianceReading` per estimator."""
     readings = []
     for spec, means_md in zip(sample.specs, sample.batch_means_emd, strict=True):
@@ -216,11 +269,28 @@ def read_sample(sample: Sample, grad: np.ndarray | None, exact_traces: dict[str,
         cosine = None
         if grad is not None and np.linalg.norm(grad) > 0:
             norms = np.linalg.norm(means_md, axis=1) * np.linalg.norm(grad)
-            cosine = float(np.mean(np.divide(means_md @ grad, norms, out=np.zeros(len(norms)), where=norms > 0)))
-        exact = None if exact_traces is None or spec.canonical not in exact_traces else exact_traces[spec.canonical] / sample.n
-        readings.append(VarianceReading(spec, sample.n, means_md.shape[0], trace, ci, mean, exact,
-                                        snr=snr, cosine_to_exact=cosine,
-                                        truncated_episodes=sample.truncated_episodes))
+            cosine = float(
+                np.mean(np.divide(means_md @ grad, norms, out=np.zeros(len(norms)), where=norms > 0))
+            )
+        exact = (
+            None
+            if exact_traces is None or spec.canonical not in exact_traces
+            else exact_traces[spec.canonical] / sample.n
+        )
+        readings.append(
+            VarianceReading(
+                spec,
+                sample.n,
+                means_md.shape[0],
+                trace,
+                ci,
+                mean,
+                exact,
+                snr=snr,
+                cosine_to_exact=cosine,
+                truncated_episodes=sample.truncated_episodes,
+            )
+        )
     return readings
 
 
@@ -267,7 +337,9 @@ def variance_study(
     grad = _gradient(chain) if exact else None
     exact_traces = None
     if exact:
-        exact_traces = {s.canonical: exact_moments(mdp, theta, s, chain=chain).variance_trace for s in measured}
+        exact_traces = {
+            s.canonical: exact_moments(mdp, theta, s, chain=chain).variance_trace for s in measured
+        }
     all_ns = sorted(set(ns) | {1})
     children = np.random.SeedSequence(seed).spawn(len(all_ns))
     by_n: dict[int, list[VarianceReading]] = {}
@@ -275,8 +347,10 @@ def variance_study(
         run_specs = measured if n in ns else [vanilla]
         sample = sample_batch_means(mdp, theta, run_specs, n, batches, child, chain=chain, progress=progress)
         by_n[n] = read_sample(sample, grad, exact_traces)
-    vanilla_at = {n: next(r for r in rs if r.spec.canonical == vanilla.canonical).variance_trace
-                  for n, rs in by_n.items()}
+    vanilla_at = {
+        n: next(r for r in rs if r.spec.canonical == vanilla.canonical).variance_trace
+        for n, rs in by_n.items()
+    }
     readings = []
     for n in ns:
         for reading in by_n[n]:
@@ -286,8 +360,11 @@ def variance_study(
     slopes = {}
     if len(set(ns)) >= 2:
         for spec in specs:
-            points = [(np.log(r.n), np.log(r.variance_trace)) for r in readings
-                      if r.spec.canonical == spec.canonical and r.variance_trace > 0]
+            points = [
+                (np.log(r.n), np.log(r.variance_trace))
+                for r in readings
+                if r.spec.canonical == spec.canonical and r.variance_trace > 0
+            ]
             if len(points) >= 2:
                 x, y = np.array(points).T
                 slopes[spec.name] = float(np.polyfit(x, y, 1)[0])

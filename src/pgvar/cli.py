@@ -1,0 +1,354 @@
+"""The ``pgvar`` command: a thin shell over the library (no mathematics lives here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pgvar.errors import PgvarError, SpecError
+from pgvar.estimators import LESSON_NAMES, EstimatorSpec, parse_estimators
+from pgvar.mdp import TabularMDP
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Policy-gradient estimators and their variance: exact where mathematics allows.",
+)
+mdp_app = typer.Typer(
+    no_args_is_help=True, help="Check and describe MDPs (built-in names or YAML/JSON files)."
+)
+app.add_typer(mdp_app, name="mdp")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+MdpOption = Annotated[
+    str,
+    typer.Option("--mdp", help="Built-in name (lesson, short-corridor, bandit, random) or a YAML/JSON file."),
+]
+ThetaOption = Annotated[
+    str, typer.Option("--theta", help="Logits: 'uniform', a JSON list, or a .json/.npy file.")
+]
+EstimatorsOption = Annotated[
+    str, typer.Option("--estimators", "-e", help="Comma-separated specs WEIGHT+BASELINE or presets.")
+]
+EntropyOption = Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient beta >= 0.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    try:
+        app(standalone_mode=False)
+    except PgvarError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click's usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
+    from pgvar.mdpfile import resolve_mdp
+    from pgvar.policy import parse_theta
+
+    model = resolve_mdp(mdp)
+    return model, parse_theta(theta, model)
+
+
+def _parse_ns(text: str) -> list[int]:
+    ns = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            value = int(item)
+        except ValueError:
+            raise SpecError(f"--N: {item!r} is not an integer batch size") from None
+        if value < 1:
+            raise SpecError(f"--N: batch size must be >= 1, got {value}")
+        ns.append(value)
+    if not ns:
+        raise SpecError("--N: give at least one batch size, e.g. 1,4,16")
+    return ns
+
+
+def display_name(spec: EstimatorSpec) -> str:
+    """The lesson's name for its four configurations, else the spec itself."""
+    return LESSON_NAMES.get(spec.canonical, spec.name) if spec.label else spec.name
+
+
+def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
+    """The weight Psi_t in the lesson's notation (see LEGEND)."""
+    discount = "γ^t·" if gamma < 1 and spec.discount_scores and spec.weight != "return" else ""
+    if spec.weight == "gae":
+        value = {"none": "V=0", "value": "V exact"}.get(spec.baseline, "V=Ḡ_t")
+        return f"{discount}A_t^GAE(λ={spec.lam:g}, {value})"
+    weight = "R(τ)" if spec.weight == "return" else "G_t"
+    baseline = {
+        "none": "",
+        "lesson": "Ḡ_t",
+        "running": "R̄_t" if spec.weight == "return" else "Ḡ_t",
+        "value": "V(s_t)",
+        "optimal": "b*_t",
+        "optimal-per-parameter": "b*_t,i",
+    }[spec.baseline]
+    text = f"{weight} − {baseline}" if baseline else weight
+    return f"{discount}({text})" if discount and baseline else discount + text
+
+
+LEGEND = (
+    "Ḡ_t, R̄_t: running means of G_t, R(τ) at step t over earlier batches (exact: their limits); "
+    "b*: variance-optimal constant (Greensmith et al. 2004; per parameter: Peters & Schaal 2008)."
+)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+@app.command()
+def exact(
+    mdp: MdpOption = "lesson",
+    theta: ThetaOption = "uniform",
+    estimators: EstimatorsOption = "vanilla,rtg,base,rtg+base",
+    entropy: EntropyOption = 0.0,
+    method: Annotated[str, typer.Option(help="auto, enumeration or recursion.")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Exact J, grad J and each estimator's single-episode mean and variance (no sampling)."""
+    from pgvar.exact import _gradient, exact_moments, unroll, values
+
+    model, logits = _load(mdp, theta)
+    specs = parse_estimators(estimators, entropy=entropy)
+    chain = unroll(model, logits, entropy)
+    grad = _gradient(chain)
+    objective = float(model.initial_s @ values(chain)[0][0])
+    results = [exact_moments(model, logits, spec, method=method, chain=chain) for spec in specs]
+    scale = max(1.0, float(np.abs(grad).max()))
+    if as_json:
+        payload = {
+            "mdp": model.name,
+            "method": results[0].method,
+            "steps": chain.steps,
+            "tail_mass": chain.tail_mass,
+            "theta": logits.tolist(),
+            "entropy": entropy,
+            "J": objective,
+            "grad": grad.tolist(),
+            "estimators": {
+                display_name(r.spec): {
+                    "spec": r.spec.canonical,
+                    "mean": r.mean.tolist(),
+                    "bias": float(np.abs(r.mean - grad).max()),
+                    "variance_trace": r.variance_trace,
+                    "variance_parts": {"reward_noise": r.reward_noise, "sampling": r.sampling},
+                    **({"baseline_t": r.baseline_t.tolist()} if r.baseline_t is not None else {}),
+                }
+                for r in results
+            },
+        }
+        out.print_json(json.dumps(payload))
+        return
+    vanilla = next((r.variance_trace for r in results if r.spec.canonical == "return+none"), None)
+    table = Table(title=f"Exact single-episode moments on {model.name!r}", title_justify="left")
+    for column, justify in (
+        ("estimator", "left"),
+        ("Ψ_t", "left"),
+        ("bias", "right"),
+        ("variance", "right"),
+        ("reward noise", "right"),
+        ("sampling", "right"),
+        ("vs vanilla", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for r in results:
+        bias = float(np.abs(r.mean - grad).max())
+        table.add_row(
+            display_name(r.spec),
+            weight_formula(r.spec, model.gamma),
+            "none" if bias < 1e-9 * scale else f"{bias:.3g}",
+            _fmt(r.variance_trace),
+            _fmt(r.reward_noise),
+            _fmt(r.sampling),
+            "—" if not vanilla else f"{r.variance_trace / vanilla:.3f}×",
+        )
+    out.print(
+        f"J(θ) = {objective:.6g}   |∇J| = {np.linalg.norm(grad):.6g}   method: {results[0].method}"
+        + (
+            f"   (unrolled {chain.steps} steps; P(longer episode) = {chain.tail_mass:.1e})"
+            if chain.tail_mass
+            else ""
+        )
+    )
+    out.print(table)
+    out.print(
+        "variance = trace of the covariance of the single-episode estimate g; divide by N for a batch "
+        "of N. bias = max over parameters of |E g − ∇J|.",
+        highlight=False,
+    )
+    out.print(LEGEND, highlight=False)
+
+
+@app.command()
+def variance(
+    mdp: MdpOption = "lesson",
+    theta: ThetaOption = "uniform",
+    estimators: EstimatorsOption = "vanilla,rtg,base,rtg+base",
+    ns: Annotated[str, typer.Option("--N", help="Comma-separated batch sizes N.")] = "1,4,16",
+    batches: Annotated[int, typer.Option(help="Independent batches M per reading.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of NumPy's Generator.")] = 0,
+    entropy: EntropyOption = 0.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Monte-Carlo variance of the batch-mean gradient over independent batches (the lesson's KPI),
+    with the exact value beside it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pgvar.montecarlo import DEFAULT_WARMUP, variance_study
+
+    model, logits = _load(mdp, theta)
+    specs = parse_estimators(estimators, entropy=entropy)
+    n_list = _parse_ns(ns)
+    if batches < 2:
+        raise SpecError(f"--batches: need at least 2 batches to measure a variance, got {batches}")
+    total = sum(batches * n + DEFAULT_WARMUP for n in sorted(set(n_list) | {1}))
+    show_progress = total > 2_000_000 and err.is_terminal
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} episodes"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show_progress,
+    ) as bar:
+        task = bar.add_task("episodes", total=total)
+        study = variance_study(
+            model, logits, specs, n_list, batches, seed, progress=lambda k: bar.advance(task, k)
+        )
+    if as_json:
+        payload = {
+            "mdp": model.name,
+            "batches": batches,
+            "seed": seed,
+            "theta": logits.tolist(),
+            "entropy": entropy,
+            "results": [
+                {
+                    "estimator": display_name(r.spec),
+                    "spec": r.spec.canonical,
+                    "N": r.n,
+                    "variance_trace": r.variance_trace,
+                    "ci95": list(r.ci95),
+                    "exact_variance_trace": r.exact_variance_trace,
+                    "vs_vanilla_n1": r.vs_vanilla_n1,
+                    "vs_vanilla": r.vs_vanilla,
+                    "snr": r.snr,
+                    "cosine_to_exact": r.cosine_to_exact,
+                }
+                for r in study.readings
+            ],
+            "slopes": study.slopes,
+        }
+        out.print_json(json.dumps(payload))
+        return
+    table = Table(
+        title=f"Gradient variance on {model.name!r}: {batches} batches per reading, seed {seed}",
+        title_justify="left",
+    )
+    for column in (
+        "estimator",
+        "Ψ_t",
+        "N",
+        "variance",
+        "95% CI",
+        "exact",
+        "vs vanilla",
+        "vs vanilla N=1",
+        "SNR",
+        "cos to ∇J",
+    ):
+        table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
+    for r in study.readings:
+        table.add_row(
+            display_name(r.spec),
+            weight_formula(r.spec, model.gamma),
+            str(r.n),
+            _fmt(r.variance_trace),
+            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}",
+            _fmt(r.exact_variance_trace),
+            f"{r.vs_vanilla:.3f}×" if r.vs_vanilla is not None else "—",
+            f"{r.vs_vanilla_n1:.3f}×" if r.vs_vanilla_n1 is not None else "—",
+            _fmt(r.snr, 3),
+            _fmt(r.cosine_to_exact, 3),
+        )
+    out.print(table)
+    out.print(
+        "variance = trace of the covariance of the batch-mean gradient across batches; "
+        "exact = exact single-episode variance / N.",
+        highlight=False,
+    )
+    out.print(LEGEND, highlight=False)
+    if study.slopes:
+        slopes = ", ".join(f"{name} {slope:+.2f}" for name, slope in study.slopes.items())
+        out.print(f"slope of log variance against log N (1/N predicts −1): {slopes}")
+    truncated = max((r.truncated_episodes for r in study.readings), default=0)
+    if truncated:
+        out.print(f"[yellow]note:[/] {truncated} episodes hit the step cap and were cut short")
+
+
+@mdp_app.command("check")
+def mdp_check(
+    path: Annotated[str, typer.Argument(help="A YAML/JSON MDP file (or a built-in name).")],
+) -> None:
+    """Validate an MDP file; exit 0 and say so when it is valid."""
+    from pgvar.mdpfile import resolve_mdp
+
+    model = resolve_mdp(path)
+    horizon = "unbounded" if model.horizon is None else f"horizon {model.horizon}"
+    out.print(
+        f"ok: {path}: MDP {model.name!r} with {model.n_states} states, {model.n_actions} actions, "
+        f"{horizon}, gamma {model.gamma:g}",
+        highlight=False,
+    )
+
+
+@mdp_app.command("show")
+def mdp_show(name: Annotated[str, typer.Argument(help="A built-in name or a YAML/JSON file.")]) -> None:
+    """Describe an MDP: sizes, start distribution, transitions, rewards, noise."""
+    from pgvar.mdpfile import describe, resolve_mdp
+
+    out.print(describe(resolve_mdp(name)), highlight=False)
+
+
+@app.command()
+def explore(
+    mdp: MdpOption = "lesson",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
+) -> None:
+    """Serve the live gradient-variance explorer on 127.0.0.1 (Ctrl-C stops it)."""
+    from pgvar.explorer import serve
+    from pgvar.mdpfile import resolve_mdp
+
+    resolve_mdp(mdp)  # a bad --mdp fails here with one line; the page can still switch MDPs later
+    serve(mdp=mdp, port=port, open_browser=not no_browser)
+
+
+if __name__ == "__main__":
+    main()
