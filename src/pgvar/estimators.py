@@ -102,7 +102,7 @@ def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
         weight, lam = "gae", float(match["lam"])
         if not 0.0 <= lam <= 1.0:
             raise SpecError(f"estimator {raw!r}: GAE lambda must be in [0, 1], got {lam:g}")
-    if weight not in WEIGHTS:
+    if weight not in WEIGHTS or (weight == "gae" and not match):
         hint = " (GAE needs its lambda, e.g. gae0.95)" if weight == "gae" else ""
         raise SpecError(
             f"estimator {raw!r}: unknown weight {weight!r}{hint}; use return, rtg, gae<lambda> "

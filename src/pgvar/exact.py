@@ -197,7 +197,7 @@ def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
     elif spec.baseline in ("lesson", "running"):
         baseline_t = running_baseline_limits(chain, spec)
         if spec.weight == "gae":
-            values_ts[:n_steps] = baseline_t[:, None]
+            values_ts[:n_steps] = baseline_t[:, None] * ~mdp.terminal_s  # nothing follows a terminal state
         else:
             offsets_tsa[:] = (scale_t * baseline_t)[:, None, None]
     elif spec.baseline == "value":

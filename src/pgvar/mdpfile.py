@@ -257,7 +257,7 @@ class _Space:
             if key == WILDCARD:
                 out.append((key, list(range(self.count))))
                 continue
-            index = self.ref(key, f"{where}: key {_show(key)}")
+            index = self.ref(key, where)
             if index in seen:
                 raise _fail(
                     f"{where}: {self.noun} {self.label(index)!r} is given twice "
@@ -507,7 +507,8 @@ def _parse_noise(value: Any, states: _Space, actions: _Space) -> tuple[str, floa
         )
     if "scale" not in value:
         if kind != "none":
-            raise _fail(f"noise.scale: missing; {kind} noise needs a width (uniform) or std (gaussian)")
+            what = "width" if kind == "uniform" else "standard deviation"
+            raise _fail(f"noise.scale: missing; {kind} noise needs a scale (its {what})")
         return kind, 0.0
     return kind, _parse_scale(value["scale"], states, actions)
 
@@ -655,8 +656,13 @@ def parse_text(text: str, source: str, suffix: str) -> Any:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = err.problem or err.context or "invalid YAML"
-        context = f" ({err.context})" if err.context and err.problem else ""
-        raise _fail(f"{source}: {where}YAML syntax error: {problem}{context}") from None
+        context = ""
+        if err.context and err.problem:
+            started = err.context_mark
+            at = f" at line {started.line + 1}" if started and mark and started.line != mark.line else ""
+            context = f" ({err.context}{at})"
+        label = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise _fail(f"{source}: {where}{label}: {problem}{context}") from None
     except yaml.YAMLError as err:
         raise _fail(f"{source}: YAML error: {err}") from None
     except RecursionError:
@@ -792,7 +798,7 @@ def mdp_to_dict(mdp: TabularMDP) -> dict:
         out["transitions"] = _sparse_transitions(mdp.transitions, terminal, s_keys, a_keys)
     out["rewards"] = _rewards_value(mdp.rewards, s_keys, a_keys)
     scale = np.asarray(mdp.noise_scale)
-    if mdp.reward_noise != "none" or np.any(scale != 0):
+    if mdp.reward_noise != "none" or scale.ndim != 0 or scale != 0:
         noise: dict[str, Any] = {"kind": mdp.reward_noise}
         noise["scale"] = _num(scale) if scale.ndim == 0 else [[_num(x) for x in row] for row in scale]
         out["noise"] = noise
