@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -164,20 +165,25 @@ def make(name: str) -> TabularMDP:
     base, _, options = name.partition(":")
     if base not in BUILTINS:
         raise SpecError(f"mdp: unknown built-in {base!r}; choose one of {', '.join(BUILTINS)} or give a file")
+    builder = BUILTINS[base]
+    parameters = inspect.signature(builder).parameters
     kwargs: dict[str, float | int] = {}
     for item in filter(None, options.split(",")):
-        key, eq, raw = item.partition("=")
+        key, eq, raw = (part.strip() for part in item.partition("="))
         if not eq:
             raise SpecError(f"mdp: option {item!r} in {name!r} must look like key=value")
+        if key not in parameters:
+            raise SpecError(f"mdp: {base!r} takes options {', '.join(parameters)}; got {key!r}")
         try:
             number = float(raw)
         except ValueError:
             raise SpecError(f"mdp: option {key}={raw!r} in {name!r} must be a number") from None
-        kwargs[key.strip()] = int(number) if number.is_integer() and key.strip() != "gamma" else number
-    try:
-        return BUILTINS[base](**kwargs)
-    except TypeError:
-        import inspect
-
-        allowed = ", ".join(inspect.signature(BUILTINS[base]).parameters)
-        raise SpecError(f"mdp: {base!r} takes options {allowed}; got {', '.join(kwargs)}") from None
+        if isinstance(parameters[key].default, int):
+            if not (np.isfinite(number) and number.is_integer()):
+                raise SpecError(f"mdp: option {key}={raw} in {name!r} must be an integer")
+            kwargs[key] = int(number)
+        elif not np.isfinite(number):
+            raise SpecError(f"mdp: option {key}={raw} in {name!r} must be a finite number")
+        else:
+            kwargs[key] = number
+    return builder(**kwargs)
