@@ -7,9 +7,17 @@ import numpy as np
 from pgvar.mdp import TabularMDP
 
 
-def random_mdp(seed: int, states: int = 3, actions: int = 2, horizon: int | None = 3, gamma: float = 0.9,
-               time_dependent: bool = False, sas_rewards: bool = False, noise: str = "gaussian",
-               terminal: bool = False) -> TabularMDP:
+def random_mdp(
+    seed: int,
+    states: int = 3,
+    actions: int = 2,
+    horizon: int | None = 3,
+    gamma: float = 0.9,
+    time_dependent: bool = False,
+    sas_rewards: bool = False,
+    noise: str = "gaussian",
+    terminal: bool = False,
+) -> TabularMDP:
     """A small random MDP with every feature switchable (independent of pgvar.envs.random_mdp)."""
     rng = np.random.default_rng(seed)
     shape = (horizon, states, actions, states) if time_dependent else (states, actions, states)

@@ -46,8 +46,17 @@ def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
     assert code == 0
     payload = json.loads(out)
     assert {"mdp", "batches", "seed", "results"} <= payload.keys()
-    keys = {"estimator", "N", "variance_trace", "ci95", "exact_variance_trace", "vs_vanilla_n1", "vs_vanilla",
-            "snr", "cosine_to_exact"}
+    keys = {
+        "estimator",
+        "N",
+        "variance_trace",
+        "ci95",
+        "exact_variance_trace",
+        "vs_vanilla_n1",
+        "vs_vanilla",
+        "snr",
+        "cosine_to_exact",
+    }
     assert len(payload["results"]) == 8
     for result in payload["results"]:
         assert keys <= result.keys()
@@ -102,17 +111,33 @@ def test_bad_mdp_files_give_one_line(tmp_path, capsys):
         "transitions: [[[0, 1]], [[0, 1]]]\nrewards: [[.nan], [0]]\n"
     )
     bad_sum = tmp_path / "sum.json"
-    bad_sum.write_text(json.dumps({"states": 2, "actions": 1, "initial": [1, 0], "terminal": [1], "horizon": 2,
-                                   "transitions": [[[0.5, 0.2]], [[0, 1]]], "rewards": [[1], [0]]}))
+    bad_sum.write_text(
+        json.dumps(
+            {
+                "states": 2,
+                "actions": 1,
+                "initial": [1, 0],
+                "terminal": [1],
+                "horizon": 2,
+                "transitions": [[[0.5, 0.2]], [[0, 1]]],
+                "rewards": [[1], [0]],
+            }
+        )
+    )
     for path, message in ((nan_reward, "rewards"), (bad_sum, "sum to 0.7")):
-        code, out, err = run(["exact", "--mdp", str(path)], capsys)
+        code, _out, err = run(["exact", "--mdp", str(path)], capsys)
         assert code == 2, err
         assert message in err and str(path.name) in err
         assert len(err.strip().splitlines()) == 1
 
 
 def test_the_console_script_runs():
-    done = subprocess.run([sys.executable, "-m", "pgvar.cli", "exact", "--mdp", "short-corridor"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pgvar.cli", "exact", "--mdp", "short-corridor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "J(θ) = -12" in done.stdout

@@ -24,7 +24,11 @@ from pgvar.exact import (
 )
 
 UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in BASELINES] + [
-    "gae0+value", "gae0.5+value", "gae0.95+value", "gae1+none", "gae1+lesson",
+    "gae0+value",
+    "gae0.5+value",
+    "gae0.95+value",
+    "gae1+none",
+    "gae1+lesson",
 ]
 
 mdp_settings = settings(max_examples=25, deadline=None)
@@ -69,8 +73,11 @@ def test_every_unbiased_estimator_has_mean_grad_j(case, spec_text, beta):
 
 
 @mdp_settings
-@given(mdp_and_theta(), st.sampled_from(UNBIASED + ["rtg+value:common", "gae0.5+lesson", "gae0.7+none"]),
-       st.sampled_from([0.0, 0.2]))
+@given(
+    mdp_and_theta(),
+    st.sampled_from([*UNBIASED, "rtg+value:common", "gae0.5+lesson", "gae0.7+none"]),
+    st.sampled_from([0.0, 0.2]),
+)
 def test_enumeration_and_recursion_agree(case, spec_text, beta):
     mdp, theta = case
     spec = parse_estimator(spec_text, entropy=beta)
@@ -134,9 +141,9 @@ def test_optimal_constant_baseline_beats_every_other_constant(weight, seed):
     per_parameter = exact_moments(mdp, theta, parse_estimator(f"{weight}+optimal-per-parameter"), chain=chain)
     assert per_parameter.variance_trace <= best_trace + 1e-12
     for other in ("none", "lesson", "running"):  # constants per step (V(s_t) is not one)
-        assert exact_moments(mdp, theta, parse_estimator(f"{weight}+{other}"), chain=chain).variance_trace >= (
-            best_trace - 1e-12
-        )
+        assert exact_moments(
+            mdp, theta, parse_estimator(f"{weight}+{other}"), chain=chain
+        ).variance_trace >= (best_trace - 1e-12)
 
 
 def test_short_corridor_matches_a_linear_solve_and_sutton_barto():
@@ -148,7 +155,7 @@ def test_short_corridor_matches_a_linear_solve_and_sutton_barto():
     flow = np.einsum("a,sap->sp", policy, mdp.transitions)[:3, :3]
     v = np.linalg.solve(np.eye(3) - flow, np.full(3, -1.0))
     assert objective(mdp, theta) == pytest.approx(v[0], rel=1e-10)
-    # Sutton & Barto, Example 13.1: v*(S) is about -11.6; solving the 3 equations by hand gives -(6 + 4 sqrt 2)
+    # Sutton & Barto, Example 13.1: v*(S) is about -11.6; by hand, the 3 equations give -(6 + 4 sqrt 2)
     assert objective(mdp, theta) == pytest.approx(-(6 + 4 * np.sqrt(2)), rel=1e-10)
     assert objective(mdp, np.zeros((1, 2))) == pytest.approx(-12.0, rel=1e-10)
     chain = unroll(mdp, theta)
@@ -164,8 +171,10 @@ def test_short_corridor_matches_a_linear_solve_and_sutton_barto():
 def test_lesson_at_uniform_policy_knobs_lower_the_variance():
     mdp = envs.lesson()
     theta = np.zeros(mdp.theta_shape())
-    trace = {name: exact_moments(mdp, theta, parse_estimator(name)).variance_trace
-             for name in ("vanilla", "rtg", "base", "rtg+base")}
+    trace = {
+        name: exact_moments(mdp, theta, parse_estimator(name)).variance_trace
+        for name in ("vanilla", "rtg", "base", "rtg+base")
+    }
     assert trace["vanilla"] > trace["rtg"] > trace["rtg+base"]
     assert trace["vanilla"] > trace["base"] > trace["rtg+base"]
 
@@ -173,8 +182,10 @@ def test_lesson_at_uniform_policy_knobs_lower_the_variance():
 def test_repayment_is_a_counterexample_to_the_lesson():
     mdp = envs.repayment()
     theta = np.zeros(mdp.theta_shape())
-    trace = {name: exact_moments(mdp, theta, parse_estimator(name)).variance_trace
-             for name in ("vanilla", "rtg", "base", "rtg+value")}
+    trace = {
+        name: exact_moments(mdp, theta, parse_estimator(name)).variance_trace
+        for name in ("vanilla", "rtg", "base", "rtg+value")
+    }
     assert trace["rtg"] > trace["vanilla"]
     assert trace["base"] > trace["vanilla"]
     assert trace["rtg+value"] < trace["vanilla"]

@@ -18,8 +18,19 @@ CASES = {
     "lesson": (envs.lesson, "uniform"),
     "random-gaussian-gamma0.8": (lambda: random_mdp(4, states=3, actions=3, horizon=4, gamma=0.8), "random"),
     "per-step-time-dependent": (
-        lambda: random_mdp(5, states=3, actions=2, horizon=3, gamma=0.9, time_dependent=True,
-                           sas_rewards=True, noise="uniform", terminal=True), "per-step"),
+        lambda: random_mdp(
+            5,
+            states=3,
+            actions=2,
+            horizon=3,
+            gamma=0.9,
+            time_dependent=True,
+            sas_rewards=True,
+            noise="uniform",
+            terminal=True,
+        ),
+        "per-step",
+    ),
     "short-corridor": (envs.short_corridor, "random"),
 }
 
@@ -33,7 +44,9 @@ def _case(name):
     return mdp, theta
 
 
-SPECS = "vanilla,rtg,base,rtg+base,return+running,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"
+SPECS = (
+    "vanilla,rtg,base,rtg+base,return+running,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"
+)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -106,7 +119,7 @@ def test_running_baselines_stay_unbiased_without_warm_up():
     n, batches = 20, 1000
     sample = sample_batch_means(mdp, theta, specs, n, batches, seed=9, warmup=0)
     grad = exact_gradient(mdp, theta).ravel()
-    for spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
+    for _spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
         standard_error = means_md.std(axis=0, ddof=1) / np.sqrt(batches)
         assert np.abs((means_md.mean(axis=0) - grad) / standard_error).max() < Z_MAX
 
