@@ -103,11 +103,18 @@ def test_same_seed_same_numbers_whatever_the_chunking(name, monkeypatch):
     specs = parse_estimators("vanilla,rtg+base")
     first = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
     again = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
-    monkeypatch.setattr(montecarlo, "_BUFFER", 64)  # tiny buffers: many refills and kernel calls
-    chunked = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
+    threaded = sample_batch_means(mdp, theta, specs, 7, 9, seed=42, workers=2)
+    monkeypatch.setattr(montecarlo, "_WORDS", 16)  # tiny buffers: many refills and kernel calls
+    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 14)  # many stream blocks, two batches each
+    blocks = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
+    blocks_threaded = sample_batch_means(mdp, theta, specs, 7, 9, seed=42, workers=2)
+    monkeypatch.setattr(montecarlo, "_WORDS", 1 << 15)
+    refilled = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
     other = sample_batch_means(mdp, theta, specs, 7, 9, seed=43)
     np.testing.assert_array_equal(first.batch_means_emd, again.batch_means_emd)
-    np.testing.assert_array_equal(first.batch_means_emd, chunked.batch_means_emd)
+    np.testing.assert_array_equal(first.batch_means_emd, threaded.batch_means_emd)
+    np.testing.assert_array_equal(blocks.batch_means_emd, blocks_threaded.batch_means_emd)
+    np.testing.assert_array_equal(blocks.batch_means_emd, refilled.batch_means_emd)
     assert not np.array_equal(first.batch_means_emd, other.batch_means_emd)
 
 

@@ -1,32 +1,43 @@
-"""Compiled hot loop of the Monte-Carlo measurement (numba, cached on disk).
+"""The compiled hot loop of the Monte-Carlo measurement (numba, cached on disk).
 
-One call simulates episodes in order, each from its own slice of two random streams (uniforms
-for actions, transitions and uniform noise; standard normals for Gaussian noise), and adds every
-estimator's single-episode gradient into its batch sum. It stops early, before an episode that
-might run out of random numbers, and reports where it stopped; the caller refills the buffers
-and calls again, so the numbers do not depend on how the work is chunked.
+``simulate`` rolls out episodes and adds, per batch, step, state and action, the sufficient
+statistics of every estimator: the visit count, the sum of the reward-to-go G_t, of the return R
+and of each GAE advantage. The gradient estimates are linear in these sums (the score of a tabular
+softmax policy depends only on (t, s, a)), so every estimator and every baseline that is constant
+within a batch is recovered from them afterwards, with no per-estimator work in the loop.
+
+Randomness comes from NumPy's PCG64 as raw 64-bit words, drawn in bulk by the caller: each word
+gives two 32-bit uniforms. A step uses the high half for its action and the low half for a stochastic
+transition, or else for uniform reward noise; whatever is still needed takes another word. Gaussian
+noise comes from a second stream of standard normals. Episodes never straddle a buffer: the kernel
+stops before one that might run out and reports where, so results do not depend on buffer sizes.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 NOISE_NONE, NOISE_UNIFORM, NOISE_GAUSSIAN = 0, 1, 2
-WEIGHT_RETURN, WEIGHT_RTG, WEIGHT_GAE = 0, 1, 2
+COUNT, SUM_G, SUM_R, SUM_ADV = 0, 1, 2, 3  # channels of the statistics; GAE estimator g uses SUM_ADV + g
+_TO_UNIT = 1.0 / 4294967296.0  # 2**-32
 
 
-@njit(cache=True)
-def _draw(cdf, u):
-    n = cdf.shape[0]
-    for i in range(n - 1):
-        if u < cdf[i]:
+@njit(cache=True, nogil=True, inline="always")
+def _draw(cdf_a, u):
+    last = cdf_a.shape[0] - 1
+    for i in range(last):
+        if u < cdf_a[i]:
             return i
-    return n - 1
+    return last
 
 
-@njit(cache=True)
-def simulate_batches(
-    # the MDP
+@njit(cache=True, nogil=True)
+def simulate(
+    words,
+    word_pos,
+    normals,
+    normal_pos,
     initial_cdf,
     initial_fixed,
     trans_cdf,
@@ -37,161 +48,168 @@ def simulate_batches(
     terminal_s,
     gamma,
     max_steps,
-    unbounded,
-    # the policy (tables per step when per-step logits, else one table)
-    probs_psa,
     probs_cdf_psa,
-    index_psa,
-    entropy_ps,
-    entropy_grad_psa,
-    beta,
-    # the estimators
-    weight_kind_e,
-    rho_e,
-    scaled_e,
-    running_e,
-    offsets_etsa,
-    values_ets,
-    # where we are
-    episode_start,
-    episode_stop,
-    warmup,
+    entropy_bonus_ps,
+    gae_rho_g,
+    gae_values_gts,
+    episode,
+    n_episodes,
     batch_size,
-    uniforms,
-    uniform_pos,
-    normals,
-    normal_pos,
-    # outputs / state
-    sums_emd,
-    run_sum_g_t,
-    run_sum_r_t,
-    run_count_t,
-    pending_g_t,
-    pending_r_t,
-    pending_count_t,
+    stats_btsak,
     states_t,
     actions_t,
     rewards_t,
+    next_t,
     returns_t,
-    work_t,
 ):
-    n_estimators = weight_kind_e.shape[0]
-    n_actions = probs_psa.shape[2]
-    per_step_policy = probs_psa.shape[0] > 1
+    """Simulate episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size.
+
+    Steps t >= T (the accumulators' step axis) are added into the last step row.
+    Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
+    n_acc_steps = stats_btsak.shape[1]
+    per_step_policy = probs_cdf_psa.shape[0] > 1
     per_step_trans = trans_cdf.shape[0] > 1
-    need_per_step = 3
-    episode = episode_start
-    truncated = 0
-    while episode < episode_stop:
-        if uniform_pos + 1 + need_per_step * max_steps > uniforms.shape[0]:
+    n_gae = gae_rho_g.shape[0]
+    cut = 0
+    worst_words = 1 + 2 * max_steps
+    while episode < n_episodes:
+        if word_pos + worst_words > words.shape[0]:
             break
         if noise_kind == NOISE_GAUSSIAN and normal_pos + max_steps > normals.shape[0]:
             break
-        # -- simulate one episode
+        batch = episode // batch_size
         if initial_fixed >= 0:
             s = initial_fixed
         else:
-            s = _draw(initial_cdf, uniforms[uniform_pos])
-            uniform_pos += 1
+            s = _draw(initial_cdf, (words[word_pos] >> 32) * _TO_UNIT)
+            word_pos += 1
         length = 0
         while True:
             p = length if per_step_policy else 0
-            a = _draw(probs_cdf_psa[p, s], uniforms[uniform_pos])
-            uniform_pos += 1
+            word = words[word_pos]
+            word_pos += 1
+            a = _draw(probs_cdf_psa[p, s], (word >> 32) * _TO_UNIT)
+            low = (word & 0xFFFFFFFF) * _TO_UNIT
+            low_used = False
             q = length if per_step_trans else 0
             nxt = trans_fixed[q, s, a]
             if nxt < 0:
-                nxt = _draw(trans_cdf[q, s, a], uniforms[uniform_pos])
-                uniform_pos += 1
-            r = reward_sas[s, a, nxt]
+                nxt = _draw(trans_cdf[q, s, a], low)
+                low_used = True
+            r = reward_sas[s, a, nxt] + entropy_bonus_ps[p, s]
             if noise_kind == NOISE_UNIFORM:
-                r += noise_scale_sa[s, a] * (uniforms[uniform_pos] - 0.5)
-                uniform_pos += 1
+                if low_used:
+                    low = (words[word_pos] >> 32) * _TO_UNIT
+                    word_pos += 1
+                r += noise_scale_sa[s, a] * (low - 0.5)
             elif noise_kind == NOISE_GAUSSIAN:
                 r += noise_scale_sa[s, a] * normals[normal_pos]
                 normal_pos += 1
-            r += beta * entropy_ps[p, s]
             states_t[length] = s
             actions_t[length] = a
             rewards_t[length] = r
+            next_t[length] = nxt
             length += 1
             s = nxt
             if terminal_s[s] or length == max_steps:
                 break
-        if unbounded and not terminal_s[s]:
-            truncated += 1
-        # -- reward-to-go
-        g = 0.0
+        if not terminal_s[s] and length == max_steps and max_steps > n_acc_steps:
+            cut += 1
+        ret = 0.0
         for t in range(length - 1, -1, -1):
-            g = rewards_t[t] + gamma * g
-            returns_t[t] = g
+            ret = rewards_t[t] + gamma * ret
+            returns_t[t] = ret
         total = returns_t[0]
-        if episode >= warmup:
-            batch = (episode - warmup) // batch_size
-            for e in range(n_estimators):
-                kind = weight_kind_e[e]
-                if kind == WEIGHT_GAE:
-                    adv = 0.0
-                    for t in range(length - 1, -1, -1):
-                        if running_e[e] > 0:
-                            v_now = _running_mean(run_sum_g_t, run_count_t, t)
-                            v_next = _running_mean(run_sum_g_t, run_count_t, t + 1) if t + 1 < length else 0.0
-                        else:
-                            v_now = values_ets[e, t, states_t[t]]
-                            v_next = values_ets[e, t + 1, states_t[t + 1]] if t + 1 < length else 0.0
-                        adv = rewards_t[t] + gamma * v_next - v_now + rho_e[e] * adv
-                        work_t[t] = adv
-                scale = 1.0
-                for t in range(length):
-                    st = states_t[t]
-                    p = t if per_step_policy else 0
-                    if kind == WEIGHT_RETURN:
-                        weight = total
-                    elif kind == WEIGHT_RTG:
-                        weight = scale * returns_t[t]
-                    else:
-                        weight = scale * work_t[t]
-                    running = running_e[e]
-                    if kind == WEIGHT_GAE:
-                        base = 0.0  # GAE takes its baseline as the value function, above
-                    elif running == 1:
-                        base = _running_mean(run_sum_g_t, run_count_t, t)
-                        if kind == WEIGHT_RTG:
-                            base *= scale
-                    elif running == 2:
-                        base = _running_mean(run_sum_r_t, run_count_t, t)
-                    else:
-                        base = 0.0
-                    direct = beta * gamma**t
-                    for b in range(n_actions):
-                        psi = weight - base - offsets_etsa[e, t, st, b]
-                        score = (1.0 if b == actions_t[t] else 0.0) - probs_psa[p, st, b]
-                        sums_emd[e, batch, index_psa[p, st, b]] += (
-                            psi * score + direct * entropy_grad_psa[p, st, b]
-                        )
-                    if scaled_e[e]:
-                        scale *= gamma
-        # -- running statistics: used from the next batch on, never by the batch that made them
         for t in range(length):
-            pending_g_t[t] += returns_t[t]
-            pending_r_t[t] += total
-            pending_count_t[t] += 1.0
+            tc = min(t, n_acc_steps - 1)
+            st = states_t[t]
+            at = actions_t[t]
+            cell = stats_btsak[batch, tc, st, at]
+            cell[COUNT] += 1.0
+            cell[SUM_G] += returns_t[t]
+            cell[SUM_R] += total
+        for g in range(n_gae):
+            # A_t = delta_t + rho * A_{t+1}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t)
+            adv = 0.0
+            for t in range(length - 1, -1, -1):
+                tc = min(t, n_acc_steps - 1)
+                tn = min(t + 1, n_acc_steps)
+                value_next = gae_values_gts[g, tn, next_t[t]] if t + 1 < length else 0.0
+                delta = rewards_t[t] + gamma * value_next - gae_values_gts[g, tc, states_t[t]]
+                adv = delta + gae_rho_g[g] * adv
+                stats_btsak[batch, tc, states_t[t], actions_t[t], SUM_ADV + g] += adv
         episode += 1
-        if episode <= warmup or (episode - warmup) % batch_size == 0:
-            for t in range(max_steps):
-                if pending_count_t[t] == 0.0:
-                    break
-                run_sum_g_t[t] += pending_g_t[t]
-                run_sum_r_t[t] += pending_r_t[t]
-                run_count_t[t] += pending_count_t[t]
-                pending_g_t[t] = 0.0
-                pending_r_t[t] = 0.0
-                pending_count_t[t] = 0.0
-    return episode, uniform_pos, normal_pos, truncated
+    return episode, word_pos, normal_pos, cut
 
 
-@njit(cache=True)
-def _running_mean(sums, counts, t):
-    if counts[t] > 0.0:
-        return sums[t] / counts[t]
-    return 0.0
+WEIGHT_RETURN, WEIGHT_RTG, WEIGHT_GAE = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def readout(
+    stats_btsak,
+    probs_tsa,
+    direct_tsa,
+    index_tsa,
+    weight_kind_e,
+    gae_e,
+    running_e,
+    scale_et,
+    offsets_etsa,
+    prior_g_t,
+    prior_r_t,
+    prior_n_t,
+    n,
+    grads_ebd,
+):
+    """Batch-mean gradients from the sufficient statistics, for every estimator (see
+    ``montecarlo.batch_gradients``). The running means of batch b use ``prior_*`` and batches before
+    b only; ``prior_*`` are updated in place with every batch."""
+    n_batches, n_steps, n_states, n_actions, _ = stats_btsak.shape
+    n_estimators = weight_kind_e.shape[0]
+    weights_a = np.zeros(n_actions)
+    for b in range(n_batches):
+        for t in range(n_steps):
+            mean_g = prior_g_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+            mean_r = prior_r_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+            for s in range(n_states):
+                visits = 0.0
+                for a in range(n_actions):
+                    visits += stats_btsak[b, t, s, a, COUNT]
+                if visits == 0.0:
+                    continue
+                for e in range(n_estimators):
+                    kind = weight_kind_e[e]
+                    scale = scale_et[e, t]
+                    total = 0.0
+                    for a in range(n_actions):
+                        if kind == WEIGHT_RETURN:
+                            w = stats_btsak[b, t, s, a, SUM_R]
+                        elif kind == WEIGHT_RTG:
+                            w = scale * stats_btsak[b, t, s, a, SUM_G]
+                        else:
+                            w = scale * stats_btsak[b, t, s, a, SUM_ADV + gae_e[e]]
+                        weights_a[a] = w
+                        total += w
+                    running = running_e[e]
+                    for a in range(n_actions):
+                        if running == 1:
+                            base = mean_g * (scale if kind == WEIGHT_RTG else 1.0)
+                        elif running == 2:
+                            base = mean_r
+                        else:
+                            base = offsets_etsa[e, t, s, a]
+                        p = probs_tsa[t, s, a]
+                        value = (
+                            weights_a[a]
+                            - p * total
+                            - base * (stats_btsak[b, t, s, a, COUNT] - p * visits)
+                            + direct_tsa[t, s, a] * visits
+                        )
+                        grads_ebd[e, b, index_tsa[t, s, a]] += value / n
+        for t in range(n_steps):
+            for s in range(n_states):
+                for a in range(n_actions):
+                    prior_g_t[t] += stats_btsak[b, t, s, a, SUM_G]
+                    prior_r_t[t] += stats_btsak[b, t, s, a, SUM_R]
+                    prior_n_t[t] += stats_btsak[b, t, s, a, COUNT]

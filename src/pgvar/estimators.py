@@ -10,7 +10,8 @@ baselines
   ``none``; ``lesson`` (per-step running mean of the reward-to-go, subtracted from whichever weight
   is used: the lesson widget's ``bRtg``); ``running`` (per-step running mean of the weight itself);
   ``value`` (exact V(s_t)); ``optimal`` (variance-minimising constant per step, Greensmith, Bartlett
-  & Baxter 2004); ``optimal-per-parameter`` (one constant per step and parameter, Peters & Schaal 2008).
+  & Baxter 2004); ``optimal-per-parameter`` (one constant per step and parameter, Peters & Schaal 2008);
+  ``learned`` (a value table V(t, s) the caller supplies, e.g. one learned from earlier batches).
 
 Presets named as in the lesson: ``vanilla`` = return+none, ``rtg`` = rtg+none, ``base`` =
 return+lesson, ``rtg+base`` = rtg+lesson.
@@ -36,7 +37,7 @@ from pgvar.policy import entropy_table, parameter_index, policy_table
 from pgvar.returns import gae, reward_to_go
 
 WEIGHTS = ("return", "rtg", "gae")
-BASELINES = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter")
+BASELINES = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter", "learned")
 PRESETS = {"vanilla": "return+none", "rtg": "rtg+none", "base": "return+lesson", "rtg+base": "rtg+lesson"}
 LESSON_NAMES = {
     "return+none": "vanilla",
@@ -44,7 +45,7 @@ LESSON_NAMES = {
     "return+lesson": "baseline",
     "rtg+lesson": "rtg + baseline",
 }
-BIAS_FREE_FOR_GAE = ("none", "lesson", "running", "value")
+BIAS_FREE_FOR_GAE = ("none", "lesson", "running", "value", "learned")
 
 
 @dataclass(frozen=True)

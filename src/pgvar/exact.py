@@ -184,8 +184,9 @@ def _gradient(chain: Chain) -> np.ndarray:
 # -- move 3: baselines at their exact values ----------------------------------------------------
 
 
-def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
-    """Turn ``spec``'s baseline into numbers: running means at their exact limits, V, or the optimum."""
+def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = None) -> ResolvedEstimator:
+    """Turn ``spec``'s baseline into numbers: running means at their exact limits, V, the optimum, or,
+    for ``learned``, the given value table ``learned_ts`` of shape (T, S) (or (T + 1, S))."""
     mdp, n_steps = chain.mdp, chain.steps
     n_states, n_actions = mdp.n_states, mdp.n_actions
     scale_t = score_scale_t(spec, mdp.gamma, n_steps)
@@ -200,8 +201,8 @@ def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
             values_ts[:n_steps] = baseline_t[:, None] * ~mdp.terminal_s  # nothing follows a terminal state
         else:
             offsets_tsa[:] = (scale_t * baseline_t)[:, None, None]
-    elif spec.baseline == "value":
-        value_ts = values(chain)[0]
+    elif spec.baseline in ("value", "learned"):
+        value_ts = values(chain)[0] if spec.baseline == "value" else _learned_table(chain, learned_ts)
         if spec.weight == "gae":
             values_ts = value_ts
         else:
@@ -214,6 +215,21 @@ def resolve(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
         if spec.baseline == "optimal":
             baseline_t = coefficient_tD[:, 0] / scale_t
     return ResolvedEstimator(spec, offsets_tsa, values_ts, baseline_t)
+
+
+def _learned_table(chain: Chain, learned_ts: np.ndarray | None) -> np.ndarray:
+    """(T + 1, S) a learned value table cut or padded to the chain's steps, zero at terminal states."""
+    if learned_ts is None:
+        raise PgvarError("baseline 'learned': it has no exact value of its own; pass the learned table")
+    learned_ts = np.asarray(learned_ts, dtype=float)
+    n_states = chain.mdp.n_states
+    if learned_ts.ndim != 2 or learned_ts.shape[1] != n_states:
+        raise PgvarError(f"baseline 'learned': table must have shape (T, {n_states}), got {learned_ts.shape}")
+    table = np.zeros((chain.steps + 1, n_states))
+    rows = min(chain.steps, learned_ts.shape[0])
+    table[:rows] = learned_ts[:rows]
+    table[rows : chain.steps] = learned_ts[rows - 1] if rows else 0.0
+    return table * ~chain.mdp.terminal_s
 
 
 def running_baseline_limits(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
@@ -281,12 +297,14 @@ def exact_moments(
     spec: EstimatorSpec,
     method: str = "auto",
     chain: Chain | None = None,
+    learned_ts: np.ndarray | None = None,
 ) -> ExactMoments:
-    """Exact mean and variance of ``spec``'s single-episode gradient estimate at ``theta``."""
+    """Exact mean and variance of ``spec``'s single-episode gradient estimate at ``theta``
+    (``learned_ts``: the value table of a ``learned`` baseline)."""
     chain = chain if chain is not None else unroll(mdp, theta, spec.entropy)
     if chain.beta != spec.entropy:
         raise PgvarError("exact_moments: the chain was unrolled with another entropy coefficient")
-    estimator = resolve(chain, spec)
+    estimator = resolve(chain, spec, learned_ts)
     if method == "auto":
         method = "enumeration" if count_paths(chain) <= MAX_ENUMERATED_PATHS else "recursion"
     if method == "enumeration":

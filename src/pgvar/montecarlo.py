@@ -12,13 +12,14 @@ same numbers, however the work is chunked. Memory stays bounded: only per-batch 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pgvar import _kernels
 from pgvar.errors import SpecError
-from pgvar.estimators import EstimatorSpec, parse_estimator
+from pgvar.estimators import EstimatorSpec, parse_estimator, score_scale_t
 from pgvar.exact import Chain, _gradient, exact_moments, resolve, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
@@ -26,7 +27,9 @@ from pgvar.policy import entropy_table, parameter_index, policy_table
 DEFAULT_BATCHES = 60
 DEFAULT_WARMUP = 1000
 UNBOUNDED_CAP = 100_000
-_BUFFER = 1 << 20
+STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
+BLOCK_CELLS = 1 << 21  # bound on batches x steps x states x actions held at once
+_WARMUP_STREAM = 1 << 30
 
 
 @dataclass
@@ -42,6 +45,22 @@ class RunningBaselines:
     def empty(cls, steps: int) -> RunningBaselines:
         return cls(np.zeros(steps), np.zeros(steps), np.zeros(steps))
 
+    def fit(self, steps: int) -> None:
+        """Resize in place to ``steps`` rows (extra rows are folded into the last one)."""
+        for name in ("sum_g_t", "sum_r_t", "count_t"):
+            old = getattr(self, name)
+            new = np.zeros(steps)
+            keep = min(steps, old.size)
+            new[:keep] = old[:keep]
+            new[steps - 1] += old[keep:].sum()
+            setattr(self, name, new)
+
+    def mean_g_t(self) -> np.ndarray:
+        return np.divide(self.sum_g_t, self.count_t, out=np.zeros_like(self.sum_g_t), where=self.count_t > 0)
+
+    def mean_r_t(self) -> np.ndarray:
+        return np.divide(self.sum_r_t, self.count_t, out=np.zeros_like(self.sum_r_t), where=self.count_t > 0)
+
 
 @dataclass
 class Sample:
@@ -52,6 +71,30 @@ class Sample:
     batch_means_emd: np.ndarray
     truncated_episodes: int
     running: RunningBaselines = field(repr=False)
+    count_ts: np.ndarray | None = field(default=None, repr=False)
+    sum_g_ts: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class BatchStats:
+    """Sufficient statistics of B batches over T steps, ``stats_btsak`` of shape (B, T, S, A, K): per
+    (batch, step, state, action) the visit count, the sums of G_t and of R, then of each GAE advantage
+    (channels ``_kernels.COUNT``, ``SUM_G``, ``SUM_R``, ``SUM_ADV + g``)."""
+
+    stats_btsak: np.ndarray
+    truncated: int = 0
+
+    @classmethod
+    def zeros(cls, batches: int, steps: int, states: int, actions: int, n_gae: int) -> BatchStats:
+        return cls(np.zeros((batches, steps, states, actions, _kernels.SUM_ADV + n_gae)))
+
+    @property
+    def batches(self) -> int:
+        return self.stats_btsak.shape[0]
+
+    def per_step(self, channel: int) -> np.ndarray:
+        """(T,) a channel summed over batches, states and actions."""
+        return self.stats_btsak[..., channel].sum(axis=(0, 2, 3))
 
 
 def _check_counts(n: int, batches: int, least_batches: int = 2) -> None:
@@ -61,29 +104,197 @@ def _check_counts(n: int, batches: int, least_batches: int = 2) -> None:
         raise SpecError(f"batches: need an integer >= {least_batches} to measure a variance, got {batches!r}")
 
 
-def _policy_tables(mdp: TabularMDP, theta: np.ndarray):
-    steps = theta.shape[0] if theta.ndim == 3 else 1
-    probs = np.array([policy_table(theta, mdp, t) for t in range(steps)])
-    index = np.array([parameter_index(mdp, theta.shape, t) for t in range(steps)])
-    entropy_pairs = [entropy_table(theta, mdp, t) for t in range(steps)]
-    entropy_ps = np.array([pair[0] for pair in entropy_pairs])
-    grad_psa = np.array([pair[1] for pair in entropy_pairs])
-    return probs, np.cumsum(probs, axis=-1), index, entropy_ps, grad_psa
+@dataclass(frozen=True)
+class _Tables:
+    """Everything the kernel and the read-out need, computed once per (MDP, theta, estimators)."""
 
-
-def _transition_tables(mdp: TabularMDP, max_steps: int):
-    steps = mdp.horizon if mdp.time_dependent else 1
-    trans = np.array([mdp.transitions_at(t) for t in range(steps)])
-    fixed = np.where(np.isclose(trans.max(axis=-1), 1.0), trans.argmax(axis=-1), -1).astype(np.int64)
-    initial_fixed = int(np.argmax(mdp.initial_s)) if np.isclose(mdp.initial_s.max(), 1.0) else -1
-    return np.cumsum(trans, axis=-1), fixed, np.cumsum(mdp.initial_s), initial_fixed
+    mdp: TabularMDP
+    specs: list[EstimatorSpec]
+    steps: int  # T of the accumulators
+    max_steps: int  # episode cap
+    probs_tsa: np.ndarray
+    probs_cdf_psa: np.ndarray
+    entropy_bonus_ps: np.ndarray
+    entropy_grad_tsa: np.ndarray
+    index_tsa: np.ndarray
+    trans_cdf: np.ndarray
+    trans_fixed: np.ndarray
+    reward_sas: np.ndarray
+    noise_scale_sa: np.ndarray
+    initial_cdf: np.ndarray
+    initial_fixed: int
+    offsets_etsa: np.ndarray
+    gae_e: np.ndarray
+    weight_kind_e: np.ndarray
+    running_e: np.ndarray
+    scale_et: np.ndarray
+    direct_tsa: np.ndarray
+    gae_rho_g: np.ndarray
+    gae_values_gts: np.ndarray
+    beta: float
+    n_params: int
 
 
 def _pad_steps(array: np.ndarray, steps: int) -> np.ndarray:
-    """Repeat the last step of a per-step table up to ``steps`` (unbounded MDPs only)."""
+    """Cut or extend a per-step table to ``steps`` rows, repeating the last row."""
     if array.shape[0] >= steps:
         return array[:steps]
     return np.concatenate([array, np.repeat(array[-1:], steps - array.shape[0], axis=0)])
+
+
+def _tables(
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    specs: list[EstimatorSpec],
+    chain: Chain,
+    learned_ts: np.ndarray | None = None,
+) -> _Tables:
+    beta = chain.beta
+    steps = chain.steps
+    max_steps = mdp.horizon if mdp.horizon is not None else max(UNBOUNDED_CAP, 10 * steps)
+    policy_steps = theta.shape[0] if theta.ndim == 3 else 1
+    probs_psa = np.array([policy_table(theta, mdp, t) for t in range(policy_steps)])
+    pairs = [entropy_table(theta, mdp, t) for t in range(policy_steps)]
+    entropy_ps = np.array([pair[0] for pair in pairs])
+    grad_psa = np.array([pair[1] for pair in pairs])
+    per_step = np.minimum(np.arange(steps), policy_steps - 1)
+    trans_steps = mdp.horizon if mdp.time_dependent else 1
+    trans = np.array([mdp.transitions_at(t) for t in range(trans_steps)])
+    fixed = np.where(np.isclose(trans.max(axis=-1), 1.0), trans.argmax(axis=-1), -1).astype(np.int64)
+    initial_fixed = int(np.argmax(mdp.initial_s)) if np.isclose(mdp.initial_s.max(), 1.0) else -1
+    shape = (steps, mdp.n_states, mdp.n_actions)
+    offsets = np.zeros((len(specs), *shape))
+    gae_e, rho, gae_values = [], [], []
+    for e, spec in enumerate(specs):
+        # fixed baselines and GAE's value come from the exact engine; running means live in the read-out
+        needs_exact = spec.baseline not in ("none", "lesson", "running") or spec.weight == "gae"
+        resolved = resolve(chain, spec, learned_ts) if needs_exact else None
+        if spec.weight == "gae":
+            gae_e.append(len(rho))
+            rho.append(mdp.gamma * spec.lam)
+            gae_values.append(resolved.values_ts)
+        else:
+            gae_e.append(-1)
+            if resolved is not None:
+                offsets[e] = resolved.offsets_tsa
+    discount_t = mdp.gamma ** np.arange(steps, dtype=float)
+    return _Tables(
+        mdp,
+        specs,
+        steps,
+        max_steps,
+        probs_psa[per_step],
+        np.cumsum(probs_psa, axis=-1),
+        beta * entropy_ps,
+        grad_psa[per_step],
+        np.array([parameter_index(mdp, theta.shape, t) for t in range(steps)]),
+        np.cumsum(trans, axis=-1),
+        fixed,
+        np.ascontiguousarray(mdp.reward_sas),
+        np.ascontiguousarray(mdp.noise_scale_sa),
+        np.cumsum(mdp.initial_s),
+        initial_fixed,
+        offsets,
+        np.array(gae_e, dtype=np.int64),
+        np.array([spec.weight_kind for spec in specs], dtype=np.int64),
+        np.array([0 if spec.weight == "gae" else spec.running for spec in specs], dtype=np.int64),
+        np.array([score_scale_t(spec, mdp.gamma, steps) for spec in specs]).reshape(len(specs), steps),
+        beta * discount_t[:, None, None] * grad_psa[per_step],
+        np.array(rho, dtype=float),
+        np.array(gae_values).reshape(len(rho), steps + 1, mdp.n_states),
+        beta,
+        theta.size,
+    )
+
+
+_WORDS = 1 << 15  # raw words drawn at a time: small enough to stay in cache
+
+
+def _simulate(
+    tables: _Tables, seed: np.random.SeedSequence, n_episodes: int, batch_size: int, stats: BatchStats
+) -> None:
+    """Run the kernel over ``n_episodes`` episodes of one random stream, refilling its buffers."""
+    mdp = tables.mdp
+    word_seed, normal_seed = seed.spawn(2)
+    bits = np.random.PCG64(word_seed)
+    normal_rng = np.random.default_rng(normal_seed)
+    gaussian = mdp.reward_noise == "gaussian"
+    noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
+    worst = 1 + 2 * tables.max_steps
+    size = max(_WORDS, 2 * worst)
+    words = bits.random_raw(min(size, worst * n_episodes))
+    normals = normal_rng.standard_normal(size if gaussian else 0)
+    word_pos = normal_pos = 0
+    scratch_int = [np.zeros(tables.max_steps, dtype=np.int64) for _ in range(3)]
+    scratch = [np.zeros(tables.max_steps) for _ in range(2)]
+    episode = 0
+    while True:
+        episode, word_pos, normal_pos, cut = _kernels.simulate(
+            words,
+            word_pos,
+            normals,
+            normal_pos,
+            tables.initial_cdf,
+            tables.initial_fixed,
+            tables.trans_cdf,
+            tables.trans_fixed,
+            tables.reward_sas,
+            noise_kind,
+            tables.noise_scale_sa,
+            mdp.terminal_s,
+            mdp.gamma,
+            tables.max_steps,
+            tables.probs_cdf_psa,
+            tables.entropy_bonus_ps,
+            tables.gae_rho_g,
+            tables.gae_values_gts,
+            episode,
+            n_episodes,
+            batch_size,
+            stats.stats_btsak,
+            scratch_int[0],
+            scratch_int[1],
+            scratch[0],
+            scratch_int[2],
+            scratch[1],
+        )
+        stats.truncated += cut
+        if episode >= n_episodes:
+            return
+        if word_pos + worst > words.size:
+            more = min(size, worst * (n_episodes - episode))
+            words = np.concatenate([words[word_pos:], bits.random_raw(more)])
+            word_pos = 0
+        if gaussian and normal_pos + tables.max_steps > normals.size:
+            normals = np.concatenate([normals[normal_pos:], normal_rng.standard_normal(size)])
+            normal_pos = 0
+
+
+def batch_gradients(tables: _Tables, stats: BatchStats, n: int, running: RunningBaselines) -> np.ndarray:
+    """(E, B, D) batch-mean gradients from sufficient statistics; running baselines of batch b use
+    ``running`` plus batches before b only. Updates ``running`` with all B batches.
+
+    With score e_a - pi(.|s), a batch's estimate is, summed over steps t and states s, in the component
+    of action a': W(t,s,a') - pi(a'|s) W(t,s,.) - b(t,s,a') (n(t,s,a') - pi(a'|s) n(t,s)), where W
+    sums the weights and n counts the visits; plus the entropy bonus's direct term per visit."""
+    grads = np.zeros((len(tables.specs), stats.batches, tables.n_params))
+    _kernels.readout(
+        stats.stats_btsak,
+        tables.probs_tsa,
+        tables.direct_tsa,
+        tables.index_tsa,
+        tables.weight_kind_e,
+        tables.gae_e,
+        tables.running_e,
+        tables.scale_et,
+        tables.offsets_etsa,
+        running.sum_g_t,
+        running.sum_r_t,
+        running.count_t,
+        n,
+        grads,
+    )
+    return grads
 
 
 def sample_batch_means(
@@ -97,12 +308,19 @@ def sample_batch_means(
     warmup: int | None = None,
     running: RunningBaselines | None = None,
     chain: Chain | None = None,
+    workers: int = 1,
+    learned_ts: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Sample:
     """Simulate ``warmup + batches * n`` episodes and return every estimator's batch means.
 
     Running baselines (``lesson``, ``running``) see only episodes of earlier batches or of the warm-up
-    (default: 1000 episodes when a running baseline is asked for and ``running`` is not given).
+    (default: 1000 episodes when a running baseline is asked for and ``running`` is not given); pass
+    ``running`` to carry them across calls. GAE's value function is fixed: exact V, the exact limit
+    of the running mean, zero, or ``learned_ts`` (the (T, S) table of a ``learned`` baseline).
+    ``Sample.count_ts`` and ``Sample.sum_g_ts`` total the visits and returns per (step, state), so a
+    caller can fit a learned baseline from them. Episodes are split into blocks of whole batches, each
+    with its own random stream, so ``workers`` threads give the same numbers as one.
     """
     _check_counts(n, batches, least_batches=1)
     specs = list(specs)
@@ -110,93 +328,62 @@ def sample_batch_means(
     if len(betas) != 1:
         raise SpecError("entropy: all estimators measured together must share one entropy coefficient")
     beta = betas.pop()
-    chain = chain if chain is not None else unroll(mdp, theta, beta)
-    unbounded = mdp.horizon is None
-    max_steps = mdp.horizon if not unbounded else max(UNBOUNDED_CAP, 10 * chain.steps)
-    needs_running = any(spec.running for spec in specs)
+    chain = chain if chain is not None and chain.beta == beta else unroll(mdp, theta, beta)
+    tables = _tables(mdp, theta, specs, chain, learned_ts)
     if warmup is None:
-        warmup = DEFAULT_WARMUP if needs_running and running is None else 0
-    running = running if running is not None else RunningBaselines.empty(max_steps)
+        warmup = DEFAULT_WARMUP if any(spec.running for spec in specs) and running is None else 0
+    running = running if running is not None else RunningBaselines.empty(tables.steps)
+    running.fit(tables.steps)
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    shape = (tables.steps, mdp.n_states, mdp.n_actions)
+    n_gae = tables.gae_rho_g.size
 
-    # fixed baselines (value, optimal) come from the exact engine; running ones live in the kernel
-    resolved = [resolve(chain, spec) for spec in specs]
-    offsets = np.array([_pad_steps(r.offsets_tsa, max_steps) * (r.spec.running == 0) for r in resolved])
-    values = np.array([_pad_steps(r.values_ts, max_steps + 1) * (r.spec.running == 0) for r in resolved])
-    weight_kind = np.array([spec.weight_kind for spec in specs], dtype=np.int64)
-    rho = np.array([mdp.gamma * spec.lam for spec in specs])
-    scaled = np.array([spec.weight != "return" and spec.discount_scores for spec in specs])
-    running_kind = np.array([spec.running for spec in specs], dtype=np.int64)
-    probs, probs_cdf, index, entropy_ps, grad_psa = _policy_tables(mdp, theta)
-    trans_cdf, trans_fixed, initial_cdf, initial_fixed = _transition_tables(mdp, max_steps)
-    noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
+    def stream(key: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, key))
 
-    seeds = (
-        seed.spawn(2) if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed).spawn(2)
-    )
-    uniform_rng, normal_rng = (np.random.Generator(np.random.PCG64(s)) for s in seeds)
-    per_episode = 1 + 3 * max_steps
-    buffer = max(_BUFFER, 2 * per_episode)
-    uniforms = uniform_rng.random(buffer)
-    normals = normal_rng.standard_normal(buffer if noise_kind == 2 else 0)
-    sums = np.zeros((len(specs), batches, theta.size))
-    pending = [np.zeros(max_steps) for _ in range(3)]
-    scratch_int = [np.zeros(max_steps, dtype=np.int64) for _ in range(2)]
-    scratch = [np.zeros(max_steps) for _ in range(3)]
-    total = warmup + batches * n
-    episode, upos, npos, truncated = 0, 0, 0, 0
-    while episode < total:
-        stop = min(total, episode + max(1, buffer // (4 * per_episode)) * 4)
-        done, upos, npos, cut = _kernels.simulate_batches(
-            initial_cdf,
-            initial_fixed,
-            trans_cdf,
-            trans_fixed,
-            mdp.reward_sas,
-            noise_kind,
-            mdp.noise_scale_sa,
-            mdp.terminal_s,
-            mdp.gamma,
-            max_steps,
-            unbounded,
-            probs,
-            probs_cdf,
-            index,
-            entropy_ps,
-            grad_psa,
-            beta,
-            weight_kind,
-            rho,
-            scaled,
-            running_kind,
-            offsets,
-            values,
-            episode,
-            stop,
-            warmup,
-            n,
-            uniforms,
-            upos,
-            normals,
-            npos,
-            sums,
-            running.sum_g_t,
-            running.sum_r_t,
-            running.count_t,
-            *pending,
-            *scratch_int,
-            *scratch,
-        )
-        truncated += cut
-        if progress is not None and done > episode:
-            progress(done - episode)
-        episode = done
-        if episode < total and upos + per_episode > uniforms.size:
-            uniforms = np.concatenate([uniforms[upos:], uniform_rng.random(buffer)])
-            upos = 0
-        if noise_kind == 2 and episode < total and npos + max_steps > normals.size:
-            normals = np.concatenate([normals[npos:], normal_rng.standard_normal(buffer)])
-            npos = 0
-    return Sample(specs, n, sums / n, truncated, running)
+    truncated = 0
+    if warmup > 0:
+        stats = BatchStats.zeros(1, *shape, n_gae)
+        _simulate(tables, stream(_WARMUP_STREAM), warmup, warmup, stats)
+        truncated += stats.truncated
+        running.sum_g_t += stats.per_step(_kernels.SUM_G)
+        running.sum_r_t += stats.per_step(_kernels.SUM_R)
+        running.count_t += stats.per_step(_kernels.COUNT)
+        if progress is not None:
+            progress(warmup)
+    per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // int(np.prod(shape)))))
+    starts = list(range(0, batches, per_block))
+
+    def run_block(index: int) -> BatchStats:
+        size = min(per_block, batches - starts[index])
+        stats = BatchStats.zeros(size, *shape, n_gae)
+        _simulate(tables, stream(index), size * n, n, stats)
+        return stats
+
+    means = np.zeros((len(specs), batches, theta.size))
+    count_ts = np.zeros(shape[:2])
+    sum_g_ts = np.zeros(shape[:2])
+
+    def read(index: int, stats: BatchStats) -> None:
+        nonlocal truncated
+        truncated += stats.truncated
+        count_ts[:] += stats.stats_btsak[..., _kernels.COUNT].sum(axis=(0, 3))
+        sum_g_ts[:] += stats.stats_btsak[..., _kernels.SUM_G].sum(axis=(0, 3))
+        block = slice(starts[index], starts[index] + stats.batches)
+        means[:, block] = batch_gradients(tables, stats, n, running)
+        if progress is not None:
+            progress(stats.batches * n)
+
+    if workers <= 1 or len(starts) == 1:
+        for index in range(len(starts)):
+            read(index, run_block(index))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for first in range(0, len(starts), workers):
+                wave = range(first, min(first + workers, len(starts)))
+                for index, stats in zip(wave, pool.map(run_block, wave), strict=True):
+                    read(index, stats)
+    return Sample(specs, n, means, truncated, running, count_ts, sum_g_ts)
 
 
 def estimate_gradient(
@@ -207,10 +394,12 @@ def estimate_gradient(
     seed: int | np.random.SeedSequence = 0,
     *,
     running: RunningBaselines | None = None,
+    learned_ts: np.ndarray | None = None,
 ) -> np.ndarray:
     """One batch-mean gradient estimate from ``n`` fresh episodes, shaped like theta (what one step
-    of stochastic gradient ascent uses). Pass ``running`` to keep running baselines across steps."""
-    sample = sample_batch_means(mdp, theta, [spec], n, 1, seed, running=running)
+    of stochastic gradient ascent uses). Pass ``running`` to keep running baselines across steps and
+    ``learned_ts`` for a ``learned`` baseline."""
+    sample = sample_batch_means(mdp, theta, [spec], n, 1, seed, running=running, learned_ts=learned_ts)
     return sample.batch_means_emd[0, 0].reshape(theta.shape)
 
 

@@ -1,0 +1,225 @@
+"""Speed of the Monte-Carlo variance measurement (issue: "speed to the limit").
+
+Measures, in one process and one run (ratios are what count on a noisy machine):
+- the lesson's MDP at N = 256 with 60 batches: pgvar's time against NumPy's Generator drawing only
+  the random numbers the work needs (2 float64 uniforms per step), and against drawing the raw
+  64-bit words pgvar actually consumes (one per step on the lesson: two 32-bit halves);
+- N = 1 with many readings in one call (1000 readings x 60 batches), as the explorer needs;
+- a literal pure-Python port of the lesson's per-rollout loop (steps per second);
+- the two-core speed-up on a larger job;
+- a random MDP (10 states, 4 actions, H = 50, stochastic transitions, Gaussian noise);
+- optionally (--big) 10^8 episodes with the peak memory of the process.
+
+    .venv/bin/python benchmarks/bench_montecarlo.py [--repeats 7] [--big] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+
+from pgvar import envs
+from pgvar.estimators import parse_estimators
+from pgvar.exact import unroll
+from pgvar.montecarlo import RunningBaselines, sample_batch_means
+
+LESSON_FOUR = "vanilla,rtg,base,rtg+base"
+
+
+def median_time(work, repeats: int) -> float:
+    work()  # warm: compile, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1):
+    theta = np.zeros(mdp.theta_shape())
+    specs = parse_estimators(specs_text)
+    chain = unroll(mdp, theta)
+    steps = chain.steps
+
+    def work():
+        sample_batch_means(mdp, theta, specs, n, batches, seed=1, chain=chain,
+                           running=RunningBaselines.empty(steps), workers=workers)
+
+    return work
+
+
+def draw_only(count: int, kind: str):
+    rng = np.random.default_rng(1)
+    bits = np.random.PCG64(1)
+
+    def uniforms():
+        rng.random(count)
+
+    def words():
+        bits.random_raw(count)
+
+    return uniforms if kind == "uniforms" else words
+
+
+def python_port(n: int, batches: int) -> None:
+    """A literal port of the lesson's JavaScript core (rollout + estimateGrad), full return and rtg+base."""
+    T, A, best = 3, 3, [0, 1, 2]
+    theta = [[0.0] * A for _ in range(T)]
+    b_rtg = [0.0] * T
+
+    def softmax(row):
+        m = max(row)
+        e = [math.exp(x - m) for x in row]
+        z = sum(e)
+        return [x / z for x in e]
+
+    def sample(pi):
+        u, acc = random.random(), 0.0
+        for i, p in enumerate(pi):
+            acc += p
+            if u < acc:
+                return i
+        return len(pi) - 1
+
+    def rollout():
+        steps = []
+        for t in range(T):
+            pi = softmax(theta[t])
+            a = sample(pi)
+            r = (1 if a == best[t] else 0) + 0.6 * (random.random() - 0.5)
+            score = [(1 if i == a else 0) - p for i, p in enumerate(pi)]
+            steps.append((a, r, score))
+        return steps
+
+    def estimate_grad(n_episodes, use_rtg, use_base):
+        g = [[0.0] * A for _ in range(T)]
+        for _ in range(n_episodes):
+            ep = rollout()
+            total = sum(x[1] for x in ep)
+            for t in range(T):
+                gt = sum(x[1] for x in ep[t:]) if use_rtg else total
+                if use_base:
+                    gt -= b_rtg[t]
+                for i in range(A):
+                    g[t][i] += gt * ep[t][2][i] / n_episodes
+        return g
+
+    for _ in range(batches):
+        estimate_grad(n, False, False)
+
+
+def compile_time() -> dict:
+    """First-call time in a fresh process with an empty numba cache, then with the cache filled."""
+    code = ("import time; t=time.perf_counter(); import numpy as np; from pgvar import envs; "
+            "from pgvar.estimators import parse_estimators; from pgvar.montecarlo import sample_batch_means; "
+            "m=envs.lesson(); sample_batch_means(m, np.zeros((3,3)), parse_estimators('vanilla,rtg+base'), 4, 2); "
+            "print(time.perf_counter()-t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"NUMBA_CACHE_DIR": cache, "PATH": "/usr/bin:/bin"}
+        first = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                     check=True).stdout)
+        second = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                      check=True).stdout)
+    return {"first_call_s": first, "cached_call_s": second}
+
+
+def big_run() -> dict:
+    mdp = envs.lesson()
+    theta = np.zeros(mdp.theta_shape())
+    start = time.perf_counter()
+    sample_batch_means(mdp, theta, parse_estimators(LESSON_FOUR), 1_000_000, 100, seed=1, workers=2)
+    elapsed = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"episodes": 100_000_000, "seconds": elapsed, "peak_rss_mb": peak_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--big", action="store_true", help="also run 10^8 episodes and report peak memory")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    lesson = envs.lesson()
+    rows, figures = [], {}
+
+    def row(name, seconds, steps, reference=None, note=""):
+        ratio = "" if reference is None else f"{seconds / reference:.2f}x"
+        rows.append(f"| {name} | {steps / seconds:,.3g} | {seconds * 1e3:,.3f} | {ratio} | {note} |")
+        figures[name] = {"seconds": seconds, "steps_per_s": steps / seconds,
+                         "ratio_to_draw_only": None if reference is None else seconds / reference}
+
+    steps = 60 * 256 * 3
+    uniforms = median_time(draw_only(2 * steps, "uniforms"), args.repeats)
+    words = median_time(draw_only(steps, "words"), args.repeats)
+    row("draw-only: 2 float64 uniforms per step (N=256)", uniforms, steps)
+    row("draw-only: 1 raw 64-bit word per step (N=256)", words, steps)
+    for text in ("vanilla", LESSON_FOUR):
+        seconds = median_time(pgvar_job(lesson, text, 256, 60), args.repeats)
+        row(f"pgvar {text}, N=256, 60 batches", seconds, steps, uniforms,
+            f"{seconds / words:.2f}x the raw words")
+    many = 1000 * 60 * 3
+    uniforms_n1 = median_time(draw_only(2 * many, "uniforms"), args.repeats)
+    row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
+    seconds = median_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
+    row(f"pgvar {LESSON_FOUR}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
+    python_steps = 256 * 6 * 3
+    python_seconds = median_time(lambda: python_port(256, 6), max(1, args.repeats // 3))
+    row("literal pure-Python port of the lesson's loop (vanilla)", python_seconds, python_steps)
+    pg_vanilla = figures["pgvar vanilla, N=256, 60 batches"]["steps_per_s"]
+    speedup = pg_vanilla / (python_steps / python_seconds)
+
+    big_steps = 60 * 8192 * 3
+    one = median_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=1), max(3, args.repeats // 2))
+    two = median_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=2), max(3, args.repeats // 2))
+    row("pgvar lesson four, N=8192, 60 batches, 1 thread", one, big_steps)
+    row("pgvar lesson four, N=8192, 60 batches, 2 threads", two, big_steps, note=f"speed-up {one / two:.2f}x")
+
+    random_mdp = envs.make("random:seed=1,states=10,actions=4,horizon=50")
+    random_steps = 60 * 64 * 50
+    # per step: 1 word for action + stochastic transition, plus one normal for the Gaussian noise
+    rng = np.random.default_rng(1)
+    random_draw = median_time(lambda: (rng.random(2 * random_steps), rng.standard_normal(random_steps)),
+                              args.repeats)
+    row("draw-only: random MDP, 2 uniforms + 1 normal per step", random_draw, random_steps)
+    seconds = median_time(pgvar_job(random_mdp, "vanilla,rtg+value,gae0.95+value", 64, 60), args.repeats)
+    row("pgvar random MDP (10 states, 4 actions, H=50), N=64, 60 batches", seconds, random_steps, random_draw,
+        "vanilla, rtg+value, gae0.95+value")
+
+    print(f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}, "
+          f"{platform.machine()}")
+    print()
+    print("| job | steps/s | ms | vs draw-only | note |")
+    print("|---|---:|---:|---:|---|")
+    print("\n".join(rows))
+    print()
+    print(f"pgvar (vanilla, N=256) vs the pure-Python port: {speedup:,.0f}x")
+    figures["speedup_vs_python_port"] = speedup
+    compile_figures = compile_time()
+    figures["compile"] = compile_figures
+    print(f"first call in a fresh process with an empty numba cache: {compile_figures['first_call_s']:.1f} s; "
+          f"with the cache: {compile_figures['cached_call_s']:.1f} s")
+    if args.big:
+        big = big_run()
+        figures["big"] = big
+        print(f"10^8 episodes (lesson, 4 estimators, 2 threads): {big['seconds']:.1f} s, "
+              f"peak RSS {big['peak_rss_mb']:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
