@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pgvar import envs
+from pgvar.errors import PgvarError
 from pgvar.estimators import BASELINES, parse_estimator
 from pgvar.exact import (
     _recursion_moments,
@@ -23,7 +24,7 @@ from pgvar.exact import (
     values,
 )
 
-UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in BASELINES] + [
+UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in BASELINES if b != "learned"] + [
     "gae0+value",
     "gae0.5+value",
     "gae0.95+value",
@@ -109,6 +110,22 @@ def test_gae_with_an_inexact_value_is_biased_unless_lambda_is_one():
     for lam in (0.0, 0.5):
         assert np.abs(exact_moments(mdp, theta, parse_estimator(f"gae{lam}+none")).mean - grad).max() > 1e-3
     assert np.abs(exact_moments(mdp, theta, parse_estimator("gae1+none")).mean - grad).max() < 1e-10
+
+
+def test_a_learned_baseline_is_unbiased_except_inside_gae_with_lambda_below_one():
+    mdp = random_mdp(8, horizon=4, gamma=0.9)
+    theta = np.random.default_rng(2).normal(size=mdp.theta_shape())
+    grad = exact_gradient(mdp, theta).ravel()
+    table = np.random.default_rng(3).normal(size=(4, mdp.n_states))  # any table at all
+    for text in ("return+learned", "rtg+learned", "gae1+learned"):
+        assert (
+            np.abs(exact_moments(mdp, theta, parse_estimator(text), learned_ts=table).mean - grad).max()
+            < 1e-10
+        )
+    biased = exact_moments(mdp, theta, parse_estimator("gae0.5+learned"), learned_ts=table).mean
+    assert np.abs(biased - grad).max() > 1e-3
+    with pytest.raises(PgvarError, match="learned"):
+        exact_moments(mdp, theta, parse_estimator("rtg+learned"))
 
 
 def test_reward_noise_part_of_a_bandit_has_its_closed_form():
