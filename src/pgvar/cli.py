@@ -44,7 +44,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machine
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns an Exit's code instead of raising it
     except PgvarError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -60,6 +60,7 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
@@ -308,6 +309,44 @@ def variance(
     truncated = max((r.truncated_episodes for r in study.readings), default=0)
     if truncated:
         out.print(f"[yellow]note:[/] {truncated} episodes hit the step cap and were cut short")
+
+
+@app.command()
+def verify(
+    mdp: MdpOption = "lesson",
+    theta: ThetaOption = "uniform",
+    seed: Annotated[int, typer.Option(help="Seed for the Monte-Carlo checks.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every claim of the lesson on this MDP and policy: PASS or FAIL with the numbers.
+    Exit code 0 only when all hold."""
+    from pgvar.claims import verify_lesson
+
+    model, logits = _load(mdp, theta)
+    claims, summary = verify_lesson(model, logits, seed)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "mdp": model.name,
+                    "theta": logits.tolist(),
+                    "claims": [
+                        {"claim": c.claim, "passed": c.passed, "detail": c.detail, "numbers": c.numbers}
+                        for c in claims
+                    ],
+                    "variance_optimal": summary,
+                }
+            )
+        )
+    else:
+        out.print(f"Lesson 07's claims on {model.name!r}:", highlight=False)
+        for c in claims:
+            mark = "[green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
+            out.print(f"{mark} {c.claim}", highlight=False)
+            out.print(f"     {c.detail}", highlight=False, markup=False)
+        out.print(summary, highlight=False)
+    if not all(c.passed for c in claims):
+        raise typer.Exit(1)
 
 
 @mdp_app.command("check")

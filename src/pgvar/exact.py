@@ -21,7 +21,7 @@ variance, and the difference is the reward-noise part (law of total variance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -444,6 +444,14 @@ def _recursion_moments(chain: Chain, estimator: ResolvedEstimator, noise: bool):
     mA, mAA, _ = _backward(chain, estimator, noise)
     start_s = chain.mdp.initial_s
     return start_s @ mA, start_s @ mAA
+
+
+def optimal_constants(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
+    """(T,) the variance-minimising constant baseline b*_t for ``spec``'s weight, in the units of G_t
+    (or R for the full return): b*_t = E[|score_t|^2 Psi_t] / E[|score_t|^2] plus cross-step terms."""
+    optimal = replace(spec, baseline="optimal", label="")
+    scale_t = score_scale_t(optimal, chain.mdp.gamma, chain.steps)
+    return _optimal_coefficients(chain, optimal)[:, 0] / scale_t
 
 
 def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
