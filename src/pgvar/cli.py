@@ -349,6 +349,31 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    mdp: MdpOption = "lesson",
+    theta: ThetaOption = "uniform",
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Folder for the figures and report.html.")
+    ] = "pgvar-report",
+    batches: Annotated[int, typer.Option(help="Batches per Monte-Carlo reading.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of NumPy's Generator.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files in a non-empty --out.")
+    ] = False,
+) -> None:
+    """Write a figure set (PNG + SVG) and a self-contained HTML report for one MDP and policy."""
+    from pathlib import Path
+
+    from pgvar.report import build_report
+
+    if batches < 2:
+        raise SpecError(f"--batches: need at least 2 batches to measure a variance, got {batches}")
+    model, logits = _load(mdp, theta)
+    path = build_report(model, logits, Path(out_dir), batches=batches, seed=seed, overwrite=overwrite)
+    out.print(f"report: {path}", highlight=False)
+
+
 @mdp_app.command("check")
 def mdp_check(
     path: Annotated[str, typer.Argument(help="A YAML/JSON MDP file (or a built-in name).")],

@@ -1,0 +1,231 @@
+"""``pgvar report``: a figure set and a self-contained HTML page for one MDP and policy.
+
+Every number comes from the core (``exact``, ``montecarlo``, ``claims``, ``train``); this module only
+draws. Figures are written as PNG and SVG; the HTML page embeds the PNGs, so it can be mailed alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pgvar.errors import SpecError
+from pgvar.estimators import parse_estimator, parse_estimators
+from pgvar.exact import exact_gradient, exact_moments, unroll
+from pgvar.mdp import TabularMDP
+from pgvar.montecarlo import variance_study
+
+LESSON_FOUR = ("vanilla", "rtg", "base", "rtg+base")
+BASELINE_KINDS = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter")
+GAE_LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    figure: object  # matplotlib Figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_variance_by_estimator(mdp: TabularMDP, theta: np.ndarray, chain) -> Figure:
+    plt = _pyplot()
+    names = [*LESSON_FOUR, "rtg+value", "rtg+optimal", "gae0.95+value"]
+    moments = [exact_moments(mdp, theta, parse_estimator(n), chain=chain) for n in names]
+    noise = [m.reward_noise for m in moments]
+    sampling = [m.sampling for m in moments]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(names, sampling, label="action/transition sampling", color="#4c72b0")
+    ax.bar(names, noise, bottom=sampling, label="reward noise", color="#dd8452")
+    for i, m in enumerate(moments):
+        ax.text(i, m.variance_trace, f"{m.variance_trace:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("exact variance of one episode's estimate (trace)")
+    ax.legend()
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return Figure(
+        "variance_by_estimator",
+        "Variance by estimator, and its split",
+        "Exact single-episode variance (trace of the covariance), split by the law of total "
+        "variance into reward noise and action/transition sampling.",
+        fig,
+    )
+
+
+def figure_variance_against_n(mdp: TabularMDP, theta: np.ndarray, batches: int, seed: int) -> Figure:
+    plt = _pyplot()
+    ns = [1, 2, 4, 8, 16, 32, 64, 128]
+    study = variance_study(mdp, theta, parse_estimators(",".join(LESSON_FOUR)), ns, batches, seed)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in LESSON_FOUR:
+        rows = [r for r in study.readings if r.spec.name == name]
+        n = np.array([r.n for r in rows])
+        value = np.array([r.variance_trace for r in rows])
+        low = value - np.array([r.ci95[0] for r in rows])
+        high = np.array([r.ci95[1] for r in rows]) - value
+        line = ax.errorbar(n, value, yerr=[low, high], fmt="o", capsize=3, label=f"{name} (Monte Carlo)")
+        exact = rows[0].exact_variance_trace * rows[0].n
+        ax.plot(n, exact / n, "-", color=line[0].get_color(), alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size N")
+    ax.set_ylabel("variance of the batch-mean gradient")
+    ax.legend(fontsize=8)
+    slopes = ", ".join(f"{k} {v:+.2f}" for k, v in study.slopes.items())
+    fig.tight_layout()
+    return Figure(
+        "variance_against_n",
+        "Variance against N, with the 1/N line",
+        f"Points: {batches} independent batches per reading with 95% intervals; lines: exact "
+        f"variance / N. Fitted slopes of log variance on log N: {slopes}.",
+        fig,
+    )
+
+
+def figure_baselines(mdp: TabularMDP, theta: np.ndarray, chain) -> tuple[Figure, str]:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    notes = []
+    for k, weight in enumerate(("return", "rtg")):
+        traces = [
+            exact_moments(mdp, theta, parse_estimator(f"{weight}+{b}"), chain=chain).variance_trace
+            for b in BASELINE_KINDS
+        ]
+        x = np.arange(len(BASELINE_KINDS)) + (k - 0.5) * width
+        ax.bar(x, traces, width, label=f"weight {weight}")
+        best = BASELINE_KINDS[int(np.argmin(traces))]
+        value = traces[BASELINE_KINDS.index("value")]
+        notes.append(
+            f"{weight}: best baseline {best} ({min(traces):.4g}); V(s) gives {value:.4g}"
+            + ("" if best == "value" else f", {value / min(traces):.2f}x the best")
+            + ("; V raises the variance over no baseline" if value > traces[0] else "")
+        )
+    ax.set_xticks(np.arange(len(BASELINE_KINDS)), BASELINE_KINDS, rotation=15)
+    ax.set_ylabel("exact single-episode variance")
+    ax.legend()
+    fig.tight_layout()
+    text = "; ".join(notes)
+    return Figure("baselines", "Baselines compared", "Exact variance per baseline. " + text + ".", fig), text
+
+
+def figure_gae(mdp: TabularMDP, theta: np.ndarray, chain, n: int) -> Figure:
+    plt = _pyplot()
+    grad = exact_gradient(mdp, theta).ravel()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for value in ("value", "lesson", "none"):
+        bias, variance = [], []
+        for lam in GAE_LAMBDAS:
+            m = exact_moments(mdp, theta, parse_estimator(f"gae{lam:g}+{value}"), chain=chain)
+            bias.append(float(np.linalg.norm(m.mean - grad)))
+            variance.append(m.variance_trace)
+        label = {"value": "V exact", "lesson": "V = running mean of G_t", "none": "V = 0"}[value]
+        axes[0].plot(GAE_LAMBDAS, bias, "o-", label=label)
+        axes[1].plot(GAE_LAMBDAS, np.array(bias) ** 2 + np.array(variance) / n, "o-", label=label)
+    axes[0].set_xlabel("λ")
+    axes[0].set_ylabel("|E g − ∇J| (bias)")
+    axes[1].set_xlabel("λ")
+    axes[1].set_ylabel(f"mean squared error at N = {n}")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return Figure(
+        "gae_lambda",
+        "GAE: bias and variance against λ",
+        "Left: bias of the GAE(λ) estimate with the exact gradient as reference, for three value "
+        "functions (with the exact V every λ is unbiased). Right: squared bias + variance / N.",
+        fig,
+    )
+
+
+def figure_learning_curves(mdp: TabularMDP, theta: np.ndarray, seed: int) -> Figure | None:
+    """Learning curves from ``pgvar.train`` when it is available for this MDP."""
+    try:
+        from pgvar import train
+    except ImportError:
+        return None
+    curves = getattr(train, "report_curves", None)
+    if curves is None:
+        return None
+    fig = curves(mdp, theta, seed=seed)
+    return Figure(
+        "learning_curves",
+        "Learning curves",
+        "Stochastic gradient ascent with each estimator (mean over runs, 95% band) and ascent "
+        "on the exact gradient as reference.",
+        fig,
+    )
+
+
+def build_report(
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    out: Path,
+    *,
+    batches: int = 60,
+    seed: int = 0,
+    n: int = 16,
+    overwrite: bool = False,
+    learning: bool = True,
+) -> Path:
+    """Write the figures (PNG + SVG) and ``report.html`` into ``out``; return the HTML path."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SpecError(f"--out: {out} is not empty; pass --overwrite to replace its files")
+    out.mkdir(parents=True, exist_ok=True)
+    chain = unroll(mdp, theta)
+    figures = [
+        figure_variance_by_estimator(mdp, theta, chain),
+        figure_variance_against_n(mdp, theta, batches, seed),
+    ]
+    baseline_figure, _ = figure_baselines(mdp, theta, chain)
+    figures += [baseline_figure, figure_gae(mdp, theta, chain, n)]
+    if learning:
+        curves = figure_learning_curves(mdp, theta, seed)
+        if curves is not None:
+            figures.append(curves)
+    plt = _pyplot()
+    sections = []
+    for fig in figures:
+        png = io.BytesIO()
+        fig.figure.savefig(png, format="png", dpi=110)
+        (out / f"{fig.name}.png").write_bytes(png.getvalue())
+        fig.figure.savefig(out / f"{fig.name}.svg", format="svg")
+        plt.close(fig.figure)
+        encoded = base64.b64encode(png.getvalue()).decode()
+        sections.append(
+            f"<h2>{html.escape(fig.title)}</h2><img alt='{html.escape(fig.title)}' "
+            f"src='data:image/png;base64,{encoded}'><p>{html.escape(fig.caption)}</p>"
+        )
+    from pgvar.claims import verify_lesson
+
+    claims, summary = verify_lesson(mdp, theta, seed)
+    rows = "".join(
+        f"<tr><td class='{'pass' if c.passed else 'fail'}'>{'PASS' if c.passed else 'FAIL'}</td>"
+        f"<td>{html.escape(c.claim)}</td><td>{html.escape(c.detail)}</td></tr>"
+        for c in claims
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pgvar report: {html.escape(mdp.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}img{{max-width:100%}}
+td{{vertical-align:top;padding:4px 8px;border-bottom:1px solid #ddd}}.pass{{color:#1a7f37}}.fail{{color:#c62828}}</style>
+</head><body><h1>pgvar report: {html.escape(mdp.name)}</h1><p>{html.escape(mdp.description)}</p>
+<p>theta = {html.escape(np.array2string(theta, precision=3))}</p>
+{"".join(sections)}<h2>The lesson's claims on this MDP</h2><table>{rows}</table><p>{html.escape(summary)}</p>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
