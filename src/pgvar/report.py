@@ -25,6 +25,13 @@ BASELINE_KINDS = ("none", "lesson", "running", "value", "optimal", "optimal-per-
 GAE_LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}img{max-width:100%}"
+    "td{vertical-align:top;padding:4px 8px;border-bottom:1px solid #ddd}"
+    ".pass{color:#1a7f37}.fail{color:#c62828}"
+)
+
+
 @dataclass
 class Figure:
     name: str
@@ -219,10 +226,9 @@ def build_report(
         f"<td>{html.escape(c.claim)}</td><td>{html.escape(c.detail)}</td></tr>"
         for c in claims
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pgvar report: {html.escape(mdp.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}img{{max-width:100%}}
-td{{vertical-align:top;padding:4px 8px;border-bottom:1px solid #ddd}}.pass{{color:#1a7f37}}.fail{{color:#c62828}}</style>
-</head><body><h1>pgvar report: {html.escape(mdp.name)}</h1><p>{html.escape(mdp.description)}</p>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>pgvar report: {html.escape(mdp.name)}</title><style>{_STYLE}</style></head>
+<body><h1>pgvar report: {html.escape(mdp.name)}</h1><p>{html.escape(mdp.description)}</p>
 <p>theta = {html.escape(np.array2string(theta, precision=3))}</p>
 {"".join(sections)}<h2>The lesson's claims on this MDP</h2><table>{rows}</table><p>{html.escape(summary)}</p>
 </body></html>"""
