@@ -55,8 +55,17 @@ def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1):
     steps = chain.steps
 
     def work():
-        sample_batch_means(mdp, theta, specs, n, batches, seed=1, chain=chain,
-                           running=RunningBaselines.empty(steps), workers=workers)
+        sample_batch_means(
+            mdp,
+            theta,
+            specs,
+            n,
+            batches,
+            seed=1,
+            chain=chain,
+            running=RunningBaselines.empty(steps),
+            workers=workers,
+        )
 
     return work
 
@@ -123,16 +132,25 @@ def python_port(n: int, batches: int) -> None:
 
 def compile_time() -> dict:
     """First-call time in a fresh process with an empty numba cache, then with the cache filled."""
-    code = ("import time; t=time.perf_counter(); import numpy as np; from pgvar import envs; "
-            "from pgvar.estimators import parse_estimators; from pgvar.montecarlo import sample_batch_means; "
-            "m=envs.lesson(); sample_batch_means(m, np.zeros((3,3)), parse_estimators('vanilla,rtg+base'), 4, 2); "
-            "print(time.perf_counter()-t)")
+    code = (
+        "import time; t=time.perf_counter(); import numpy as np; from pgvar import envs; "
+        "from pgvar.estimators import parse_estimators; from pgvar.montecarlo import sample_batch_means; "
+        "m=envs.lesson(); specs=parse_estimators('vanilla,rtg+base'); "
+        "sample_batch_means(m, np.zeros((3,3)), specs, 4, 2); "
+        "print(time.perf_counter()-t)"
+    )
     with tempfile.TemporaryDirectory() as cache:
         env = {"NUMBA_CACHE_DIR": cache, "PATH": "/usr/bin:/bin"}
-        first = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                     check=True).stdout)
-        second = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                      check=True).stdout)
+        first = float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+            ).stdout
+        )
+        second = float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+            ).stdout
+        )
     return {"first_call_s": first, "cached_call_s": second}
 
 
@@ -147,7 +165,9 @@ def big_run() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--big", action="store_true", help="also run 10^8 episodes and report peak memory")
     parser.add_argument("--json", help="write the figures to this file")
@@ -158,8 +178,11 @@ def main() -> None:
     def row(name, seconds, steps, reference=None, note=""):
         ratio = "" if reference is None else f"{seconds / reference:.2f}x"
         rows.append(f"| {name} | {steps / seconds:,.3g} | {seconds * 1e3:,.3f} | {ratio} | {note} |")
-        figures[name] = {"seconds": seconds, "steps_per_s": steps / seconds,
-                         "ratio_to_draw_only": None if reference is None else seconds / reference}
+        figures[name] = {
+            "seconds": seconds,
+            "steps_per_s": steps / seconds,
+            "ratio_to_draw_only": None if reference is None else seconds / reference,
+        }
 
     steps = 60 * 256 * 3
     uniforms = median_time(draw_only(2 * steps, "uniforms"), args.repeats)
@@ -168,8 +191,13 @@ def main() -> None:
     row("draw-only: 1 raw 64-bit word per step (N=256)", words, steps)
     for text in ("vanilla", LESSON_FOUR):
         seconds = median_time(pgvar_job(lesson, text, 256, 60), args.repeats)
-        row(f"pgvar {text}, N=256, 60 batches", seconds, steps, uniforms,
-            f"{seconds / words:.2f}x the raw words")
+        row(
+            f"pgvar {text}, N=256, 60 batches",
+            seconds,
+            steps,
+            uniforms,
+            f"{seconds / words:.2f}x the raw words",
+        )
     many = 1000 * 60 * 3
     uniforms_n1 = median_time(draw_only(2 * many, "uniforms"), args.repeats)
     row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
@@ -191,15 +219,23 @@ def main() -> None:
     random_steps = 60 * 64 * 50
     # per step: 1 word for action + stochastic transition, plus one normal for the Gaussian noise
     rng = np.random.default_rng(1)
-    random_draw = median_time(lambda: (rng.random(2 * random_steps), rng.standard_normal(random_steps)),
-                              args.repeats)
+    random_draw = median_time(
+        lambda: (rng.random(2 * random_steps), rng.standard_normal(random_steps)), args.repeats
+    )
     row("draw-only: random MDP, 2 uniforms + 1 normal per step", random_draw, random_steps)
     seconds = median_time(pgvar_job(random_mdp, "vanilla,rtg+value,gae0.95+value", 64, 60), args.repeats)
-    row("pgvar random MDP (10 states, 4 actions, H=50), N=64, 60 batches", seconds, random_steps, random_draw,
-        "vanilla, rtg+value, gae0.95+value")
+    row(
+        "pgvar random MDP (10 states, 4 actions, H=50), N=64, 60 batches",
+        seconds,
+        random_steps,
+        random_draw,
+        "vanilla, rtg+value, gae0.95+value",
+    )
 
-    print(f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()}")
+    print(
+        f"numpy {np.__version__}, numba {numba.__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()}"
+    )
     print()
     print("| job | steps/s | ms | vs draw-only | note |")
     print("|---|---:|---:|---:|---|")
@@ -209,13 +245,17 @@ def main() -> None:
     figures["speedup_vs_python_port"] = speedup
     compile_figures = compile_time()
     figures["compile"] = compile_figures
-    print(f"first call in a fresh process with an empty numba cache: {compile_figures['first_call_s']:.1f} s; "
-          f"with the cache: {compile_figures['cached_call_s']:.1f} s")
+    print(
+        f"first call in a fresh process with an empty numba cache: {compile_figures['first_call_s']:.1f} s; "
+        f"with the cache: {compile_figures['cached_call_s']:.1f} s"
+    )
     if args.big:
         big = big_run()
         figures["big"] = big
-        print(f"10^8 episodes (lesson, 4 estimators, 2 threads): {big['seconds']:.1f} s, "
-              f"peak RSS {big['peak_rss_mb']:.0f} MB")
+        print(
+            f"10^8 episodes (lesson, 4 estimators, 2 threads): {big['seconds']:.1f} s, "
+            f"peak RSS {big['peak_rss_mb']:.0f} MB"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)
