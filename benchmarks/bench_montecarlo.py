@@ -33,7 +33,7 @@ import numpy as np
 from pgvar import envs
 from pgvar.estimators import parse_estimators
 from pgvar.exact import unroll
-from pgvar.montecarlo import RunningBaselines, sample_batch_means
+from pgvar.montecarlo import RunningBaselines, Sampler, sample_batch_means
 
 LESSON_FOUR = "vanilla,rtg,base,rtg+base"
 
@@ -49,23 +49,13 @@ def median_time(work, repeats: int) -> float:
 
 
 def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1):
+    """One reading of every estimator, from a Sampler built once (as the explorer and sweeps do)."""
     theta = np.zeros(mdp.theta_shape())
-    specs = parse_estimators(specs_text)
-    chain = unroll(mdp, theta)
-    steps = chain.steps
+    sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta))
+    steps = sampler.tables.steps
 
     def work():
-        sample_batch_means(
-            mdp,
-            theta,
-            specs,
-            n,
-            batches,
-            seed=1,
-            chain=chain,
-            running=RunningBaselines.empty(steps),
-            workers=workers,
-        )
+        sampler.sample(n, batches, seed=1, running=RunningBaselines.empty(steps), workers=workers)
 
     return work
 

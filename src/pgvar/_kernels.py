@@ -25,11 +25,11 @@ _TO_UNIT = 1.0 / 4294967296.0  # 2**-32
 
 @njit(cache=True, nogil=True, inline="always")
 def _draw(cdf_a, u):
-    last = cdf_a.shape[0] - 1
-    for i in range(last):
-        if u < cdf_a[i]:
-            return i
-    return last
+    # branchless: count the cumulative probabilities below u (random branches would mispredict)
+    index = 0
+    for i in range(cdf_a.shape[0] - 1):
+        index += u >= cdf_a[i]
+    return index
 
 
 @njit(cache=True, nogil=True)
@@ -55,14 +55,16 @@ def simulate(
     episode,
     n_episodes,
     batch_size,
+    worst_words,
     stats_btsak,
     states_t,
     actions_t,
     rewards_t,
     next_t,
-    returns_t,
 ):
     """Simulate episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size.
+    ``worst_words`` bounds the words one episode can use: the kernel stops before an episode that
+    might run past the end of ``words``.
 
     Steps t >= T (the accumulators' step axis) are added into the last step row.
     Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
@@ -71,19 +73,21 @@ def simulate(
     per_step_trans = trans_cdf.shape[0] > 1
     n_gae = gae_rho_g.shape[0]
     cut = 0
-    worst_words = 1 + 2 * max_steps
+    batch = episode // batch_size
+    in_batch = episode - batch * batch_size  # a counter, not a division per episode
     while episode < n_episodes:
         if word_pos + worst_words > words.shape[0]:
             break
         if noise_kind == NOISE_GAUSSIAN and normal_pos + max_steps > normals.shape[0]:
             break
-        batch = episode // batch_size
         if initial_fixed >= 0:
             s = initial_fixed
         else:
             s = _draw(initial_cdf, (words[word_pos] >> 32) * _TO_UNIT)
             word_pos += 1
         length = 0
+        total = 0.0  # the discounted return R, summed on the way
+        discount = 1.0
         while True:
             p = length if per_step_policy else 0
             word = words[word_pos]
@@ -109,6 +113,8 @@ def simulate(
             actions_t[length] = a
             rewards_t[length] = r
             next_t[length] = nxt
+            total += discount * r
+            discount *= gamma
             length += 1
             s = nxt
             if terminal_s[s] or length == max_steps:
@@ -117,17 +123,13 @@ def simulate(
             cut += 1
         ret = 0.0
         for t in range(length - 1, -1, -1):
-            ret = rewards_t[t] + gamma * ret
-            returns_t[t] = ret
-        total = returns_t[0]
-        for t in range(length):
+            ret = rewards_t[t] + gamma * ret  # the reward-to-go G_t
             tc = min(t, n_acc_steps - 1)
             st = states_t[t]
             at = actions_t[t]
-            cell = stats_btsak[batch, tc, st, at]
-            cell[COUNT] += 1.0
-            cell[SUM_G] += returns_t[t]
-            cell[SUM_R] += total
+            stats_btsak[batch, tc, st, at, COUNT] += 1.0
+            stats_btsak[batch, tc, st, at, SUM_G] += ret
+            stats_btsak[batch, tc, st, at, SUM_R] += total
         for g in range(n_gae):
             # A_t = delta_t + rho * A_{t+1}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t)
             adv = 0.0
@@ -139,6 +141,10 @@ def simulate(
                 adv = delta + gae_rho_g[g] * adv
                 stats_btsak[batch, tc, states_t[t], actions_t[t], SUM_ADV + g] += adv
         episode += 1
+        in_batch += 1
+        if in_batch == batch_size:
+            batch += 1
+            in_batch = 0
     return episode, word_pos, normal_pos, cut
 
 
@@ -161,14 +167,23 @@ def readout(
     prior_n_t,
     n,
     grads_ebd,
+    count_ts,
+    sum_g_ts,
 ):
     """Batch-mean gradients from the sufficient statistics, for every estimator (see
     ``montecarlo.batch_gradients``). The running means of batch b use ``prior_*`` and batches before
-    b only; ``prior_*`` are updated in place with every batch."""
+    b only; ``prior_*`` are updated in place with every batch, and ``count_ts``, ``sum_g_ts`` total
+    the visits and reward-to-go per (step, state)."""
     n_batches, n_steps, n_states, n_actions, _ = stats_btsak.shape
     n_estimators = weight_kind_e.shape[0]
     weights_a = np.zeros(n_actions)
+    batch_g_t = np.zeros(n_steps)
+    batch_r_t = np.zeros(n_steps)
+    batch_n_t = np.zeros(n_steps)
     for b in range(n_batches):
+        batch_g_t[:] = 0.0
+        batch_r_t[:] = 0.0
+        batch_n_t[:] = 0.0
         for t in range(n_steps):
             mean_g = prior_g_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
             mean_r = prior_r_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
@@ -178,6 +193,12 @@ def readout(
                     visits += stats_btsak[b, t, s, a, COUNT]
                 if visits == 0.0:
                     continue
+                for a in range(n_actions):
+                    batch_g_t[t] += stats_btsak[b, t, s, a, SUM_G]
+                    batch_r_t[t] += stats_btsak[b, t, s, a, SUM_R]
+                    sum_g_ts[t, s] += stats_btsak[b, t, s, a, SUM_G]
+                batch_n_t[t] += visits
+                count_ts[t, s] += visits
                 for e in range(n_estimators):
                     kind = weight_kind_e[e]
                     scale = scale_et[e, t]
@@ -208,8 +229,6 @@ def readout(
                         )
                         grads_ebd[e, b, index_tsa[t, s, a]] += value / n
         for t in range(n_steps):
-            for s in range(n_states):
-                for a in range(n_actions):
-                    prior_g_t[t] += stats_btsak[b, t, s, a, SUM_G]
-                    prior_r_t[t] += stats_btsak[b, t, s, a, SUM_R]
-                    prior_n_t[t] += stats_btsak[b, t, s, a, COUNT]
+            prior_g_t[t] += batch_g_t[t]
+            prior_r_t[t] += batch_r_t[t]
+            prior_n_t[t] += batch_n_t[t]

@@ -28,7 +28,7 @@ DEFAULT_BATCHES = 60
 DEFAULT_WARMUP = 1000
 UNBOUNDED_CAP = 100_000
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
-BLOCK_CELLS = 1 << 21  # bound on batches x steps x states x actions held at once
+BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
 _WARMUP_STREAM = 1 << 30
 
 
@@ -207,7 +207,7 @@ def _tables(
     )
 
 
-_WORDS = 1 << 15  # raw words drawn at a time: small enough to stay in cache
+_WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory small
 
 
 def _simulate(
@@ -220,13 +220,17 @@ def _simulate(
     normal_rng = np.random.default_rng(normal_seed)
     gaussian = mdp.reward_noise == "gaussian"
     noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
-    worst = 1 + 2 * tables.max_steps
+    # words an episode may use: one per step, one more when a stochastic transition took the low half
+    # that uniform noise needs, one for a random start state
+    stochastic = bool((tables.trans_fixed < 0).any())
+    per_step = 2 if stochastic and mdp.reward_noise == "uniform" else 1
+    worst = (0 if tables.initial_fixed >= 0 else 1) + per_step * tables.max_steps
     size = max(_WORDS, 2 * worst)
     words = bits.random_raw(min(size, worst * n_episodes))
     normals = normal_rng.standard_normal(size if gaussian else 0)
     word_pos = normal_pos = 0
     scratch_int = [np.zeros(tables.max_steps, dtype=np.int64) for _ in range(3)]
-    scratch = [np.zeros(tables.max_steps) for _ in range(2)]
+    rewards_t = np.zeros(tables.max_steps)
     episode = 0
     while True:
         episode, word_pos, normal_pos, cut = _kernels.simulate(
@@ -251,12 +255,12 @@ def _simulate(
             episode,
             n_episodes,
             batch_size,
+            worst,
             stats.stats_btsak,
             scratch_int[0],
             scratch_int[1],
-            scratch[0],
+            rewards_t,
             scratch_int[2],
-            scratch[1],
         )
         stats.truncated += cut
         if episode >= n_episodes:
@@ -270,9 +274,17 @@ def _simulate(
             normal_pos = 0
 
 
-def batch_gradients(tables: _Tables, stats: BatchStats, n: int, running: RunningBaselines) -> np.ndarray:
+def batch_gradients(
+    tables: _Tables,
+    stats: BatchStats,
+    n: int,
+    running: RunningBaselines,
+    count_ts: np.ndarray,
+    sum_g_ts: np.ndarray,
+) -> np.ndarray:
     """(E, B, D) batch-mean gradients from sufficient statistics; running baselines of batch b use
-    ``running`` plus batches before b only. Updates ``running`` with all B batches.
+    ``running`` plus batches before b only. Updates ``running`` with all B batches and adds the visits
+    and summed reward-to-go per (step, state) into ``count_ts`` and ``sum_g_ts``.
 
     With score e_a - pi(.|s), a batch's estimate is, summed over steps t and states s, in the component
     of action a': W(t,s,a') - pi(a'|s) W(t,s,.) - b(t,s,a') (n(t,s,a') - pi(a'|s) n(t,s)), where W
@@ -293,8 +305,103 @@ def batch_gradients(tables: _Tables, stats: BatchStats, n: int, running: Running
         running.count_t,
         n,
         grads,
+        count_ts,
+        sum_g_ts,
     )
     return grads
+
+
+class Sampler:
+    """A plan for Monte-Carlo measurement of ``specs`` on one MDP and policy: the policy, transition
+    and baseline tables are computed once, so repeated readings (the explorer, a sweep over N) pay only
+    for the episodes."""
+
+    def __init__(
+        self,
+        mdp: TabularMDP,
+        theta: np.ndarray,
+        specs: Sequence[EstimatorSpec],
+        *,
+        chain: Chain | None = None,
+        learned_ts: np.ndarray | None = None,
+    ) -> None:
+        self.specs = list(specs)
+        if not self.specs:
+            raise SpecError("estimators: give at least one")
+        betas = {spec.entropy for spec in self.specs}
+        if len(betas) != 1:
+            raise SpecError("entropy: all estimators measured together must share one entropy coefficient")
+        beta = betas.pop()
+        chain = chain if chain is not None and chain.beta == beta else unroll(mdp, theta, beta)
+        self.mdp, self.theta = mdp, theta
+        self.tables = _tables(mdp, theta, self.specs, chain, learned_ts)
+
+    def sample(
+        self,
+        n: int,
+        batches: int = DEFAULT_BATCHES,
+        seed: int | np.random.SeedSequence = 0,
+        *,
+        warmup: int | None = None,
+        running: RunningBaselines | None = None,
+        workers: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> Sample:
+        """Simulate ``warmup + batches * n`` episodes; see :func:`sample_batch_means`."""
+        _check_counts(n, batches, least_batches=1)
+        tables, mdp = self.tables, self.mdp
+        if warmup is None:
+            warmup = DEFAULT_WARMUP if any(spec.running for spec in self.specs) and running is None else 0
+        running = running if running is not None else RunningBaselines.empty(tables.steps)
+        running.fit(tables.steps)
+        root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        shape = (tables.steps, mdp.n_states, mdp.n_actions)
+        n_gae = tables.gae_rho_g.size
+
+        def stream(key: int) -> np.random.SeedSequence:
+            return np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, key))
+
+        truncated = 0
+        if warmup > 0:
+            stats = BatchStats.zeros(1, *shape, n_gae)
+            _simulate(tables, stream(_WARMUP_STREAM), warmup, warmup, stats)
+            truncated += stats.truncated
+            running.sum_g_t += stats.per_step(_kernels.SUM_G)
+            running.sum_r_t += stats.per_step(_kernels.SUM_R)
+            running.count_t += stats.per_step(_kernels.COUNT)
+            if progress is not None:
+                progress(warmup)
+        per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // int(np.prod(shape)))))
+        starts = list(range(0, batches, per_block))
+
+        def run_block(index: int) -> BatchStats:
+            size = min(per_block, batches - starts[index])
+            stats = BatchStats.zeros(size, *shape, n_gae)
+            _simulate(tables, stream(index), size * n, n, stats)
+            return stats
+
+        means = np.zeros((len(self.specs), batches, tables.n_params))
+        count_ts = np.zeros(shape[:2])
+        sum_g_ts = np.zeros(shape[:2])
+
+        def read(index: int, stats: BatchStats) -> None:
+            nonlocal truncated
+            truncated += stats.truncated
+            block = slice(starts[index], starts[index] + stats.batches)
+            means[:, block] = batch_gradients(tables, stats, n, running, count_ts, sum_g_ts)
+            if progress is not None:
+                progress(stats.batches * n)
+
+        if workers <= 1 or len(starts) == 1:
+            for index in range(len(starts)):
+                read(index, run_block(index))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for first in range(0, len(starts), workers):
+                    wave = range(first, min(first + workers, len(starts)))
+                    for index, stats in zip(wave, pool.map(run_block, wave), strict=True):
+                        read(index, stats)
+        return Sample(self.specs, n, means, truncated, running, count_ts, sum_g_ts)
 
 
 def sample_batch_means(
@@ -320,70 +427,13 @@ def sample_batch_means(
     of the running mean, zero, or ``learned_ts`` (the (T, S) table of a ``learned`` baseline).
     ``Sample.count_ts`` and ``Sample.sum_g_ts`` total the visits and returns per (step, state), so a
     caller can fit a learned baseline from them. Episodes are split into blocks of whole batches, each
-    with its own random stream, so ``workers`` threads give the same numbers as one.
+    with its own random stream, so ``workers`` threads give the same numbers as one. For repeated
+    readings build a :class:`Sampler` once.
     """
-    _check_counts(n, batches, least_batches=1)
-    specs = list(specs)
-    betas = {spec.entropy for spec in specs}
-    if len(betas) != 1:
-        raise SpecError("entropy: all estimators measured together must share one entropy coefficient")
-    beta = betas.pop()
-    chain = chain if chain is not None and chain.beta == beta else unroll(mdp, theta, beta)
-    tables = _tables(mdp, theta, specs, chain, learned_ts)
-    if warmup is None:
-        warmup = DEFAULT_WARMUP if any(spec.running for spec in specs) and running is None else 0
-    running = running if running is not None else RunningBaselines.empty(tables.steps)
-    running.fit(tables.steps)
-    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    shape = (tables.steps, mdp.n_states, mdp.n_actions)
-    n_gae = tables.gae_rho_g.size
-
-    def stream(key: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, key))
-
-    truncated = 0
-    if warmup > 0:
-        stats = BatchStats.zeros(1, *shape, n_gae)
-        _simulate(tables, stream(_WARMUP_STREAM), warmup, warmup, stats)
-        truncated += stats.truncated
-        running.sum_g_t += stats.per_step(_kernels.SUM_G)
-        running.sum_r_t += stats.per_step(_kernels.SUM_R)
-        running.count_t += stats.per_step(_kernels.COUNT)
-        if progress is not None:
-            progress(warmup)
-    per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // int(np.prod(shape)))))
-    starts = list(range(0, batches, per_block))
-
-    def run_block(index: int) -> BatchStats:
-        size = min(per_block, batches - starts[index])
-        stats = BatchStats.zeros(size, *shape, n_gae)
-        _simulate(tables, stream(index), size * n, n, stats)
-        return stats
-
-    means = np.zeros((len(specs), batches, theta.size))
-    count_ts = np.zeros(shape[:2])
-    sum_g_ts = np.zeros(shape[:2])
-
-    def read(index: int, stats: BatchStats) -> None:
-        nonlocal truncated
-        truncated += stats.truncated
-        count_ts[:] += stats.stats_btsak[..., _kernels.COUNT].sum(axis=(0, 3))
-        sum_g_ts[:] += stats.stats_btsak[..., _kernels.SUM_G].sum(axis=(0, 3))
-        block = slice(starts[index], starts[index] + stats.batches)
-        means[:, block] = batch_gradients(tables, stats, n, running)
-        if progress is not None:
-            progress(stats.batches * n)
-
-    if workers <= 1 or len(starts) == 1:
-        for index in range(len(starts)):
-            read(index, run_block(index))
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for first in range(0, len(starts), workers):
-                wave = range(first, min(first + workers, len(starts)))
-                for index, stats in zip(wave, pool.map(run_block, wave), strict=True):
-                    read(index, stats)
-    return Sample(specs, n, means, truncated, running, count_ts, sum_g_ts)
+    sampler = Sampler(mdp, theta, specs, chain=chain, learned_ts=learned_ts)
+    return sampler.sample(
+        n, batches, seed, warmup=warmup, running=running, workers=workers, progress=progress
+    )
 
 
 def estimate_gradient(
@@ -532,9 +582,11 @@ def variance_study(
     all_ns = sorted(set(ns) | {1})
     children = np.random.SeedSequence(seed).spawn(len(all_ns))
     by_n: dict[int, list[VarianceReading]] = {}
+    samplers = {True: Sampler(mdp, theta, measured, chain=chain)}
     for n, child in zip(all_ns, children, strict=True):
-        run_specs = measured if n in ns else [vanilla]
-        sample = sample_batch_means(mdp, theta, run_specs, n, batches, child, chain=chain, progress=progress)
+        if n not in ns and False not in samplers:
+            samplers[False] = Sampler(mdp, theta, [vanilla], chain=chain)
+        sample = samplers[n in ns].sample(n, batches, child, progress=progress)
         by_n[n] = read_sample(sample, grad, exact_traces)
     vanilla_at = {
         n: next(r for r in rs if r.spec.canonical == vanilla.canonical).variance_trace
