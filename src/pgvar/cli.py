@@ -406,10 +406,8 @@ def explore(
 ) -> None:
     """Serve the live gradient-variance explorer on 127.0.0.1 (Ctrl-C stops it)."""
     from pgvar.explorer import serve
-    from pgvar.mdpfile import resolve_mdp
 
-    resolve_mdp(mdp)  # a bad --mdp fails here with one line; the page can still switch MDPs later
-    serve(mdp=mdp, port=port, open_browser=not no_browser)
+    serve(mdp=mdp, port=port, open_browser=not no_browser)  # a bad --mdp is reported on the page
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""``pgvar explore``: the live gradient-variance explorer (lesson 07's widget, and more), in Panel.
+
+``app(mdp)`` builds the page for one session (also usable in a notebook); ``serve(mdp, port)`` runs a
+local server on 127.0.0.1, prints its URL and opens a browser. Pure session logic lives in
+:mod:`pgvar.explorer.state` and runs without Panel.
+"""
+
+from __future__ import annotations
+
+import sys
+import webbrowser
+
+__all__ = ["app", "serve"]
+
+
+def app(mdp: str = "lesson", **kwargs):
+    """The explorer for the current session (a Panel layout); see :func:`pgvar.explorer.app.app`."""
+    from pgvar.explorer.app import app as _app
+
+    return _app(mdp, **kwargs)
+
+
+def serve(
+    mdp: str = "lesson",
+    port: int = 0,
+    open_browser: bool = True,
+    address: str = "127.0.0.1",
+    *,
+    history: int | None = None,
+) -> None:
+    """Serve the explorer on ``address:port`` (0: any free port) until Ctrl-C.
+
+    Prints ``pgvar explorer: http://127.0.0.1:PORT/``. A bad ``mdp`` file does not stop the server:
+    the page shows the message and runs the lesson's MDP. JavaScript is served by this server (no CDN).
+    """
+    import panel as pn
+
+    from pgvar.explorer.app import app as _app
+    from pgvar.explorer.state import DEFAULT_HISTORY, is_builtin_spec
+
+    file_choice = None if is_builtin_spec(str(mdp)) and str(mdp) in _builtin_names() else str(mdp)
+    length = DEFAULT_HISTORY if history is None else history
+
+    def session():
+        return _app(str(mdp), history=length, file_choice=file_choice)
+
+    server = pn.serve(
+        {"/": session},
+        port=port,
+        address=address,
+        websocket_origin=[address, "localhost", "127.0.0.1"],
+        show=False,
+        start=False,
+        threaded=False,
+        title="pgvar explorer",
+        verbose=False,
+    )
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{host}:{server.port}/"
+    print(f"pgvar explorer: {url}", flush=True)
+    print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
+    server.start()
+    if open_browser:
+        server.io_loop.add_callback(lambda: webbrowser.open(url))
+    try:
+        server.io_loop.start()  # Panel's SIGINT handler stops the loop; a bare KeyboardInterrupt may too
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("pgvar explorer: stopped", file=sys.stderr, flush=True)
+
+
+def _builtin_names() -> list[str]:
+    from pgvar.envs import BUILTINS
+
+    return list(BUILTINS)

@@ -1,0 +1,1035 @@
+"""The page of ``pgvar explore``: Panel widgets and Bokeh plots around one :class:`ExplorerState`.
+
+Each browser session gets its own state and its own figures (:func:`build` runs per session). A
+periodic callback (every 300 ms, started when the page has loaded) runs one tick; a tick is skipped
+while another runs or when the last one was slow, so the server never queues work. Widgets only
+change the state (cheap); the tick measures and redraws. Every number shown comes from the state,
+which takes it from the core.
+
+Stable CSS ids for tests and scripts: ``#pgvar-config``, ``#pgvar-n``, ``#pgvar-variance`` and
+``#pgvar-ratio`` (with ``data-value``, ``data-lo``, ``data-hi``, ``data-exact``), ``#pgvar-objective``,
+``#pgvar-status`` (``data-tick``, ``data-history``, ``data-history-max``, ``data-ms``),
+``#pgvar-breakdown`` (one ``tr`` per configuration) and ``#pgvar-messages``; widgets carry the classes
+``pgvar-rtg``, ``pgvar-baseline``, ``pgvar-n-slider``, ``pgvar-kind``, ``pgvar-lam``, ``pgvar-gamma``,
+``pgvar-beta``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-mdp``. The history's ColumnDataSource is
+named ``pgvar-history``, the policy's ``pgvar-policy`` (column ``p``: pi(a|o) row by row).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import panel as pn
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, PrintfTickFormatter, Range1d
+from bokeh.plotting import figure
+
+from pgvar.errors import PgvarError
+from pgvar.explorer.state import (
+    BASELINE_KINDS,
+    BATCH_CHOICES,
+    DEFAULT_HISTORY,
+    LOGIT_LIMIT,
+    N_CHOICES,
+    ExplorerState,
+    TickResult,
+    builtin_choices,
+    is_builtin_spec,
+    parse_query,
+)
+
+PERIOD_MS = 300
+MAX_SLIDERS = 36
+SPAN_DECADES = 5.3
+HEADROOM = 6.0  # top of the log axes = HEADROOM x vanilla's variance at N = 1
+COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#2ca02c")  # vanilla, rtg, baseline, rtg + baseline
+CURRENT_ALPHA, OTHER_ALPHA = 0.95, 0.35
+
+#: Exact values run here, off the page's event loop (shared by sessions; each job is independent).
+EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgvar-exact")
+
+CSS = """
+:host { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+.pgvar-tiles { display: flex; gap: 10px; flex-wrap: wrap; }
+.pgvar-tile { background: #f6f7f9; border: 1px solid #dde1e6; border-radius: 8px; padding: 8px 12px;
+              flex: 1 1 auto; min-width: 90px; }
+.pgvar-k { font-size: 11px; color: #5b6470; text-transform: uppercase; letter-spacing: .04em; }
+.pgvar-v { font-size: 24px; font-weight: 650; color: #1d2330; font-variant-numeric: tabular-nums; }
+.pgvar-sub { font-size: 11.5px; color: #5b6470; font-variant-numeric: tabular-nums; }
+.pgvar-status { font-size: 11.5px; color: #6b7380; margin-top: 6px; }
+table.pgvar-table { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
+table.pgvar-table th, table.pgvar-table td { padding: 2px 8px; text-align: right; }
+table.pgvar-table th:first-child, table.pgvar-table td:first-child { text-align: left; }
+table.pgvar-table tr.pgvar-current td { font-weight: 650; background: #eef6ee; }
+#pgvar-messages:empty { display: none; }
+#pgvar-messages { background: #fdecea; color: #7a1712; border: 1px solid #f5c2bd; border-radius: 6px;
+                  padding: 6px 10px; font-size: 13px; }
+#pgvar-messages div + div { margin-top: 3px; }
+.pgvar-note { font-size: 12px; color: #5b6470; }
+"""
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "–" if value is None or math.isnan(value) else "∞"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def _short(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _attr(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else repr(float(value))
+
+
+def _ratio(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return _fmt(value)
+    if 1 <= value < 1000:
+        return f"{value:.2f}×"
+    if 1e-3 <= value < 1 or value == 0:
+        return f"{value:.3g}×"
+    return f"{value:.2e}×"
+
+
+class ExplorerView:
+    """Widgets, figures and the tick of one session."""
+
+    def __init__(
+        self,
+        mdp: str = "lesson",
+        *,
+        history: int = DEFAULT_HISTORY,
+        seed: int | None = None,
+        query: dict[str, str] | None = None,
+        file_choice: str | None = None,
+    ) -> None:
+        changes, query_messages = parse_query(query or {})
+        history = int(changes.pop("history", history))
+        wanted_mdp = changes.pop("mdp", None)
+        self.state = ExplorerState(mdp, history=history, seed=seed, executor=EXECUTOR)
+        self.choices = builtin_choices()
+        if file_choice is not None and file_choice not in self.choices.values():
+            self.choices = {f"{file_choice} (--mdp)": file_choice, **self.choices}
+        if wanted_mdp is not None:
+            if wanted_mdp in self.choices.values() or is_builtin_spec(wanted_mdp):
+                self.state.load_mdp(wanted_mdp)
+            else:
+                query_messages.append(f"query string: mdp {wanted_mdp!r} is not a built-in MDP")
+        learn = changes.pop("learn", None)
+        lr = changes.pop("lr", None)
+        for name, value in changes.items():
+            if not self.state.apply(**{name: value}):
+                query_messages.append(f"query string: {self.state.messages.pop('knobs')}")
+        if lr is not None:
+            self.state.learning_rate = float(lr)
+        if learn:
+            self.state.set_learning(True)
+        if query_messages:
+            self.state.messages["query"] = "; ".join(query_messages)
+        self._syncing = False
+        self._busy = False
+        self._next_allowed = 0.0
+        self._last_ms = 0.0
+        self._range_anchor: float | None = None
+        self._callback = None
+        self._history_seen = 0
+        self._build_widgets()
+        self._build_figures()
+        self._build_layout()
+        self._on_mdp_loaded()
+
+    # -- widgets ---------------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        k = self.state.knobs
+        self.rtg = pn.widgets.Toggle(
+            label="reward-to-go",
+            value=k.rtg,
+            color="primary",
+            variant="outline",
+            css_classes=["pgvar-rtg"],
+            width=145,
+        )
+        self.baseline = pn.widgets.Toggle(
+            label="baseline",
+            value=k.baseline,
+            color="primary",
+            variant="outline",
+            css_classes=["pgvar-baseline"],
+            width=145,
+        )
+        self.n = pn.widgets.DiscreteSlider(
+            label="batch size N",
+            options=list(N_CHOICES),
+            value=k.n if k.n in N_CHOICES else 1,
+            css_classes=["pgvar-n-slider"],
+            width=300,
+        )
+        kinds = {label: key for key, label in BASELINE_KINDS.items()}
+        self.kind = pn.widgets.Select(
+            label="baseline kind", options=kinds, value=k.baseline_kind, css_classes=["pgvar-kind"], width=300
+        )
+        self.lam = pn.widgets.FloatSlider(
+            label="GAE λ (1 = plain reward-to-go)",
+            start=0.0,
+            end=1.0,
+            step=0.05,
+            value=k.lam,
+            css_classes=["pgvar-lam"],
+            width=300,
+        )
+        self.gamma = pn.widgets.FloatSlider(
+            label="discount γ",
+            start=0.0,
+            end=1.0,
+            step=0.01,
+            value=self.state.gamma,
+            css_classes=["pgvar-gamma"],
+            width=300,
+        )
+        self.beta = pn.widgets.FloatSlider(
+            label="entropy β",
+            start=0.0,
+            end=1.0,
+            step=0.01,
+            value=k.beta,
+            css_classes=["pgvar-beta"],
+            width=300,
+        )
+        self.batches = pn.widgets.Select(
+            label="batches per reading",
+            options=list(BATCH_CHOICES),
+            value=k.batches if k.batches in BATCH_CHOICES else 60,
+            css_classes=["pgvar-batches"],
+            width=300,
+        )
+        self._knob_widgets = {
+            "rtg": self.rtg,
+            "baseline": self.baseline,
+            "n": self.n,
+            "baseline_kind": self.kind,
+            "lam": self.lam,
+            "gamma": self.gamma,
+            "beta": self.beta,
+            "batches": self.batches,
+        }
+        for name, widget in self._knob_widgets.items():
+            widget.param.watch(lambda event, name=name: self._on_knob(name, event.new), "value")
+
+        self.learn = pn.widgets.Toggle(
+            label="learn: gradient ascent",
+            value=self.state.learning,
+            color="success",
+            variant="outline",
+            css_classes=["pgvar-learn"],
+            width=300,
+        )
+        self.lr = pn.widgets.FloatSlider(
+            label="learning rate", start=0.01, end=2.0, step=0.01, value=self.state.learning_rate, width=300
+        )
+        self.learn.param.watch(self._on_learn, "value")
+        self.lr.param.watch(self._on_learn, "value")
+        self.uniform = pn.widgets.Button(label="uniform policy", width=145)
+        self.randomize = pn.widgets.Button(label="random logits", width=145)
+        self.uniform.on_click(lambda _: self._set_theta(np.zeros_like(self.state.theta)))
+        self.randomize.on_click(self._on_randomize)
+        self.sliders_box = pn.Column(width=320, margin=0)
+
+        options = {label: spec for label, spec in self.choices.items()}
+        self.mdp_select = pn.widgets.Select(
+            label="MDP", options=options, css_classes=["pgvar-mdp"], width=300
+        )
+        self.mdp_text = pn.widgets.TextInput(
+            label="or a built-in with options",
+            placeholder="random:seed=3,states=4",
+            width=220,
+            css_classes=["pgvar-mdp-text"],
+        )
+        self.mdp_load = pn.widgets.Button(label="load", width=70, align="end", css_classes=["pgvar-mdp-load"])
+        self.mdp_select.param.watch(lambda e: self._load_mdp(e.new), "value")
+        self.mdp_load.on_click(lambda _: self._load_typed_mdp())
+        self.mdp_info = pn.pane.HTML("", width=300, stylesheets=[CSS])
+
+        self.csv = pn.widgets.FileDownload(
+            callback=lambda: io.StringIO(self.state.readings_csv()),
+            filename="pgvar-readings.csv",
+            label="readings (CSV)",
+            color="light",
+            width=145,
+            css_classes=["pgvar-csv"],
+        )
+        self.history_csv = pn.widgets.FileDownload(
+            callback=lambda: io.StringIO(self.state.history_csv()),
+            filename="pgvar-history.csv",
+            label="history (CSV)",
+            color="light",
+            width=145,
+        )
+        self.png = pn.widgets.FileDownload(
+            callback=self._png,
+            filename="pgvar-explorer.png",
+            label="figure (PNG)",
+            color="light",
+            width=145,
+            css_classes=["pgvar-png"],
+        )
+        self.sweep = pn.widgets.Button(label="measure every N", width=160, css_classes=["pgvar-sweep"])
+        self.sweep.on_click(self._on_sweep)
+
+        self.readout = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width", min_height=92)
+        self.messages = pn.pane.HTML(
+            '<div id="pgvar-messages" role="alert"></div>', stylesheets=[CSS], sizing_mode="stretch_width"
+        )
+        self.table = pn.pane.HTML("", stylesheets=[CSS], width=900)
+        self.header = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width")
+
+    # -- figures ---------------------------------------------------------------------------
+    def _build_figures(self) -> None:
+        tools = "save"
+        self.y_range = Range1d(1e-4, 10.0)
+        self.x_range_breakdown = Range1d(1e-4, 10.0)
+        self.vs_n_range = Range1d(1e-4, 10.0)
+
+        self.gauge_src = ColumnDataSource(
+            {"x": [0], "bottom": [1e-4], "top": [1e-4], "lo": [1e-4], "hi": [1e-4], "exact": [np.nan]}
+        )
+        gauge = figure(
+            width=120,
+            height=300,
+            y_axis_type="log",
+            y_range=self.y_range,
+            x_range=(-0.6, 0.6),
+            toolbar_location=None,
+            title="variance",
+            tools="",
+        )
+        gauge.vbar(
+            x="x", width=0.7, bottom="bottom", top="top", source=self.gauge_src, color="#3b6fb6", alpha=0.85
+        )
+        gauge.segment(x0=0, x1=0, y0="lo", y1="hi", source=self.gauge_src, color="#1d2330", line_width=2)
+        gauge.segment(
+            x0=-0.45,
+            x1=0.45,
+            y0="exact",
+            y1="exact",
+            source=self.gauge_src,
+            color="#111111",
+            line_width=3,
+            line_dash="dashed",
+        )
+        gauge.xaxis.visible = False
+        gauge.xgrid.visible = False
+        self.gauge = gauge
+
+        self.history_src = ColumnDataSource(
+            {"tick": [], "variance": [], "lo": [], "hi": [], "exact": []}, name="pgvar-history"
+        )
+        hist = figure(
+            width=650,
+            height=300,
+            y_axis_type="log",
+            y_range=self.y_range,
+            tools=tools,
+            title="rolling history: measured variance (95% CI band) and exact variance",
+            x_axis_label="tick",
+        )
+        band = hist.varea(
+            x="tick",
+            y1="lo",
+            y2="hi",
+            source=self.history_src,
+            color="#3b6fb6",
+            alpha=0.18,
+        )
+        measured = hist.line(
+            x="tick",
+            y="variance",
+            source=self.history_src,
+            color="#3b6fb6",
+            line_width=2,
+        )
+        exact_line = hist.line(
+            x="tick",
+            y="exact",
+            source=self.history_src,
+            color="#111111",
+            line_dash="dashed",
+            line_width=2,
+        )
+        hist.add_layout(
+            Legend(
+                items=[("measured", [measured]), ("95% CI", [band]), ("exact / N", [exact_line])],
+                orientation="horizontal",
+                border_line_alpha=0,
+                margin=0,
+                padding=2,
+            ),
+            "above",
+        )
+        hist.add_tools(
+            HoverTool(
+                tooltips=[("tick", "@tick"), ("variance", "@variance{0.000e}"), ("exact", "@exact{0.000e}")]
+            )
+        )
+        self.history_fig = hist
+
+        labels = self.state.labels()
+        self.breakdown_src = ColumnDataSource(self._breakdown_data(None))
+        bd = figure(
+            width=470,
+            height=210,
+            x_axis_type="log",
+            x_range=self.x_range_breakdown,
+            y_range=FactorRange(*labels[::-1]),
+            tools=tools,
+            title="per-knob breakdown at this N",
+            toolbar_location="right",
+        )
+        bd.hbar(
+            y="label",
+            left="left",
+            right="variance",
+            height=0.65,
+            source=self.breakdown_src,
+            color="color",
+            alpha="alpha",
+        )
+        bd.segment(
+            x0="lo", x1="hi", y0="label", y1="label", source=self.breakdown_src, color="#1d2330", line_width=2
+        )
+        bd.scatter(
+            x="exact", y="label", source=self.breakdown_src, marker="diamond", size=13, color="#111111"
+        )
+        self.breakdown = bd
+
+        self.split_src = ColumnDataSource({"label": labels, "noise": [0.0] * 4, "sampling": [0.0] * 4})
+        self.split_range = Range1d(0.0, 1.0)
+        sp = figure(
+            width=420,
+            height=240,
+            y_range=FactorRange(*labels[::-1]),
+            tools=tools,
+            x_range=self.split_range,
+            title="exact variance / N: reward noise + action sampling",
+        )
+        parts = sp.hbar_stack(
+            ["sampling", "noise"], y="label", height=0.65, source=self.split_src, color=["#8da0cb", "#fc8d62"]
+        )
+        sp.add_layout(
+            Legend(
+                items=[("action sampling", [parts[0]]), ("reward noise", [parts[1]])],
+                orientation="horizontal",
+                border_line_alpha=0,
+            ),
+            "below",
+        )
+        sp.xaxis.ticker.desired_num_ticks = 4
+        sp.xaxis.formatter = PrintfTickFormatter(format="%.2g")
+        self.split = sp
+
+        self.vs_n_lines = ColumnDataSource({"xs": [], "ys": [], "color": [], "width": [], "alpha": []})
+        self.vs_n_points = ColumnDataSource({"n": [], "variance": [], "lo": [], "hi": []})
+        self.vs_n_now = ColumnDataSource({"n": [], "variance": []})
+        vn = figure(
+            width=560,
+            height=290,
+            x_axis_type="log",
+            y_axis_type="log",
+            tools=tools,
+            x_range=(0.7, 1500),
+            y_range=self.vs_n_range,
+            x_axis_label="batch size N",
+            title="variance against N: exact / N lines, measured points (95% CI)",
+        )
+        vn.multi_line(
+            xs="xs", ys="ys", source=self.vs_n_lines, color="color", line_width="width", alpha="alpha"
+        )
+        vn.segment(x0="n", x1="n", y0="lo", y1="hi", source=self.vs_n_points, color="#1d2330")
+        vn.scatter(x="n", y="variance", source=self.vs_n_points, size=7, color="#3b6fb6")
+        vn.scatter(
+            x="n",
+            y="variance",
+            source=self.vs_n_now,
+            size=14,
+            marker="circle",
+            fill_alpha=0,
+            line_color="#d62728",
+            line_width=2,
+        )
+        self.vs_n = vn
+
+        self.policy_src = ColumnDataSource(
+            {"row": [], "action": [], "p": [], "text": [], "color": []}, name="pgvar-policy"
+        )
+        pol = figure(
+            width=320,
+            height=150,
+            x_range=FactorRange(),
+            y_range=FactorRange(),
+            tools="",
+            toolbar_location=None,
+            title="policy π(a|o)",
+        )
+        pol.rect(x="action", y="row", width=0.95, height=0.9, source=self.policy_src, color="color")
+        pol.text(
+            x="action",
+            y="row",
+            text="text",
+            source=self.policy_src,
+            text_align="center",
+            text_baseline="middle",
+            text_font_size="11px",
+        )
+        pol.grid.visible = False
+        pol.axis.major_tick_line_color = None
+        pol.axis.axis_line_color = None
+        self.policy_fig = pol
+
+        self.learn_src = ColumnDataSource({"step": [], "J": []})
+        lf = figure(
+            width=320, height=170, tools="save", title="J(θ) while learning (exact)", x_axis_label="step"
+        )
+        lf.line(x="step", y="J", source=self.learn_src, color="#2ca02c", line_width=2)
+        lf.scatter(x="step", y="J", source=self.learn_src, color="#2ca02c", size=4)
+        self.learn_fig = lf
+
+        figures = {
+            "gauge": self.gauge,
+            "history": self.history_fig,
+            "breakdown": self.breakdown,
+            "split": self.split,
+            "vs_n": self.vs_n,
+            "policy": self.policy_fig,
+            "learn": self.learn_fig,
+        }
+        self.panes = {name: pn.pane.Bokeh(fig) for name, fig in figures.items()}
+
+    # -- layout ----------------------------------------------------------------------------
+    def _build_layout(self) -> None:
+        def card(title, *items, collapsed=False):
+            return pn.Card(*items, title=title, collapsed=collapsed, width=340, margin=(4, 4))
+
+        controls = pn.Column(
+            card("Three knobs", pn.Row(self.rtg, self.baseline), self.n),
+            card("Estimator", self.kind, self.lam, self.gamma, self.beta, self.batches),
+            card(
+                "Policy",
+                self.sliders_box,
+                self.panes["policy"],
+                pn.Row(self.uniform, self.randomize),
+                self.learn,
+                self.lr,
+                self.panes["learn"],
+            ),
+            card("MDP", self.mdp_select, pn.Row(self.mdp_text, self.mdp_load), self.mdp_info),
+            card(
+                "Export",
+                pn.Row(self.csv, self.history_csv),
+                self.png,
+                pn.pane.HTML(
+                    '<div class="pgvar-note">Each plot also has a save tool (PNG).</div>', stylesheets=[CSS]
+                ),
+            ),
+            width=350,
+        )
+        main = pn.Column(
+            self.readout,
+            pn.Row(self.panes["gauge"], self.panes["history"]),
+            pn.Row(self.panes["breakdown"], self.panes["split"]),
+            self.table,
+            pn.Row(
+                self.panes["vs_n"],
+                pn.Column(
+                    self.sweep,
+                    pn.pane.HTML(
+                        '<div class="pgvar-note" style="width:300px">Points: the latest reading at each N of '
+                        "the current configuration (drag N or press the button). Lines: exact single-episode "
+                        "variance / N for all four configurations; the current one is bold.</div>",
+                        stylesheets=[CSS],
+                    ),
+                ),
+            ),
+            width=920,
+        )
+        self.layout = pn.Column(self.header, self.messages, pn.Row(controls, main), margin=(6, 10))
+
+    # -- state <-> widgets -----------------------------------------------------------------
+    def _on_knob(self, name: str, value) -> None:
+        if self._syncing:
+            return
+        self.state.apply(**{name: value})
+        self._sync_widgets()
+        self._render_messages()
+
+    def _sync_widgets(self) -> None:
+        k = self.state.knobs
+        values = {
+            "rtg": k.rtg,
+            "baseline": k.baseline,
+            "n": k.n,
+            "baseline_kind": k.baseline_kind,
+            "lam": k.lam,
+            "gamma": self.state.gamma,
+            "beta": k.beta,
+            "batches": k.batches,
+        }
+        self._syncing = True
+        try:
+            for name, widget in self._knob_widgets.items():
+                if widget.value != values[name]:
+                    widget.value = values[name]
+            self.rtg.label = "reward-to-go: on" if k.rtg else "reward-to-go: off"
+            self.baseline.label = "baseline: on" if k.baseline else "baseline: off"
+            if self.learn.value != self.state.learning:
+                self.learn.value = self.state.learning
+        finally:
+            self._syncing = False
+
+    def _on_learn(self, _event=None) -> None:
+        if self._syncing:
+            return
+        try:
+            self.state.set_learning(self.learn.value, self.lr.value)
+        except PgvarError as err:
+            self.state.messages["policy"] = str(err)
+        self._render_messages()
+
+    def _on_randomize(self, _event=None) -> None:
+        rng = np.random.default_rng()
+        self._set_theta(rng.normal(0.0, 1.0, self.state.theta.shape).round(1))
+
+    def _set_theta(self, theta) -> None:
+        try:
+            self.state.set_theta(theta)
+        except PgvarError as err:
+            self.state.messages["policy"] = str(err)
+        self._sync_sliders()
+        self._render_policy()
+        self._render_messages()
+
+    def _on_logit(self, index: int, value: float) -> None:
+        if self._syncing:
+            return
+        try:
+            self.state.set_logit(index, value)
+        except PgvarError as err:
+            self.state.messages["policy"] = str(err)
+        self._render_policy()
+
+    def _build_sliders(self) -> None:
+        """One slider per logit, grouped under the name of its observation (row of theta)."""
+        theta = self.state.theta
+        rows, actions = self.state.row_names(), self.state.action_names()
+        sliders = []
+        if theta.size <= MAX_SLIDERS:
+            groups = []
+            n_actions = theta.shape[-1]
+            for row, row_name in enumerate(rows):
+                row_sliders = []
+                for action, action_name in enumerate(actions):
+                    index = row * n_actions + action
+                    slider = pn.widgets.FloatSlider(
+                        label=_short(action_name, 10),
+                        start=-LOGIT_LIMIT,
+                        end=LOGIT_LIMIT,
+                        step=0.1,
+                        value=float(theta.flat[index]),
+                        width=92,
+                        margin=(0, 6),
+                        css_classes=["pgvar-logit"],
+                    )
+                    slider.param.watch(lambda e, i=index: self._on_logit(i, e.new), "value")
+                    row_sliders.append(slider)
+                sliders.extend(row_sliders)
+                groups.append(
+                    pn.pane.HTML(
+                        f'<div class="pgvar-note"><b>{html.escape(_short(row_name, 44))}</b> logits</div>',
+                        stylesheets=[CSS],
+                        margin=(4, 6, 0, 6),
+                    )
+                )
+                groups.append(pn.GridBox(*row_sliders, ncols=min(3, n_actions), width=320))
+            self.sliders_box.objects = groups
+        else:
+            self.sliders_box.objects = [
+                pn.pane.HTML(
+                    f'<div class="pgvar-note">{theta.size} logits: too many for sliders; use the buttons or'
+                    " learn mode.</div>",
+                    stylesheets=[CSS],
+                )
+            ]
+        self._sliders = sliders
+
+    def _sync_sliders(self) -> None:
+        self._syncing = True
+        try:
+            for index, slider in enumerate(self._sliders):
+                value = round(float(self.state.theta.flat[index]), 2)
+                if slider.value != value:
+                    slider.value = value
+        finally:
+            self._syncing = False
+
+    def _load_mdp(self, spec: str) -> None:
+        if self._syncing:
+            return
+        self.state.load_mdp(spec)
+        self._on_mdp_loaded()
+
+    def _load_typed_mdp(self) -> None:
+        text = self.mdp_text.value.strip()
+        if not text:
+            return
+        if not is_builtin_spec(text):
+            self.state.messages["mdp"] = (
+                f"{text!r}: type a built-in ({', '.join(builtin_choices())}, "
+                "with options like random:seed=3); files come from --mdp"
+            )
+        else:
+            self.state.load_mdp(text)
+        self._on_mdp_loaded()
+
+    def _on_mdp_loaded(self) -> None:
+        state = self.state
+        self._syncing = True
+        try:
+            if state.mdp_source in self.mdp_select.options.values():
+                self.mdp_select.value = state.mdp_source
+        finally:
+            self._syncing = False
+        self._sync_widgets()
+        self._build_sliders()
+        self._render_policy()
+        mdp = state.base_mdp
+        horizon = "unbounded" if mdp.horizon is None else f"horizon {mdp.horizon}"
+        self.mdp_info.object = (
+            f'<div class="pgvar-note"><b>{html.escape(mdp.name)}</b>: {html.escape(mdp.description)}<br>'
+            f"{mdp.n_states} states, {mdp.n_actions} actions, {horizon}, γ={mdp.gamma:g}, "
+            f"{state.theta.size} logits</div>"
+        )
+        self.header.object = (
+            '<div style="display:flex;align-items:baseline;gap:14px">'
+            '<span style="font-size:21px;font-weight:700">pgvar explorer</span>'
+            '<span class="pgvar-note">gradient-estimate variance: three knobs, one villain · MDP '
+            f"<b>{html.escape(mdp.name)}</b> · each tick measures {state.knobs.batches} fresh independent "
+            "batches</span></div>"
+        )
+        self.history_src.data = {"tick": [], "variance": [], "lo": [], "hi": [], "exact": []}
+        self.learn_src.data = {"step": [], "J": []}
+        self._history_seen = 0
+        self._range_anchor = None
+        self._render_messages()
+
+    def _on_sweep(self, _event=None) -> None:
+        try:
+            self.state.sweep()
+        except PgvarError as err:
+            self.state.messages["measure"] = str(err)
+        self._render_vs_n(self.state.last)
+        self._render_messages()
+
+    # -- the tick --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the periodic tick (call once the page has loaded)."""
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.on_tick, period=PERIOD_MS)
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        if self._busy or now < self._next_allowed:
+            return
+        self._busy = True
+        start = time.perf_counter()
+        try:
+            try:
+                result = self.state.tick()
+            except Exception as err:  # a bug must not kill the page: show it and carry on
+                self.state.messages["bug"] = f"internal error (please report): {err!r}"
+                result = None
+            with pn.io.hold():
+                self.render(result)
+        finally:
+            self._busy = False
+        elapsed = time.perf_counter() - start
+        self._last_ms = 1000 * elapsed
+        # keep the server's duty cycle below about two thirds when ticks are slow (big MDPs)
+        self._next_allowed = time.monotonic() + max(0.0, 2 * elapsed - PERIOD_MS / 1000)
+
+    # -- rendering -------------------------------------------------------------------------
+    def render(self, result: TickResult | None) -> None:
+        if result is not None:
+            if result.learned:
+                self._sync_sliders()
+                self._render_policy()
+                self._sync_widgets()
+            elif self.learn.value != self.state.learning:
+                self._sync_widgets()
+            self._update_range(result)
+            self._render_readout(result)
+            self._render_gauge(result)
+            self._render_history(result)
+            self._render_breakdown(result)
+            self._render_vs_n(result)
+            self._render_learning()
+        else:
+            self._sync_widgets()
+        self._render_messages()
+
+    def _update_range(self, result: TickResult) -> None:
+        van = result.vanilla_n1
+        anchor = van.exact if van.exact is not None and van.exact > 0 else van.variance
+        if not anchor or not math.isfinite(anchor) or anchor <= 0:
+            values = [c.variance for c in result.configs if c.variance > 0]
+            anchor = max(values) if values else 1.0
+        old = self._range_anchor
+        if old is None or not 0.5 < anchor / old < 2.0 or (van.exact is not None and anchor != old):
+            self._range_anchor = anchor
+            top = anchor * HEADROOM
+            bottom = top / 10**SPAN_DECADES
+            for rng in (self.y_range, self.x_range_breakdown, self.vs_n_range):
+                rng.start, rng.end = bottom, top
+
+    def _floor(self, value: float | None) -> float:
+        bottom = self.y_range.start
+        if value is None or not math.isfinite(value):
+            return math.nan
+        return max(value, bottom * 1.0001)
+
+    def _render_readout(self, r: TickResult) -> None:
+        now = r.reading
+        state = self.state
+        exact = state.exact
+        if exact is not None:
+            exact_note = f"exact values in {1000 * exact.seconds:.0f} ms"
+        else:
+            exact_note = "exact: computing…" if state.exact_pending else "exact: unavailable"
+        var_sub = f"95% CI [{_fmt(now.lo)}, {_fmt(now.hi)}]<br>exact / N: {_fmt(now.exact)}"
+        ratio_sub = f"bound [{_ratio(r.ratio_lo)}, {_ratio(r.ratio_hi)}]<br>exact: {_ratio(r.ratio_exact)}"
+        j = r.objective
+        k = state.knobs
+        self.readout.object = f"""
+<div class="pgvar-tiles">
+  <div class="pgvar-tile" style="min-width:170px"><div class="pgvar-k">Config</div>
+    <div id="pgvar-config" class="pgvar-v" data-spec="{now.spec}">{html.escape(now.label)}</div>
+    <div class="pgvar-sub">{now.spec}</div></div>
+  <div class="pgvar-tile"><div class="pgvar-k">Batch N</div>
+    <div id="pgvar-n" class="pgvar-v">{r.n}</div>
+    <div class="pgvar-sub">episodes per batch<br>{r.batches} batches</div></div>
+  <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">Grad variance</div>
+    <div id="pgvar-variance" class="pgvar-v" data-value="{_attr(now.variance)}" data-lo="{_attr(now.lo)}"
+      data-hi="{_attr(now.hi)}" data-exact="{_attr(now.exact)}">{_fmt(now.variance)}</div>
+    <div class="pgvar-sub">{var_sub}</div></div>
+  <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">vs vanilla (N = 1)</div>
+    <div id="pgvar-ratio" class="pgvar-v" data-value="{_attr(r.ratio)}" data-lo="{_attr(r.ratio_lo)}"
+      data-hi="{_attr(r.ratio_hi)}" data-exact="{_attr(r.ratio_exact)}">{_ratio(r.ratio)}</div>
+    <div class="pgvar-sub">{ratio_sub}</div></div>
+  <div class="pgvar-tile"><div class="pgvar-k">J(θ) exact</div>
+    <div id="pgvar-objective" class="pgvar-v" data-value="{_attr(j)}">{"–" if j is None else f"{j:.3f}"}</div>
+    <div class="pgvar-sub">γ={state.gamma:g}<br>β={k.beta:g}</div></div>
+</div>
+<div id="pgvar-status" class="pgvar-status" data-tick="{r.tick}" data-history="{len(state.history)}"
+  data-history-max="{state.history.maxlen}" data-ms="{self._last_ms:.1f}"
+  data-learning="{int(state.learning)}">
+  tick {r.tick} · {1000 * r.seconds:.0f} ms to measure ({self._last_ms:.0f} ms last tick) · {exact_note}
+  · history {len(state.history)}/{state.history.maxlen}{" · learning" if state.learning else ""}
+  {f" · {r.truncated_episodes} episodes cut at the step cap" if r.truncated_episodes else ""}
+</div>"""
+        rows = []
+        for i, c in enumerate(r.configs):
+            cls = ' class="pgvar-current"' if i == r.current else ""
+            rows.append(
+                f'<tr{cls} data-config="{html.escape(c.label)}" data-value="{_attr(c.variance)}" '
+                f'data-lo="{_attr(c.lo)}" data-hi="{_attr(c.hi)}" data-exact="{_attr(c.exact)}">'
+                f"<td>{html.escape(c.label)}</td><td>{_fmt(c.variance)}</td>"
+                f"<td>[{_fmt(c.lo)}, {_fmt(c.hi)}]</td><td>{_fmt(c.exact)}</td>"
+                f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td></tr>"
+            )
+        self.table.object = (
+            '<table id="pgvar-breakdown" class="pgvar-table"><tr><th>config</th><th>measured</th>'
+            "<th>95% CI</th><th>exact</th><th>reward noise</th><th>sampling</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+
+    def _render_gauge(self, r: TickResult) -> None:
+        now = r.reading
+        self.gauge_src.data = {
+            "x": [0],
+            "bottom": [self.y_range.start],
+            "top": [self._floor(now.variance)],
+            "lo": [self._floor(now.lo)],
+            "hi": [self._floor(now.hi)],
+            "exact": [self._floor(now.exact)],
+        }
+        self.gauge.title.text = f"N={r.n}"
+
+    def _render_history(self, r: TickResult) -> None:
+        points = list(self.state.history)
+        new = [p for p in points if p.tick > self._history_seen]
+        if not new:
+            return
+        self._history_seen = new[-1].tick
+        self.history_src.stream(
+            {
+                "tick": [p.tick for p in new],
+                "variance": [self._floor(p.variance) for p in new],
+                "lo": [self._floor(p.lo) for p in new],
+                "hi": [self._floor(p.hi) for p in new],
+                "exact": [self._floor(p.exact) for p in new],
+            },
+            rollover=self.state.history.maxlen,
+        )
+
+    def _breakdown_data(self, r: TickResult | None) -> dict:
+        labels = self.state.labels()
+        if r is None:
+            return {
+                "label": labels,
+                "variance": [np.nan] * 4,
+                "lo": [np.nan] * 4,
+                "hi": [np.nan] * 4,
+                "exact": [np.nan] * 4,
+                "left": [1e-12] * 4,
+                "color": list(COLORS),
+                "alpha": [0.5] * 4,
+            }
+        current = r.current
+        return {
+            "label": [c.label for c in r.configs],
+            "variance": [self._floor(c.variance) for c in r.configs],
+            "lo": [self._floor(c.lo) for c in r.configs],
+            "hi": [self._floor(c.hi) for c in r.configs],
+            "exact": [self._floor(c.exact) for c in r.configs],
+            "left": [self.x_range_breakdown.start] * 4,
+            "color": list(COLORS),
+            "alpha": [CURRENT_ALPHA if i == current else OTHER_ALPHA for i in range(4)],
+        }
+
+    def _render_breakdown(self, r: TickResult) -> None:
+        labels = [c.label for c in r.configs]
+        factors = labels[::-1]
+        if list(self.breakdown.y_range.factors) != factors:
+            self.breakdown.y_range.factors = factors
+            self.split.y_range.factors = factors
+        self.breakdown_src.data = self._breakdown_data(r)
+        noise = [c.reward_noise if c.reward_noise is not None else 0.0 for c in r.configs]
+        sampling = [c.sampling if c.sampling is not None else 0.0 for c in r.configs]
+        self.split_src.data = {"label": labels, "noise": noise, "sampling": sampling}
+        self.breakdown.title.text = f"per-knob breakdown at N={r.n} (bar: measured, ◆ exact / N)"
+        top = max([n + s for n, s in zip(noise, sampling, strict=True)] + [1e-12])
+        self.split_range.end = top * 1.08
+
+    def _render_vs_n(self, r: TickResult | None) -> None:
+        state = self.state
+        exact = state.exact
+        if exact is not None:
+            ns = np.array(N_CHOICES, dtype=float)
+            current = state.current_index
+            traces = [m.variance_trace for m in exact.moments]
+            self.vs_n_lines.data = {
+                "xs": [list(ns)] * 4,
+                "ys": [[self._floor(t / n) for n in ns] for t in traces],
+                "color": list(COLORS),
+                "width": [4 if i == current else 1.5 for i in range(4)],
+                "alpha": [CURRENT_ALPHA if i == current else 0.5 for i in range(4)],
+            }
+        points = sorted(state.by_n.items())
+        self.vs_n_points.data = {
+            "n": [n for n, _ in points],
+            "variance": [self._floor(v[0]) for _, v in points],
+            "lo": [self._floor(v[1]) for _, v in points],
+            "hi": [self._floor(v[2]) for _, v in points],
+        }
+        if r is not None:
+            self.vs_n_now.data = {"n": [r.n], "variance": [self._floor(r.reading.variance)]}
+        self.vs_n.title.text = f"variance against N: {state.label} (exact / N lines; measured points)"
+
+    def _render_policy(self) -> None:
+        state = self.state
+        probs = state.policy().reshape(-1, state.theta.shape[-1])
+        rows, actions = state.row_names()[:40], state.action_names()
+        data = {"row": [], "action": [], "p": [], "text": [], "color": []}
+        for i, row in enumerate(rows):
+            for j, action in enumerate(actions):
+                p = float(probs[i, j])
+                data["row"].append(row)
+                data["action"].append(action)
+                data["p"].append(p)
+                data["text"].append(f"{p:.2f}")
+                shade = int(255 - 150 * p)
+                data["color"].append(f"#{shade:02x}{int(255 - 90 * p):02x}{255:02x}")
+        fig = self.policy_fig
+        if list(fig.x_range.factors) != actions or list(fig.y_range.factors) != rows[::-1]:
+            fig.x_range.factors = actions
+            fig.y_range.factors = rows[::-1]
+            fig.height = 60 + 24 * len(rows)
+        self.policy_src.data = data
+
+    def _render_learning(self) -> None:
+        steps = list(self.state.learn_history)
+        exact = self.state.exact
+        if not steps and exact is not None:
+            steps = [(self.state.learn_steps, exact.objective)]
+        shown = self.learn_src.data["step"]
+        if len(steps) != len(shown) or (steps and steps[-1][0] != shown[-1]):
+            self.learn_src.data = {"step": [s for s, _ in steps], "J": [j for _, j in steps]}
+
+    def _render_messages(self) -> None:
+        items = "".join(f"<div>{html.escape(m)}</div>" for m in self.state.messages.values())
+        self.messages.object = f'<div id="pgvar-messages" role="alert">{items}</div>'
+
+    # -- export ----------------------------------------------------------------------------
+    def _png(self) -> io.BytesIO:
+        from pgvar.explorer.export import render_png
+
+        return io.BytesIO(render_png(self.state))
+
+
+def build(mdp: str = "lesson", **kwargs) -> ExplorerView:
+    """A new session's view (no server needed; ``view.layout`` is the Panel object)."""
+    return ExplorerView(mdp, **kwargs)
+
+
+def session_query() -> dict[str, str]:
+    """The page's query string as ``{key: value}`` (the last value of each key)."""
+    args = getattr(pn.state, "session_args", None) or {}
+    out = {}
+    for key, values in args.items():
+        if values:
+            raw = values[-1]
+            out[key] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return out
+
+
+def in_server_session() -> bool:
+    """True while Panel builds a page for a browser session of a running server."""
+    doc = pn.state.curdoc
+    return doc is not None and getattr(doc, "session_context", None) is not None
+
+
+def app(mdp: str = "lesson", *, history: int = DEFAULT_HISTORY, file_choice: str | None = None):
+    """The explorer for one session: a Panel layout whose tick starts when the page has loaded.
+
+    Outside a server session (a notebook) this also calls ``pn.extension(inline=True)``: no CDN needed."""
+    served = in_server_session()
+    if not served:
+        pn.extension(inline=True)
+    view = build(mdp, history=history, query=session_query() if served else None, file_choice=file_choice)
+    pn.state.onload(view.start)
+    if served:
+        pn.state.on_session_destroyed(lambda _context: view.stop())
+    return view.layout

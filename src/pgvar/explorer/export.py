@@ -1,0 +1,86 @@
+"""The explorer's figure as a PNG: a matplotlib rendering of the session's current readings."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from pgvar.explorer.state import CONFIGS, N_CHOICES, ExplorerState
+
+COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#2ca02c")
+
+
+def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
+    """History, per-knob breakdown and variance against N of ``state`` as PNG bytes (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4.2), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_hist, ax_bd, ax_n = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.5, 1, 1]})
+    points = list(state.history)
+    last = state.last
+    knobs = state.knobs
+    title = f"pgvar explorer · {state.base_mdp.name} · {state.label}"
+    fig.suptitle(f"{title} · γ={state.gamma:g} β={knobs.beta:g}", fontsize=11)
+    if points:
+        ticks = np.array([p.tick for p in points])
+        ax_hist.fill_between(
+            ticks,
+            [max(p.lo, 1e-300) for p in points],
+            [p.hi for p in points],
+            color="#3b6fb6",
+            alpha=0.2,
+            label="95% CI",
+        )
+        ax_hist.plot(ticks, [p.variance for p in points], color="#3b6fb6", label="measured")
+        ax_hist.plot(ticks, [p.exact for p in points], "k--", label="exact / N")
+        ax_hist.set_yscale("log")
+        ax_hist.legend(fontsize=8)
+    ax_hist.set_title("rolling history", fontsize=10)
+    ax_hist.set_xlabel("tick")
+    ax_hist.set_ylabel("variance of the batch-mean gradient (trace)")
+    if last is not None:
+        labels = [c.label for c in last.configs]
+        y = np.arange(4)[::-1]
+        values = [c.variance for c in last.configs]
+        errors = np.array(
+            [[c.variance - c.lo for c in last.configs], [c.hi - c.variance for c in last.configs]]
+        )
+        ax_bd.barh(y, values, color=COLORS, alpha=0.8, xerr=errors, capsize=3)
+        exact = [c.exact if c.exact is not None else math.nan for c in last.configs]
+        ax_bd.scatter(exact, y, marker="D", color="k", zorder=3, label="exact / N")
+        ax_bd.set_yticks(y, labels, fontsize=9)
+        ax_bd.set_xscale("log")
+        ax_bd.legend(fontsize=8)
+        ax_bd.set_title(f"per-knob breakdown at N={last.n}", fontsize=10)
+    exact_values = state.exact
+    ns = np.array(N_CHOICES, dtype=float)
+    if exact_values is not None:
+        for i, moments in enumerate(exact_values.moments):
+            bold = i == CONFIGS.index((state.knobs.rtg, state.knobs.baseline))
+            ax_n.plot(
+                ns,
+                moments.variance_trace / ns,
+                color=COLORS[i],
+                lw=3 if bold else 1.2,
+                alpha=1 if bold else 0.6,
+                label=state.labels()[i],
+            )
+    if state.by_n:
+        items = sorted(state.by_n.items())
+        n = np.array([k for k, _ in items], dtype=float)
+        v = np.array([x[0] for _, x in items])
+        lo = np.array([x[1] for _, x in items])
+        hi = np.array([x[2] for _, x in items])
+        ax_n.errorbar(n, v, yerr=[v - lo, hi - v], fmt="o", color="#3b6fb6", ms=4, label="measured")
+    ax_n.set_xscale("log")
+    ax_n.set_yscale("log")
+    ax_n.set_xlabel("batch size N")
+    ax_n.set_title("variance against N (exact / N lines)", fontsize=10)
+    ax_n.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,819 @@
+"""Session state and tick logic of ``pgvar explore``: plain Python, no Panel, testable on its own.
+
+One :class:`ExplorerState` per browser session holds the knobs, the policy, the running baselines
+(kept warm across ticks, as the lesson's widget keeps ``bRtg``), a bounded history and the exact
+values. Every number comes from the core: :func:`pgvar.montecarlo.sample_batch_means` and
+:func:`pgvar.montecarlo.read_sample` for the measured variance and its 95% confidence interval,
+:func:`pgvar.exact.exact_moments` for the exact single-episode variance (divided by N), its split
+into reward noise and action sampling, :func:`pgvar.exact.objective` for J and
+:func:`pgvar.montecarlo.estimate_gradient` for the learning steps. The explorer only divides
+(variance over N, ratio to vanilla) and never computes a variance of its own.
+
+Cost control: the exact values depend on the MDP, the policy, gamma, beta, the baseline kind and
+lambda, but not on the three main knobs (the four configurations are computed together), so they are
+recomputed only when one of those changes, at most once per tick, and in a worker thread when an
+executor is given (the page then shows "computing" until the result arrives; a newer change
+supersedes an older one). A tick measures the four configurations at the current N on the same
+episodes (common random numbers) plus vanilla at N = 1 for the ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pgvar import envs
+from pgvar.errors import PgvarError, SpecError
+from pgvar.estimators import BIAS_FREE_FOR_GAE, LESSON_NAMES, EstimatorSpec, parse_estimator
+from pgvar.exact import ExactMoments, exact_gradient, exact_moments, objective, state_distribution, unroll
+from pgvar.mdp import TabularMDP
+from pgvar.mdpfile import resolve_mdp
+from pgvar.montecarlo import (
+    DEFAULT_BATCHES,
+    RunningBaselines,
+    VarianceReading,
+    estimate_gradient,
+    read_sample,
+    sample_batch_means,
+)
+from pgvar.policy import softmax
+
+#: Batch sizes offered by the N slider (a log scale, as in the lesson: 1 to 1024).
+N_CHOICES: tuple[int, ...] = tuple(2**k for k in range(11))
+MAX_N = N_CHOICES[-1]
+BATCH_CHOICES: tuple[int, ...] = (20, 60, 120, 240)
+MAX_BATCHES = 1000
+#: (reward-to-go, baseline) of the four configurations, in the lesson's order.
+CONFIGS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
+LESSON_LABELS: tuple[str, ...] = ("vanilla", "reward-to-go", "baseline", "rtg + baseline")
+#: Baseline kinds offered on the page: spec name -> what the page calls it.
+BASELINE_KINDS: dict[str, str] = {
+    "lesson": "lesson's running mean of G_t",
+    "running": "matched running mean",
+    "value": "exact V(s)",
+    "optimal": "optimal constant",
+    "optimal-per-parameter": "optimal per parameter",
+}
+_KIND_SHORT = {
+    "lesson": "",
+    "running": "matched running mean",
+    "value": "exact V",
+    "optimal": "optimal b",
+    "optimal-per-parameter": "optimal b per parameter",
+}
+LOGIT_LIMIT = 8.0
+DEFAULT_HISTORY = 200
+MAX_HISTORY = 10_000
+DEFAULT_LEARNING_RATE = 0.5
+#: A tick that would simulate more agent-steps than this is refused with a message (the server would
+#: stall); the lesson's MDP at N = 1024 and 60 batches needs about 1.8e5.
+MAX_STEPS_PER_TICK = 2e7
+#: Exact values that took less than this last time are computed inside the tick (no waiting a tick).
+SYNC_EXACT_SECONDS = 0.03
+
+
+# -- knobs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Everything the page lets one choose, apart from the MDP and the policy.
+
+    ``gamma`` None keeps the MDP's own discount.
+    """
+
+    rtg: bool = False
+    baseline: bool = False
+    n: int = 1
+    baseline_kind: str = "lesson"
+    lam: float = 1.0
+    gamma: float | None = None
+    beta: float = 0.0
+    batches: int = DEFAULT_BATCHES
+
+
+def spec_text(rtg: bool, baseline: bool, knobs: Knobs) -> str:
+    """The core's spec string (``WEIGHT+BASELINE``) of one knob combination."""
+    weight = "return" if not rtg else "rtg" if knobs.lam >= 1.0 else f"gae{knobs.lam:g}"
+    return f"{weight}+{knobs.baseline_kind if baseline else 'none'}"
+
+
+def config_label(rtg: bool, baseline: bool, knobs: Knobs | None = None) -> str:
+    """The name the page shows: the lesson's four names, adjusted for GAE and other baseline kinds."""
+    knobs = knobs or Knobs()
+    canonical = parse_estimator(spec_text(rtg, baseline, knobs)).canonical
+    if canonical in LESSON_NAMES:
+        return LESSON_NAMES[canonical]
+    label = LESSON_LABELS[CONFIGS.index((rtg, baseline))]
+    if rtg and knobs.lam < 1.0:
+        label = f"GAE λ={knobs.lam:g}" + (" + baseline" if baseline else "")
+    if baseline and _KIND_SHORT[knobs.baseline_kind]:
+        label += f" ({_KIND_SHORT[knobs.baseline_kind]})"
+    return label
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "on", "yes"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "off", "no"):
+        return False
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise SpecError(f"{name}: must be on or off (1/0, true/false), got {value!r}")
+
+
+def _as_int(name: str, value, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name}: must be a whole number from {low} to {high}, got {value!r}") from None
+    whole = math.isfinite(number) and number.is_integer()
+    if isinstance(value, bool) or not whole or not low <= number <= high:
+        raise SpecError(f"{name}: must be a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
+def _as_float(name: str, value, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
+        raise SpecError(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}")
+    return number
+
+
+def check_knobs(knobs: Knobs, changes: Mapping[str, object]) -> Knobs:
+    """``knobs`` with ``changes`` applied, every value checked; raises :class:`SpecError`."""
+    fields = {f.name for f in dataclasses.fields(Knobs)}
+    unknown = set(changes) - fields
+    if unknown:
+        raise SpecError(f"knobs: unknown {', '.join(sorted(unknown))}; use {', '.join(sorted(fields))}")
+    values = dict(changes)
+    for name in ("rtg", "baseline"):
+        if name in values:
+            values[name] = _as_bool(name, values[name])
+    if "n" in values:
+        values["n"] = _as_int("N", values["n"], 1, MAX_N)
+    if "batches" in values:
+        values["batches"] = _as_int("batches", values["batches"], 2, MAX_BATCHES)
+    if "baseline_kind" in values and values["baseline_kind"] not in BASELINE_KINDS:
+        raise SpecError(
+            f"baseline kind: unknown {values['baseline_kind']!r}; use one of {', '.join(BASELINE_KINDS)}"
+        )
+    if "lam" in values:
+        values["lam"] = _as_float("GAE lambda", values["lam"], 0.0, 1.0)
+    if values.get("gamma") is not None:
+        values["gamma"] = _as_float("gamma", values["gamma"], 0.0, 1.0)
+    if "beta" in values:
+        values["beta"] = _as_float("entropy beta", values["beta"], 0.0, 10.0)
+    new = dataclasses.replace(knobs, **values)
+    if new.lam < 1.0 and new.baseline_kind not in BIAS_FREE_FOR_GAE:
+        allowed = ", ".join(BASELINE_KINDS[k] for k in BIAS_FREE_FOR_GAE if k in BASELINE_KINDS)
+        raise SpecError(
+            f"GAE (lambda < 1) takes its baseline as the value function: choose {allowed}, or set lambda to 1"
+        )
+    return new
+
+
+def parse_query(args: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
+    """Knob changes from a page's query string (``?N=64&rtg=1``); unknown or bad values become messages.
+
+    Keys: N, rtg, baseline, kind, lam, gamma, beta, batches, history, mdp, learn, lr.
+    """
+    names = {
+        "N": "n",
+        "n": "n",
+        "rtg": "rtg",
+        "baseline": "baseline",
+        "kind": "baseline_kind",
+        "lam": "lam",
+        "lambda": "lam",
+        "gamma": "gamma",
+        "beta": "beta",
+        "batches": "batches",
+    }
+    changes: dict[str, object] = {}
+    messages: list[str] = []
+    for key, raw in args.items():
+        try:
+            if key in names:
+                value = check_knobs(Knobs(), {names[key]: raw})
+                changes[names[key]] = getattr(value, names[key])
+                if key in ("N", "n") and changes["n"] not in N_CHOICES:
+                    del changes["n"]
+                    raise SpecError(f"N: must be a power of two from 1 to {MAX_N}, got {raw!r}")
+            elif key == "history":
+                changes["history"] = _as_int("history", raw, 2, MAX_HISTORY)
+            elif key == "learn":
+                changes["learn"] = _as_bool("learn", raw)
+            elif key == "lr":
+                changes["lr"] = _as_float("learning rate", raw, 0.0, 100.0)
+            elif key == "mdp":
+                changes["mdp"] = str(raw)
+            else:
+                raise SpecError(f"unknown query parameter {key!r}")
+        except PgvarError as err:
+            messages.append(f"query string: {err}")
+    return changes, messages
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExactValues:
+    """Exact single-episode moments of the four configurations (CONFIGS order) at one setting."""
+
+    key: tuple
+    moments: tuple[ExactMoments, ...]
+    grad: np.ndarray
+    objective: float
+    seconds: float
+
+    @property
+    def traces(self) -> dict[str, float]:
+        return {m.spec.canonical: m.variance_trace for m in self.moments}
+
+
+def compute_exact(key: tuple, mdp: TabularMDP, theta: np.ndarray, specs: list[EstimatorSpec]) -> ExactValues:
+    """Exact moments, grad J and J for ``specs`` (the four configurations); safe in a worker thread."""
+    start = time.perf_counter()
+    beta = specs[0].entropy
+    chain = unroll(mdp, theta, beta)
+    moments = tuple(exact_moments(mdp, theta, spec, chain=chain) for spec in specs)
+    grad = exact_gradient(mdp, theta, beta).ravel()
+    value = objective(mdp, theta, beta)
+    return ExactValues(key, moments, grad, value, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class ConfigReading:
+    """One configuration at the current N: measured trace with its 95% CI, exact trace / N."""
+
+    label: str
+    spec: str
+    rtg: bool
+    baseline: bool
+    variance: float
+    lo: float
+    hi: float
+    exact: float | None = None
+    reward_noise: float | None = None
+    sampling: float | None = None
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """Everything one tick shows.
+
+    ``ratio`` is the lesson's "vs vanilla": this tick's variance over vanilla's at N = 1 (both measured
+    in this tick); ``ratio_lo``/``ratio_hi`` combine the two 95% intervals (lo/hi and hi/lo, so the
+    bound holds with probability >= 90%); ``ratio_exact`` is the same ratio of exact values.
+    """
+
+    tick: int
+    n: int
+    batches: int
+    current: int
+    configs: tuple[ConfigReading, ...]
+    vanilla_n1: ConfigReading
+    ratio: float
+    ratio_lo: float
+    ratio_hi: float
+    ratio_exact: float | None
+    objective: float | None
+    seconds: float
+    truncated_episodes: int
+    learned: bool = False
+
+    @property
+    def reading(self) -> ConfigReading:
+        return self.configs[self.current]
+
+    @property
+    def label(self) -> str:
+        return self.reading.label
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    tick: int
+    label: str
+    n: int
+    variance: float
+    lo: float
+    hi: float
+    exact: float  # nan while unknown
+    ratio: float
+
+
+def _safe_ratio(top: float, bottom: float) -> float:
+    if bottom > 0:
+        return top / bottom
+    return math.inf if top > 0 else math.nan
+
+
+# -- the session ---------------------------------------------------------------------------------
+
+
+class ExplorerState:
+    """One explorer session. Not thread-safe: call it from one thread (the page's event loop).
+
+    Args:
+      mdp: a built-in name (``lesson``, ``random:seed=3``) or a YAML/JSON file; a bad one falls back to
+        the lesson's MDP and leaves a message in ``messages["mdp"]``.
+      history: length of the rolling history (bounded).
+      seed: root of the random streams (None: fresh entropy, so sessions differ).
+      executor: where to compute exact values; None computes them in the tick that needs them.
+    """
+
+    def __init__(
+        self,
+        mdp: str | TabularMDP = "lesson",
+        *,
+        history: int = DEFAULT_HISTORY,
+        seed: int | None = None,
+        executor: Executor | None = None,
+        knobs: Knobs | None = None,
+    ) -> None:
+        self.knobs = knobs or Knobs()
+        self.messages: dict[str, str] = {}
+        self.history: deque[HistoryPoint] = deque(maxlen=_as_int("history", history, 2, MAX_HISTORY))
+        self.learn_history: deque[tuple[int, float]] = deque(maxlen=self.history.maxlen)
+        self.by_n: dict[int, tuple[float, float, float]] = {}
+        self.last: TickResult | None = None
+        self.tick_count = 0
+        self.learning = False
+        self.learning_rate = DEFAULT_LEARNING_RATE
+        self.learn_steps = 0
+        self._seeds = np.random.SeedSequence(seed)
+        self._executor = executor
+        self._future: Future | None = None
+        self._exact: ExactValues | None = None
+        self._chain_cache: tuple[tuple, object] | None = None
+        self._failed_key: tuple | None = None
+        self._running: RunningBaselines | None = None
+        self._curve_key: tuple | None = None
+        self._mdp_version = 0
+        self._gamma_mdps: dict[float, TabularMDP] = {}
+        self.mdp_source = "lesson"
+        self.base_mdp: TabularMDP = envs.make("lesson")
+        self.theta = np.zeros(self.base_mdp.theta_shape())
+        if isinstance(mdp, TabularMDP):
+            self._install(mdp, mdp.name)
+        elif not self.load_mdp(mdp):
+            self._install(envs.make("lesson"), "lesson")
+
+    # -- the environment --------------------------------------------------------------------
+    def load_mdp(self, name_or_path: str) -> bool:
+        """Switch to another MDP; False (and a message) if it cannot be read."""
+        try:
+            mdp = resolve_mdp(name_or_path)
+            mdp.theta_shape()
+        except PgvarError as err:
+            self.messages["mdp"] = f"cannot load MDP {name_or_path!r}: {err}"
+            return False
+        except (OSError, ValueError, TypeError) as err:  # anything a hand-made file can still trip
+            self.messages["mdp"] = f"cannot load MDP {name_or_path!r}: {err}"
+            return False
+        self._install(mdp, str(name_or_path))
+        self.messages.pop("mdp", None)
+        return True
+
+    def _install(self, mdp: TabularMDP, source: str) -> None:
+        self.base_mdp = mdp
+        self._gamma_mdps = {}
+        self.mdp_source = source
+        self._mdp_version += 1
+        self._exact_seconds: float | None = None
+        self.theta = np.zeros(mdp.theta_shape())
+        self.knobs = dataclasses.replace(self.knobs, gamma=None)
+        self._reset_measurements()
+        self.learn_history.clear()
+        self.learn_steps = 0
+        for topic in ("measure", "exact", "policy"):
+            self.messages.pop(topic, None)
+
+    @property
+    def mdp(self) -> TabularMDP:
+        """The MDP in use: the loaded one with the page's gamma."""
+        gamma = self.knobs.gamma
+        if gamma is None or gamma == self.base_mdp.gamma:
+            return self.base_mdp
+        return self._with_gamma(gamma)
+
+    def _with_gamma(self, gamma: float) -> TabularMDP:
+        if gamma not in self._gamma_mdps:
+            if len(self._gamma_mdps) > 64:
+                self._gamma_mdps.clear()
+            self._gamma_mdps[gamma] = dataclasses.replace(self.base_mdp, gamma=gamma)
+        return self._gamma_mdps[gamma]
+
+    @property
+    def gamma(self) -> float:
+        return self.mdp.gamma
+
+    # -- knobs and policy ------------------------------------------------------------------
+    def set_knobs(self, **changes) -> Knobs:
+        """Change knobs; raises :class:`PgvarError` (and changes nothing) if a value is invalid."""
+        new = check_knobs(self.knobs, changes)
+        if new.gamma is not None and new.gamma != self.base_mdp.gamma:
+            self._with_gamma(new.gamma)  # validates (e.g. an MDP that needs gamma < 1)
+        self.specs(new)
+        old = self.knobs
+        self.knobs = new
+        if self.gamma_of(old) != self.gamma_of(new) or old.beta != new.beta:
+            self._running = None  # the running means estimate another quantity now
+        return new
+
+    def gamma_of(self, knobs: Knobs) -> float:
+        return self.base_mdp.gamma if knobs.gamma is None else knobs.gamma
+
+    def apply(self, **changes) -> bool:
+        """Like :meth:`set_knobs` but records a message instead of raising; True if applied."""
+        try:
+            self.set_knobs(**changes)
+        except PgvarError as err:
+            self.messages["knobs"] = str(err)
+            return False
+        self.messages.pop("knobs", None)
+        return True
+
+    def set_theta(self, theta, *, keep_running: bool = False) -> None:
+        """Set the logits (shape of ``mdp.theta_shape()``, finite, clipped to +-LOGIT_LIMIT)."""
+        try:
+            array = np.asarray(theta, dtype=float)
+        except (TypeError, ValueError):
+            raise SpecError("theta: logits must be numbers") from None
+        if array.shape != self.theta.shape:
+            raise SpecError(f"theta: shape {array.shape} does not fit the MDP; expected {self.theta.shape}")
+        if not np.isfinite(array).all():
+            raise SpecError("theta: logits must be finite numbers")
+        self.theta = np.clip(array, -LOGIT_LIMIT, LOGIT_LIMIT)
+        if not keep_running:
+            self._running = None
+
+    def set_logit(self, index: int, value: float) -> None:
+        theta = self.theta.copy()
+        theta.flat[index] = value
+        self.set_theta(theta)
+
+    def specs(self, knobs: Knobs | None = None) -> list[EstimatorSpec]:
+        """The four configurations' estimators (CONFIGS order) for ``knobs``."""
+        knobs = knobs or self.knobs
+        return [parse_estimator(spec_text(r, b, knobs), entropy=knobs.beta) for r, b in CONFIGS]
+
+    @property
+    def current_index(self) -> int:
+        return CONFIGS.index((self.knobs.rtg, self.knobs.baseline))
+
+    @property
+    def label(self) -> str:
+        return config_label(self.knobs.rtg, self.knobs.baseline, self.knobs)
+
+    def labels(self) -> list[str]:
+        return [config_label(r, b, self.knobs) for r, b in CONFIGS]
+
+    def policy(self) -> np.ndarray:
+        """pi(a|o) for every row of theta, shape theta.shape (the page's probability table)."""
+        return softmax(self.theta)
+
+    def row_names(self) -> list[str]:
+        """One name per row of theta: the observation (with its step for per-step logits)."""
+        mdp = self.base_mdp
+        names = []
+        n_obs = self.theta.shape[-2]
+        for o in range(n_obs):
+            states = [i for i in range(mdp.n_states) if mdp.observation_s[i] == o]
+            if mdp.state_names and states:
+                more = " …" if len(states) > 2 else ""
+                names.append(" / ".join(mdp.state_names[i] for i in states[:2]) + more)
+            else:
+                names.append(f"obs {o}")
+        if self.theta.ndim == 3:
+            return [f"t={t} {name}" for t in range(self.theta.shape[0]) for name in names]
+        return names
+
+    def action_names(self) -> list[str]:
+        mdp = self.base_mdp
+        if mdp.action_names:
+            return list(mdp.action_names)
+        return [f"a{a}" for a in range(mdp.n_actions)]
+
+    # -- exact values ---------------------------------------------------------------------
+    def _exact_key(self) -> tuple:
+        k = self.knobs
+        return (self._mdp_version, self.gamma, k.beta, k.baseline_kind, k.lam, self.theta.tobytes())
+
+    @property
+    def exact(self) -> ExactValues | None:
+        """Exact values of the current setting, or None while they are being computed."""
+        if self._exact is not None and self._exact.key == self._exact_key():
+            return self._exact
+        return None
+
+    def refresh_exact(self) -> ExactValues | None:
+        """Bring the exact values up to date: compute them now when there is no executor or when they
+        are cheap for this MDP (under SYNC_EXACT_SECONDS last time), else start or collect a job."""
+        key = self._exact_key()
+        if self._future is not None:
+            if not self._future.done():
+                return self.exact
+            future, self._future = self._future, None
+            try:
+                self._exact = future.result()
+                self._exact_seconds = self._exact.seconds
+                self.messages.pop("exact", None)
+            except PgvarError as err:
+                self.messages["exact"] = f"exact values: {err}"
+                self._failed_key = future.pgvar_key  # type: ignore[attr-defined]
+        if self._exact is not None and self._exact.key == key:
+            return self._exact
+        if self._failed_key == key:
+            return None
+        args = (key, self.mdp, self.theta.copy(), self.specs())
+        fast = self._exact_seconds is not None and self._exact_seconds < SYNC_EXACT_SECONDS
+        if self._executor is None or fast:
+            try:
+                self._exact = compute_exact(*args)
+                self._exact_seconds = self._exact.seconds
+            except PgvarError as err:
+                self.messages["exact"] = f"exact values: {err}"
+                self._failed_key = key
+                return None
+            self.messages.pop("exact", None)
+            return self._exact
+        self._future = self._executor.submit(compute_exact, *args)
+        self._future.pgvar_key = key  # type: ignore[attr-defined]
+        return None
+
+    @property
+    def exact_pending(self) -> bool:
+        return self.exact is None and self._failed_key != self._exact_key()
+
+    # -- the tick -------------------------------------------------------------------------
+    def _chain(self):
+        """The unrolled chain of the current setting (cached; a failure is cached too)."""
+        key = (self._mdp_version, self.gamma, self.knobs.beta, self.theta.tobytes())
+        if self._chain_cache is None or self._chain_cache[0] != key:
+            try:
+                chain = unroll(self.mdp, self.theta, self.knobs.beta)
+            except PgvarError as err:
+                chain = err
+            self._chain_cache = (key, chain)
+        chain = self._chain_cache[1]
+        if isinstance(chain, PgvarError):
+            raise chain
+        return chain
+
+    def steps_per_tick(self, chain=None) -> float:
+        """Expected number of simulated steps in one tick (measurement + vanilla at N = 1)."""
+        chain = chain if chain is not None else self._chain()
+        alive = state_distribution(chain)[:-1] @ ~self.base_mdp.terminal_s
+        length = float(alive.sum())
+        return length * self.knobs.batches * (self.knobs.n + 1)
+
+    def _reset_measurements(self) -> None:
+        self._running = None
+        self.history.clear()
+        self.by_n.clear()
+        self._curve_key = None
+        self.last = None
+
+    def tick(self) -> TickResult | None:
+        """Measure once: fresh independent batches of every configuration at N, vanilla at N = 1,
+        the exact values where known; then, in learn mode, one gradient-ascent step. None (and a
+        message) when the setting cannot be measured."""
+        start = time.perf_counter()
+        knobs, mdp, theta = self.knobs, self.mdp, self.theta
+        try:
+            chain = self._chain()
+            cost = self.steps_per_tick(chain)
+            if cost > MAX_STEPS_PER_TICK:
+                length = cost / knobs.batches / (knobs.n + 1)
+                raise PgvarError(
+                    f"one tick would simulate about {cost:.3g} steps (episodes last {length:.3g} steps on "
+                    "average); lower N or the number of batches, or change the policy"
+                )
+        except PgvarError as err:
+            self.messages["measure"] = f"cannot measure: {err}"
+            self.learning = False
+            return None
+        self.messages.pop("measure", None)
+        exact = self.refresh_exact()
+        specs = self.specs()
+        seeds = self._seeds.spawn(3)
+        sample = sample_batch_means(
+            mdp, theta, specs, knobs.n, knobs.batches, seeds[0], running=self._running, chain=chain
+        )
+        self._running = sample.running
+        traces = exact.traces if exact is not None else None
+        grad = exact.grad if exact is not None else None
+        readings = read_sample(sample, grad, traces)
+        if knobs.n == 1:
+            vanilla = readings[0]
+        else:
+            sample_n1 = sample_batch_means(mdp, theta, specs[:1], 1, knobs.batches, seeds[1], chain=chain)
+            vanilla = read_sample(sample_n1, grad, traces)[0]
+        labels = self.labels()
+        configs = tuple(
+            self._reading(lab, r, b, reading, exact, knobs.n)
+            for lab, (r, b), reading in zip(labels, CONFIGS, readings, strict=True)
+        )
+        vanilla_n1 = self._reading(labels[0], False, False, vanilla, exact, 1)
+        current = self.current_index
+        now = configs[current]
+        ratio = _safe_ratio(now.variance, vanilla_n1.variance)
+        ratio_lo = _safe_ratio(now.lo, vanilla_n1.hi)
+        ratio_hi = _safe_ratio(now.hi, vanilla_n1.lo)
+        ratio_exact = None
+        if now.exact is not None and vanilla_n1.exact is not None:
+            ratio_exact = _safe_ratio(now.exact, vanilla_n1.exact)
+        self.tick_count += 1
+        learned = False
+        if self.learning:
+            learned = self._learn_step(specs[current], seeds[2])
+        result = TickResult(
+            self.tick_count,
+            knobs.n,
+            knobs.batches,
+            current,
+            configs,
+            vanilla_n1,
+            ratio,
+            ratio_lo,
+            ratio_hi,
+            ratio_exact,
+            exact.objective if exact is not None else None,
+            time.perf_counter() - start,
+            sample.truncated_episodes,
+            learned,
+        )
+        self.history.append(
+            HistoryPoint(
+                result.tick,
+                now.label,
+                knobs.n,
+                now.variance,
+                now.lo,
+                now.hi,
+                now.exact if now.exact is not None else math.nan,
+                ratio,
+            )
+        )
+        curve_key = (self._exact_key(), knobs.rtg, knobs.baseline, knobs.batches)
+        if curve_key != self._curve_key:
+            self.by_n.clear()
+            self._curve_key = curve_key
+        self.by_n[knobs.n] = (now.variance, now.lo, now.hi)
+        self.last = result
+        return result
+
+    @staticmethod
+    def _reading(
+        label: str, rtg: bool, baseline: bool, reading: VarianceReading, exact: ExactValues | None, n: int
+    ) -> ConfigReading:
+        noise = sampling = None
+        if exact is not None:
+            moments = exact.moments[CONFIGS.index((rtg, baseline))]
+            noise, sampling = moments.reward_noise / n, moments.sampling / n
+        return ConfigReading(
+            label,
+            reading.spec.canonical,
+            rtg,
+            baseline,
+            float(reading.variance_trace),
+            float(reading.ci95[0]),
+            float(reading.ci95[1]),
+            reading.exact_variance_trace,
+            noise,
+            sampling,
+        )
+
+    def sweep(self) -> dict[int, tuple[float, float, float]]:
+        """Measure the current configuration at every N on the slider (for the variance-vs-N panel)."""
+        knobs = self.knobs
+        chain = self._chain()
+        spec = self.specs()[self.current_index]
+        if self.steps_per_tick(chain) / (knobs.n + 1) * sum(N_CHOICES) > MAX_STEPS_PER_TICK:
+            raise PgvarError("sweep: too many steps for this MDP and policy; lower the number of batches")
+        for n, child in zip(N_CHOICES, self._seeds.spawn(len(N_CHOICES)), strict=True):
+            sample = sample_batch_means(
+                self.mdp, self.theta, [spec], n, knobs.batches, child, running=self._running, chain=chain
+            )
+            self._running = sample.running
+            reading = read_sample(sample, None)[0]
+            self.by_n[n] = (float(reading.variance_trace), float(reading.ci95[0]), float(reading.ci95[1]))
+        self._curve_key = (self._exact_key(), knobs.rtg, knobs.baseline, knobs.batches)
+        return dict(self.by_n)
+
+    # -- learn mode -----------------------------------------------------------------------
+    def _learn_step(self, spec: EstimatorSpec, seed) -> bool:
+        """theta += lr * (one batch-mean gradient estimate of the chosen estimator at N)."""
+        try:
+            grad = estimate_gradient(self.mdp, self.theta, spec, self.knobs.n, seed, running=self._running)
+            self.set_theta(self.theta + self.learning_rate * grad, keep_running=True)
+            self._chain()
+            value = objective(self.mdp, self.theta, self.knobs.beta)
+        except PgvarError as err:
+            self.messages["policy"] = f"learning stopped: {err}"
+            self.learning = False
+            return False
+        self.learn_steps += 1
+        self.learn_history.append((self.learn_steps, value))
+        return True
+
+    def set_learning(self, on: bool, learning_rate: float | None = None) -> None:
+        if learning_rate is not None:
+            self.learning_rate = _as_float("learning rate", learning_rate, 0.0, 100.0)
+        self.learning = bool(on)
+        if on and not self.learn_history:
+            self.learn_history.append((self.learn_steps, objective(self.mdp, self.theta, self.knobs.beta)))
+
+    def objective(self) -> float:
+        return objective(self.mdp, self.theta, self.knobs.beta)
+
+    # -- export ---------------------------------------------------------------------------
+    def readings_csv(self) -> str:
+        """The current readings (four configurations at N, vanilla at N = 1) as CSV text."""
+        head = (
+            "config,spec,N,batches,variance,ci95_lo,ci95_hi,exact_variance,exact_reward_noise,"
+            "exact_sampling,vs_vanilla_n1,mdp,gamma,beta,tick"
+        )
+        rows = [head]
+        last = self.last
+        if last is None:
+            return head + "\n"
+        entries = [(c, last.n) for c in last.configs] + [(last.vanilla_n1, 1)]
+        for reading, n in entries:
+            ratio = _safe_ratio(reading.variance, last.vanilla_n1.variance)
+            rows.append(
+                ",".join(
+                    [
+                        _csv(reading.label),
+                        reading.spec,
+                        str(n),
+                        str(last.batches),
+                        _num(reading.variance),
+                        _num(reading.lo),
+                        _num(reading.hi),
+                        _num(reading.exact),
+                        _num(reading.reward_noise),
+                        _num(reading.sampling),
+                        _num(ratio),
+                        _csv(self.base_mdp.name),
+                        _num(self.gamma),
+                        _num(self.knobs.beta),
+                        str(last.tick),
+                    ]
+                )
+            )
+        return "\n".join(rows) + "\n"
+
+    def history_csv(self) -> str:
+        rows = ["tick,config,N,variance,ci95_lo,ci95_hi,exact_variance,vs_vanilla_n1"]
+        for p in self.history:
+            rows.append(
+                ",".join(
+                    [
+                        str(p.tick),
+                        _csv(p.label),
+                        str(p.n),
+                        _num(p.variance),
+                        _num(p.lo),
+                        _num(p.hi),
+                        _num(None if math.isnan(p.exact) else p.exact),
+                        _num(p.ratio),
+                    ]
+                )
+            )
+        return "\n".join(rows) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.10g}"
+
+
+def _csv(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
+
+
+def builtin_choices() -> dict[str, str]:
+    """Page label -> MDP spec for every built-in (listed from ``pgvar.envs.BUILTINS``)."""
+    return {name: name for name in envs.BUILTINS}
+
+
+def is_builtin_spec(text: str) -> bool:
+    suffix = Path(text).suffix.lower()
+    return text.partition(":")[0].strip() in envs.BUILTINS and suffix not in (".yaml", ".yml", ".json")

@@ -1,0 +1,308 @@
+"""The explorer in a real browser (Debian's Chromium through pytest-playwright).
+
+Readings come from the page's stable ids (``#pgvar-variance`` with ``data-value``, ``data-lo``,
+``data-hi``, ``data-exact`` ...). Comparisons use the page's own 95% confidence intervals: k readings
+from k ticks (independent batches) are averaged, and the interval half-width shrinks by sqrt(k).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgvar import envs
+from pgvar.estimators import parse_estimator
+from pgvar.exact import exact_moments
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "explorer.png"
+K = 5  # readings (ticks) per setting
+
+READOUT_JS = """el => {
+  const root = el.getRootNode();
+  const get = id => root.querySelector('#' + id);
+  if (!el.isConnected || !get('pgvar-config')) return null;  // caught while the readout is replaced
+  const num = (e, key) => {
+    const v = e.getAttribute(key);
+    return v === null || v === '' ? null : parseFloat(v);
+  };
+  const v = get('pgvar-variance'), r = get('pgvar-ratio'), s = get('pgvar-status');
+  const j = get('pgvar-objective');
+  return {
+    config: get('pgvar-config').textContent.trim(), n: parseInt(get('pgvar-n').textContent),
+    tick: parseInt(s.dataset.tick), history: parseInt(s.dataset.history),
+    history_max: parseInt(s.dataset.historyMax), learning: s.dataset.learning === '1',
+    variance: num(v, 'data-value'), lo: num(v, 'data-lo'), hi: num(v, 'data-hi'), exact: num(v, 'data-exact'),
+    ratio: num(r, 'data-value'), ratio_lo: num(r, 'data-lo'), ratio_hi: num(r, 'data-hi'),
+    ratio_exact: num(r, 'data-exact'), objective: num(j, 'data-value'),
+  };
+}"""
+
+HISTORY_SOURCE_JS = """() => {
+  for (const doc of window.Bokeh.documents) {
+    const source = doc.get_model_by_name('pgvar-history');
+    if (source) return source.data.tick.length;
+  }
+  return -1;
+}"""
+
+POLICY_JS = """() => {
+  for (const doc of window.Bokeh.documents) {
+    const source = doc.get_model_by_name('pgvar-policy');
+    if (source) return Array.from(source.data.p);
+  }
+  return null;
+}"""
+
+
+def readout(page) -> dict:
+    for _ in range(50):
+        state = page.locator("#pgvar-status").evaluate(READOUT_JS)
+        if state is not None:
+            return state
+        time.sleep(0.02)
+    raise AssertionError("the readout never settled")
+
+
+def open_page(page, url: str, timeout: float = 40_000) -> dict:
+    page.goto(url)
+    page.wait_for_selector("#pgvar-status", timeout=timeout)
+    return readout(page)
+
+
+def wait_for(page, predicate, timeout: float = 20.0, what: str = "condition") -> dict:
+    deadline = time.monotonic() + timeout
+    state = readout(page)
+    while not predicate(state):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; page shows {state}")
+        time.sleep(0.1)
+        state = readout(page)
+    return state
+
+
+def collect(page, config: str, n: int, k: int = K) -> list[dict]:
+    """k readings of ``config`` at ``n``, each from a different tick."""
+    readings: list[dict] = []
+    last_tick = -1
+    deadline = time.monotonic() + 30
+    while len(readings) < k:
+        assert time.monotonic() < deadline, f"no readings of {config} at N={n}; page shows {readout(page)}"
+        state = readout(page)
+        if state["tick"] != last_tick and state["config"] == config and state["n"] == n:
+            readings.append(state)
+        last_tick = state["tick"]
+        time.sleep(0.08)
+    return readings
+
+
+def summary(readings: list[dict]) -> tuple[float, float]:
+    """Mean of the readings and the half-width of its 95% interval (from the displayed intervals)."""
+    mean = float(np.mean([r["variance"] for r in readings]))
+    half = float(np.mean([(r["hi"] - r["lo"]) / 2 for r in readings])) / math.sqrt(len(readings))
+    return mean, half
+
+
+def exact_trace(spec: str, mdp: str = "lesson") -> float:
+    model = envs.make(mdp)
+    return exact_moments(model, np.zeros(model.theta_shape()), parse_estimator(spec)).variance_trace
+
+
+def click(page, css_class: str) -> None:
+    page.locator(f".{css_class} button").click()
+
+
+def press_slider(page, css_class: str, *keys: str) -> None:
+    handle = page.locator(f".{css_class} .noUi-handle").first
+    handle.focus()
+    for key in keys:
+        page.keyboard.press(key)
+
+
+def check_ratio(readings: list[dict], spec: str, n: int) -> None:
+    """The displayed ratio to vanilla (N = 1) agrees with the core's exact ratio within its bound."""
+    exact = exact_trace(spec) / n / exact_trace("vanilla")
+    for r in readings:
+        assert r["ratio_exact"] == pytest.approx(exact, rel=1e-9)
+        assert r["exact"] == pytest.approx(exact_trace(spec) / n, rel=1e-9)
+    inside = sum(r["ratio_lo"] <= exact <= r["ratio_hi"] for r in readings)
+    assert inside >= len(readings) - 2, (spec, n, exact, [(r["ratio_lo"], r["ratio_hi"]) for r in readings])
+
+
+def test_page_loads_locally(page, explorer_server):
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    first = open_page(page, explorer_server.url)
+    assert first["config"] == "vanilla" and first["n"] == 1
+    state = wait_for(page, lambda s: s["tick"] >= first["tick"] + 2, what="ticks")
+    assert state["variance"] > 0 and state["lo"] <= state["variance"] <= state["hi"]
+    assert page.title() == "pgvar explorer"
+    outside = [
+        url
+        for url in requests
+        if not url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "blob:http://127.0.0.1", "data:"))
+    ]
+    assert outside == [], "the page must not load anything from outside"
+    assert errors == []
+
+
+def test_each_knob_changes_the_configuration_label(page, explorer_server):
+    open_page(page, explorer_server.url)
+    wait_for(page, lambda s: s["config"] == "vanilla")
+    click(page, "pgvar-rtg")
+    wait_for(page, lambda s: s["config"] == "reward-to-go", what="reward-to-go")
+    click(page, "pgvar-baseline")
+    wait_for(page, lambda s: s["config"] == "rtg + baseline", what="rtg + baseline")
+    click(page, "pgvar-rtg")
+    wait_for(page, lambda s: s["config"] == "baseline", what="baseline")
+    page.locator(".pgvar-kind select").select_option(label="exact V(s)")
+    wait_for(page, lambda s: s["config"] == "baseline (exact V)", what="baseline kind")
+    click(page, "pgvar-baseline")
+    wait_for(page, lambda s: s["config"] == "vanilla", what="vanilla again")
+    click(page, "pgvar-rtg")
+    press_slider(page, "pgvar-lam", "ArrowLeft")
+    wait_for(page, lambda s: s["config"] == "GAE λ=0.95", what="GAE lambda")
+    press_slider(page, "pgvar-n-slider", "ArrowRight", "ArrowRight")
+    wait_for(page, lambda s: s["n"] == 4, what="N = 4")
+    before = readout(page)["objective"]
+    press_slider(page, "pgvar-beta", "ArrowRight")  # entropy bonus: J = E[sum r + beta H]
+    wait_for(page, lambda s: s["objective"] is not None and s["objective"] > before + 0.01, what="beta")
+    after = readout(page)["objective"]
+    press_slider(page, "pgvar-gamma", "ArrowLeft")  # discounting lowers J
+    wait_for(page, lambda s: s["objective"] is not None and s["objective"] < after - 0.005, what="gamma")
+
+
+def test_variance_falls_with_each_knob_and_the_ratio_matches_the_exact_one(page, explorer_server):
+    open_page(page, explorer_server.url)
+    steps = [
+        ("vanilla", "return+none", 1, None),
+        ("reward-to-go", "rtg+none", 1, "pgvar-rtg"),
+        ("rtg + baseline", "rtg+lesson", 1, "pgvar-baseline"),
+        ("rtg + baseline", "rtg+lesson", 1024, "N"),
+    ]
+    previous = None
+    for label, spec, n, knob in steps:
+        if knob == "N":
+            press_slider(page, "pgvar-n-slider", "End")
+        elif knob is not None:
+            click(page, knob)
+        readings = collect(page, label, n)
+        mean, half = summary(readings)
+        check_ratio(readings, spec, n)
+        if previous is not None:
+            before_mean, before_half = previous
+            assert mean + half < before_mean - before_half, (label, n, mean, half, previous)
+        previous = mean, half
+    page.locator(".pgvar-sweep button").click()
+    state = readout(page)
+    wait_for(page, lambda s: s["tick"] >= state["tick"] + 3)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_history_grows_and_stays_bounded(page, explorer_server):
+    first = open_page(page, explorer_server.url + "?history=8")
+    assert first["history_max"] == 8
+    early = wait_for(page, lambda s: s["tick"] >= 3, what="three ticks")
+    assert 3 <= early["history"] <= 8
+    assert page.evaluate(HISTORY_SOURCE_JS) >= 3
+    late = wait_for(page, lambda s: s["tick"] >= 14, what="fourteen ticks")
+    assert late["history"] == 8
+    assert page.evaluate(HISTORY_SOURCE_JS) == 8
+
+
+def test_two_pages_keep_separate_states(browser, explorer_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1150})
+    try:
+        one, two = context.new_page(), context.new_page()
+        open_page(one, explorer_server.url)
+        open_page(two, explorer_server.url)
+        click(one, "pgvar-rtg")
+        press_slider(one, "pgvar-n-slider", "End")
+        wait_for(one, lambda s: s["config"] == "reward-to-go" and s["n"] == 1024, what="page one's knobs")
+        start = readout(two)["tick"]
+        for state in collect(two, "vanilla", 1, k=4):
+            assert state["ratio_exact"] == pytest.approx(1.0)
+        assert readout(two)["tick"] >= start + 3
+        state = readout(one)
+        assert (state["config"], state["n"]) == ("reward-to-go", 1024)
+    finally:
+        context.close()
+
+
+def test_query_string_errors_show_on_the_page(page, explorer_server):
+    open_page(page, explorer_server.url + "?N=abc&rtg=1")
+    message = page.locator("#pgvar-messages")
+    assert "N: must be a whole number" in message.inner_text()
+    wait_for(page, lambda s: s["config"] == "reward-to-go" and s["n"] == 1)
+
+
+def test_learn_mode_climbs_j_and_moves_the_policy(page, explorer_server):
+    first = open_page(page, explorer_server.url + "?rtg=1&baseline=1&N=64")
+    wait_for(page, lambda s: s["objective"] is not None)
+    start = readout(page)["objective"]
+    assert start == pytest.approx(1.0)
+    assert page.evaluate(POLICY_JS) == pytest.approx([1 / 3] * 9, abs=1e-9)
+    click(page, "pgvar-learn")
+    wait_for(
+        page,
+        lambda s: s["learning"] and s["objective"] is not None and s["objective"] > start + 0.5,
+        timeout=30,
+        what="J to climb",
+    )
+    probs = np.reshape(page.evaluate(POLICY_JS), (3, 3))
+    # the best actions are [0, 1, 2]: the policy moves to them (J = their summed probability)
+    assert np.all(np.diag(probs) > 1 / 3) and np.trace(probs) > 1.4
+    assert first["config"] == "rtg + baseline"
+
+
+def test_mdp_picker_switches_to_another_builtin(page, explorer_server):
+    open_page(page, explorer_server.url)
+    page.locator(".pgvar-mdp select").select_option("bandit")
+    expected = exact_trace("vanilla", "bandit")
+    state = wait_for(
+        page,
+        lambda s: s["exact"] is not None and abs(s["exact"] - expected) < 1e-9 * expected,
+        what="bandit's exact variance",
+    )
+    assert state["config"] == "vanilla"
+    page.locator(".pgvar-mdp-text input").fill("bandit:k=0")
+    page.locator(".pgvar-mdp-load button").click()
+    page.locator("#pgvar-messages").filter(has_text="k must be >= 1").wait_for(timeout=10_000)
+
+
+def test_csv_and_png_export(page, explorer_server):
+    open_page(page, explorer_server.url)
+    wait_for(page, lambda s: s["tick"] >= 2)
+    with page.expect_download(timeout=15_000) as info:
+        page.locator(".pgvar-csv a, .pgvar-csv button").first.click()
+    text = Path(info.value.path()).read_text()
+    assert text.startswith("config,spec,N,batches,variance")
+    assert len(text.strip().splitlines()) == 6
+    with page.expect_download(timeout=30_000) as info:
+        page.locator(".pgvar-png a, .pgvar-png button").first.click()
+    assert Path(info.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_mdp_file_shows_a_message_and_the_app_lives(page, start_explorer, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "states: 2\nactions: 1\ninitial: [0.5, 0.6]\ntransitions: [[[1, 0]], [[0, 1]]]\nrewards: 0\n"
+    )
+    server = start_explorer("--mdp", str(bad))
+    first = open_page(page, server.url)
+    message = page.locator("#pgvar-messages").inner_text()
+    assert "bad.yaml" in message and "initial" in message
+    wait_for(page, lambda s: s["tick"] >= first["tick"] + 2, what="ticks on the fallback MDP")
+    assert server.interrupt() == 0  # Ctrl-C stops it cleanly
+    output = server.output()
+    assert f"pgvar explorer: http://127.0.0.1:{server.port}/" in output
+    assert "pgvar explorer: stopped" in output

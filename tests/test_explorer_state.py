@@ -1,0 +1,473 @@
+"""The explorer's session state and tick logic, without a browser (and the page built without a server)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from pgvar import envs
+from pgvar.estimators import LESSON_NAMES, parse_estimator
+from pgvar.exact import exact_moments, objective
+from pgvar.explorer.state import (
+    CONFIGS,
+    LESSON_LABELS,
+    N_CHOICES,
+    ExplorerState,
+    Knobs,
+    check_knobs,
+    config_label,
+    parse_query,
+    spec_text,
+)
+
+LESSON_SPECS = ("return+none", "rtg+none", "return+lesson", "rtg+lesson")
+
+
+def lesson_state(**kwargs) -> ExplorerState:
+    return ExplorerState("lesson", seed=kwargs.pop("seed", 7), **kwargs)
+
+
+# -- labels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rtg", "baseline", "label", "spec"),
+    [
+        (False, False, "vanilla", "return+none"),
+        (True, False, "reward-to-go", "rtg+none"),
+        (False, True, "baseline", "return+lesson"),
+        (True, True, "rtg + baseline", "rtg+lesson"),
+    ],
+)
+def test_lesson_labels_for_each_knob_combination(rtg, baseline, label, spec):
+    assert spec_text(rtg, baseline, Knobs()) == spec
+    assert config_label(rtg, baseline) == label == LESSON_NAMES[spec]
+    state = lesson_state()
+    state.set_knobs(rtg=rtg, baseline=baseline, n=4)
+    result = state.tick()
+    assert result.label == label
+    assert result.reading.spec == spec
+    assert [c.label for c in result.configs] == list(LESSON_LABELS)
+
+
+def test_labels_for_other_baselines_and_gae():
+    assert config_label(True, True, Knobs(baseline_kind="value")) == "rtg + baseline (exact V)"
+    assert config_label(False, True, Knobs(baseline_kind="optimal")) == "baseline (optimal b)"
+    assert config_label(True, False, Knobs(lam=0.9)) == "GAE λ=0.9"
+    assert config_label(True, True, Knobs(lam=0.9, baseline_kind="value")) == "GAE λ=0.9 + baseline (exact V)"
+    assert config_label(False, False, Knobs(lam=0.9)) == "vanilla"  # lambda only changes reward-to-go
+    assert spec_text(True, True, Knobs(lam=0.95, baseline_kind="running")) == "gae0.95+running"
+    assert len({config_label(r, b, Knobs(baseline_kind="running")) for r, b in CONFIGS}) == 4
+
+
+# -- knobs and the query string ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"n": "abc"}, "N: must be a whole number"),
+        ({"n": 0}, "from 1 to 1024"),
+        ({"n": 2048}, "from 1 to 1024"),
+        ({"n": 2.5}, "whole number"),
+        ({"lam": 1.5}, "GAE lambda"),
+        ({"gamma": -0.1}, "gamma"),
+        ({"beta": math.nan}, "entropy beta"),
+        ({"batches": 1}, "batches"),
+        ({"rtg": "maybe"}, "rtg: must be on or off"),
+        ({"baseline_kind": "magic"}, "unknown 'magic'"),
+        ({"lam": 0.5, "baseline_kind": "optimal"}, "value function"),
+        ({"colour": 1}, "unknown colour"),
+    ],
+)
+def test_invalid_knobs_are_refused_with_a_message(changes, words):
+    state = lesson_state()
+    before = state.knobs
+    assert not state.apply(**changes)
+    assert words in state.messages["knobs"]
+    assert state.knobs == before
+    assert state.apply(n=8)
+    assert "knobs" not in state.messages
+
+
+def test_query_string_values_and_messages():
+    changes, messages = parse_query(
+        {
+            "N": "64",
+            "rtg": "1",
+            "baseline": "on",
+            "kind": "value",
+            "gamma": "0.9",
+            "history": "30",
+            "learn": "0",
+            "mdp": "bandit",
+        }
+    )
+    assert changes == {
+        "n": 64,
+        "rtg": True,
+        "baseline": True,
+        "baseline_kind": "value",
+        "gamma": 0.9,
+        "history": 30,
+        "learn": False,
+        "mdp": "bandit",
+    }
+    assert messages == []
+    changes, messages = parse_query({"N": "abc", "lam": "2", "zoom": "3", "N2": "1"})
+    assert changes == {}
+    assert len(messages) == 4
+    assert any("N: must be a whole number" in m and "'abc'" in m for m in messages)
+    _, messages = parse_query({"N": "100"})
+    assert "power of two" in messages[0]
+
+
+def test_check_knobs_keeps_gamma_none_for_the_mdps_own():
+    knobs = check_knobs(Knobs(), {"gamma": None, "n": "16"})
+    assert knobs.gamma is None and knobs.n == 16
+
+
+# -- the tick ----------------------------------------------------------------------------------------
+
+
+def test_tick_measures_four_configurations_and_vanilla_at_n1():
+    state = lesson_state()
+    state.set_knobs(n=16)
+    result = state.tick()
+    assert result.tick == 1 and result.n == 16 and result.batches == 60
+    assert len(result.configs) == 4
+    assert result.vanilla_n1.spec == "return+none"
+    for c in result.configs:
+        assert 0 <= c.lo <= c.variance <= c.hi
+    assert result.ratio == pytest.approx(result.reading.variance / result.vanilla_n1.variance)
+    assert result.ratio_lo <= result.ratio <= result.ratio_hi
+    assert state.tick().tick == 2
+
+
+def test_vanilla_at_n1_ratio_is_one():
+    state = lesson_state()
+    result = state.tick()
+    assert result.ratio == 1.0
+    assert result.ratio_exact == 1.0
+
+
+def test_exact_values_agree_with_exact_moments():
+    mdp = envs.make("lesson")
+    theta = np.array([[0.5, -0.2, 0.0], [0.0, 1.0, -1.0], [0.3, 0.3, 0.9]])
+    state = lesson_state()
+    state.set_theta(theta)
+    state.set_knobs(n=32, rtg=True, baseline=True)
+    result = state.tick()
+    exact = state.exact
+    assert exact is not None
+    for spec_name, moments, reading in zip(LESSON_SPECS, exact.moments, result.configs, strict=True):
+        reference = exact_moments(mdp, theta, parse_estimator(spec_name))
+        assert moments.variance_trace == pytest.approx(reference.variance_trace, rel=1e-12)
+        assert reading.exact == pytest.approx(reference.variance_trace / 32, rel=1e-12)
+        assert reading.reward_noise == pytest.approx(reference.reward_noise / 32, rel=1e-12)
+        assert reading.sampling == pytest.approx(reference.sampling / 32, rel=1e-12)
+    vanilla = exact_moments(mdp, theta, parse_estimator("vanilla")).variance_trace
+    rtg_base = exact_moments(mdp, theta, parse_estimator("rtg+base")).variance_trace
+    assert result.ratio_exact == pytest.approx(rtg_base / 32 / vanilla, rel=1e-12)
+    assert exact.objective == pytest.approx(objective(mdp, theta))
+
+
+def test_exact_values_follow_gamma_beta_and_baseline_kind():
+    mdp = dataclasses.replace(envs.make("lesson"), gamma=0.8)
+    state = lesson_state()
+    state.set_knobs(gamma=0.8, beta=0.05, baseline_kind="value", rtg=True, baseline=True, n=4)
+    result = state.tick()
+    reference = exact_moments(mdp, np.zeros((3, 3)), parse_estimator("rtg+value", entropy=0.05))
+    assert result.reading.exact == pytest.approx(reference.variance_trace / 4, rel=1e-12)
+    assert result.reading.spec == "rtg+value"
+    state.set_knobs(lam=0.5)
+    result = state.tick()
+    reference = exact_moments(mdp, np.zeros((3, 3)), parse_estimator("gae0.5+value", entropy=0.05))
+    assert result.reading.exact == pytest.approx(reference.variance_trace / 4, rel=1e-12)
+
+
+def test_measured_variance_agrees_with_exact_within_the_confidence_interval():
+    state = lesson_state(seed=11)
+    state.set_knobs(n=8)
+    covered = {spec: 0 for spec in LESSON_SPECS}
+    ticks = 30
+    for _ in range(ticks):
+        result = state.tick()
+        for c in result.configs:
+            covered[c.spec] += c.lo <= c.exact <= c.hi
+    # nominal 95%; the normal-approximation interval is a little narrow at 60 batches
+    for spec, hits in covered.items():
+        assert hits >= 0.75 * ticks, (spec, hits)
+
+
+def test_variance_falls_with_each_knob_on_the_lesson_mdp():
+    state = lesson_state(seed=3)
+    means = {}
+    for rtg, baseline, n in [(False, False, 1), (True, False, 1), (True, True, 1), (True, True, 64)]:
+        state.set_knobs(rtg=rtg, baseline=baseline, n=n)
+        values = [state.tick().reading.variance for _ in range(8)]
+        means[(rtg, baseline, n)] = float(np.mean(values))
+    ordered = list(means.values())
+    assert ordered == sorted(ordered, reverse=True)
+    assert ordered[-1] < ordered[-2] / 20
+
+
+def test_history_is_bounded():
+    state = lesson_state(history=5)
+    for _ in range(12):
+        state.tick()
+    assert len(state.history) == 5
+    assert [p.tick for p in state.history] == list(range(8, 13))
+    assert state.history.maxlen == 5
+    state.set_knobs(n=2)
+    state.tick()
+    state.set_knobs(n=4)
+    state.tick()
+    assert len(state.learn_history) == 0
+    assert set(state.by_n) == {1, 2, 4}  # the latest reading at each N of this configuration
+
+
+def test_running_baselines_stay_warm_across_ticks():
+    state = lesson_state()
+    state.set_knobs(baseline=True, n=4)
+    state.tick()
+    count = state._running.count_t.copy()
+    state.tick()
+    assert (state._running.count_t > count).all()
+    state.set_knobs(n=8)  # N does not change what the running means estimate
+    state.tick()
+    assert state._running.count_t[0] > count[0]
+    state.set_knobs(gamma=0.5)  # gamma does
+    assert state._running is None
+
+
+def test_two_states_are_independent():
+    a, b = lesson_state(seed=1), lesson_state(seed=1)
+    a.set_knobs(rtg=True, n=64)
+    a.set_theta(np.ones((3, 3)))
+    result_b = b.tick()
+    for _ in range(3):
+        a.tick()
+    assert b.knobs == Knobs() and np.all(b.theta == 0)
+    assert result_b.label == "vanilla" and b.tick_count == 1 and a.tick_count == 3
+    assert len(a.history) == 3 and len(b.history) == 1
+    # the same seed and setting give the same numbers; fresh sessions differ
+    c = lesson_state(seed=1)
+    assert c.tick().reading.variance == result_b.reading.variance
+    d, e = ExplorerState("lesson"), ExplorerState("lesson")
+    assert d.tick().reading.variance != e.tick().reading.variance
+
+
+def test_fresh_batches_every_tick():
+    state = lesson_state()
+    values = {state.tick().reading.variance for _ in range(5)}
+    assert len(values) == 5
+
+
+# -- MDPs ---------------------------------------------------------------------------------------------
+
+
+def test_bad_mdp_file_gives_a_message_and_the_lesson_mdp(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(
+        "states: 2\nactions: 2\ninitial: [0.5, 0.6]\ntransitions: [[[1, 0], [0, 1]]]\nrewards: 0\n"
+    )
+    state = ExplorerState(str(bad), seed=0)
+    assert "broken.yaml" in state.messages["mdp"]
+    assert state.base_mdp.name == "lesson"
+    assert state.tick() is not None
+    missing = ExplorerState(str(tmp_path / "nowhere.json"))
+    assert "file not found" in missing.messages["mdp"]
+    unknown = ExplorerState("maze")
+    assert "unknown built-in" in unknown.messages["mdp"]
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\xff\xfe{")
+    assert "garbage.json" in ExplorerState(str(garbage)).messages["mdp"]
+
+
+def test_switching_mdps_resets_policy_and_history():
+    state = lesson_state()
+    state.tick()
+    assert state.load_mdp("bandit:k=4")
+    assert state.theta.shape == (1, 4)
+    assert len(state.history) == 0
+    result = state.tick()
+    assert result.reading.exact is not None
+    assert not state.load_mdp("bandit:k=0")
+    assert "k must be >= 1" in state.messages["mdp"]
+    assert state.base_mdp.n_actions == 4  # the old MDP stays
+    assert state.load_mdp("lesson")
+    assert "mdp" not in state.messages
+
+
+@pytest.mark.parametrize("name", sorted(envs.BUILTINS))
+def test_every_builtin_ticks(name):
+    state = ExplorerState(name, seed=0)
+    state.set_knobs(n=4, rtg=True, baseline=True)
+    result = state.tick()
+    assert result is not None, state.messages
+    assert result.reading.exact is not None
+    assert math.isfinite(result.reading.variance)
+
+
+def test_an_unmeasurable_policy_gives_a_message_not_an_exception():
+    state = ExplorerState("short-corridor", seed=0)
+    state.set_theta(np.array([[8.0, -8.0]]))  # always left: episodes (almost) never end
+    assert state.tick() is None
+    assert "cannot measure" in state.messages["measure"]
+    state.set_theta(np.zeros((1, 2)))
+    assert state.tick() is not None
+    assert "measure" not in state.messages
+
+
+def test_file_mdp_from_examples():
+    state = ExplorerState("examples/corridor.json", seed=0)
+    assert not state.messages
+    assert state.base_mdp.name == "short-corridor"
+
+
+# -- learn mode ------------------------------------------------------------------------------------
+
+
+def test_learn_mode_climbs_j_with_the_chosen_estimator():
+    state = lesson_state(seed=5)
+    state.set_knobs(rtg=True, baseline=True, n=32)
+    start = state.objective()
+    state.set_learning(True, 0.5)
+    for _ in range(25):
+        result = state.tick()
+        assert result.learned
+    assert state.learn_steps == 25
+    assert state.objective() > start + 0.8
+    assert state.learn_history[-1][1] == pytest.approx(state.objective())
+    policy = state.policy()
+    assert policy[0, 0] > 0.5 and policy[1, 1] > 0.5 and policy[2, 2] > 0.5  # best actions [0, 1, 2]
+
+
+# -- async exact values, sweep and export ------------------------------------------------------------
+
+
+def test_exact_values_in_a_worker_thread_follow_the_latest_setting():
+    with ThreadPoolExecutor(1) as pool:
+        state = ExplorerState("lesson", seed=0, executor=pool)
+        state.set_knobs(n=2)
+        first = state.tick()
+        assert first.reading.exact is None and state.exact_pending
+        state.set_theta(np.full((3, 3), 0.5) * np.eye(3))
+        for _ in range(100):
+            if state.refresh_exact() is not None:
+                break
+            time.sleep(0.02)
+        exact = state.exact
+        assert exact is not None
+        reference = exact_moments(envs.make("lesson"), state.theta, parse_estimator("vanilla"))
+        assert exact.moments[0].variance_trace == pytest.approx(reference.variance_trace)
+        assert state.tick().reading.exact == pytest.approx(reference.variance_trace / 2)
+
+
+def test_sweep_measures_every_n():
+    state = lesson_state()
+    state.set_knobs(rtg=True)
+    points = state.sweep()
+    assert sorted(points) == list(N_CHOICES)
+    assert points[1024][0] < points[1][0] / 100
+
+
+def test_csv_exports():
+    state = lesson_state()
+    assert state.readings_csv().startswith("config,spec,N")
+    state.set_knobs(n=16, rtg=True)
+    state.tick()
+    rows = list(csv.DictReader(io.StringIO(state.readings_csv())))
+    assert [r["config"] for r in rows] == [*LESSON_LABELS, "vanilla"]
+    assert [r["N"] for r in rows] == ["16"] * 4 + ["1"]
+    assert float(rows[1]["exact_variance"]) == pytest.approx(state.last.configs[1].exact)
+    history = list(csv.DictReader(io.StringIO(state.history_csv())))
+    assert len(history) == 1 and history[0]["config"] == "reward-to-go"
+
+
+def test_png_export():
+    from pgvar.explorer.export import render_png
+
+    state = lesson_state()
+    for _ in range(3):
+        state.tick()
+    state.sweep()
+    data = render_png(state)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+# -- the page, built without a server ---------------------------------------------------------------
+
+
+def test_view_ticks_and_renders_stable_ids():
+    pytest.importorskip("panel")
+    from pgvar.explorer.app import build
+
+    view = build("lesson", seed=0, query={"N": "64", "rtg": "1", "history": "3"})
+    view.state._executor = None  # compute exact values in the tick, for a deterministic check
+    for _ in range(5):
+        view._next_allowed = 0.0
+        view.on_tick()
+    html = view.readout.object
+    for element in ("pgvar-config", "pgvar-n", "pgvar-variance", "pgvar-ratio", "pgvar-status"):
+        assert f'id="{element}"' in html
+    assert ">reward-to-go<" in html and ">64<" in html
+    assert len(view.history_src.data["tick"]) == 3  # rollover keeps the history bounded
+    assert 'id="pgvar-breakdown"' in view.table.object
+
+
+def test_view_shows_query_and_mdp_messages(tmp_path):
+    pytest.importorskip("panel")
+    from pgvar.explorer.app import build
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    view = build(str(bad), query={"N": "abc"}, file_choice=str(bad))
+    text = view.messages.object
+    assert "bad.json" in text and "N: must be a whole number" in text
+    assert view.state.base_mdp.name == "lesson"
+
+
+def test_a_slider_drag_costs_one_exact_computation_per_tick(monkeypatch):
+    from pgvar.explorer import state as state_module
+
+    calls = []
+    real = state_module.compute_exact
+    monkeypatch.setattr(state_module, "compute_exact", lambda *args: calls.append(1) or real(*args))
+    state = lesson_state()
+    state.tick()
+    assert len(calls) == 1
+    for step in range(50):  # a drag: many value changes between two ticks
+        state.set_logit(0, step / 10)
+        state.apply(gamma=1 - step / 100)
+    assert len(calls) == 1
+    state.tick()
+    assert len(calls) == 2
+    state.apply(rtg=True, baseline=True, n=64)  # the main knobs need no exact recomputation
+    state.tick()
+    assert len(calls) == 2
+
+
+def test_view_skips_a_tick_while_one_runs():
+    pytest.importorskip("panel")
+    from pgvar.explorer.app import build
+
+    view = build("lesson", seed=0)
+    view.state._executor = None
+    view._busy = True
+    view.on_tick()
+    assert view.state.tick_count == 0
+    view._busy = False
+    view.on_tick()
+    assert view.state.tick_count == 1
+    view._next_allowed = time.monotonic() + 60  # after a slow tick the next ones wait
+    view.on_tick()
+    assert view.state.tick_count == 1
