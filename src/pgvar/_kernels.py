@@ -9,8 +9,9 @@ within a batch is recovered from them afterwards, with no per-estimator work in 
 Randomness comes from NumPy's PCG64 as raw 64-bit words, drawn in bulk by the caller: each word
 gives two 32-bit uniforms. A step uses the high half for its action and the low half for a stochastic
 transition, or else for uniform reward noise; whatever is still needed takes another word. Gaussian
-noise comes from a second stream of standard normals. Episodes never straddle a buffer: the kernel
-stops before one that might run out and reports where, so results do not depend on buffer sizes.
+noise comes from a second stream of standard normals. An episode that would run past the end of a
+buffer is abandoned and replayed from its first number after a refill, so results do not depend on
+buffer sizes.
 """
 
 from __future__ import annotations
@@ -34,51 +35,28 @@ def _draw(cdf_a, u):
 
 @njit(cache=True, nogil=True)
 def simulate(
-    words,
-    word_pos,
-    normals,
-    normal_pos,
-    initial_cdf,
-    initial_fixed,
-    trans_cdf,
-    trans_fixed,
-    reward_sas,
-    noise_kind,
-    noise_scale_sa,
-    terminal_s,
-    gamma,
-    max_steps,
-    probs_cdf_psa,
-    entropy_bonus_ps,
-    gae_rho_g,
-    gae_values_gts,
-    episode,
-    n_episodes,
-    batch_size,
-    worst_words,
-    stats_btsak,
-    states_t,
-    actions_t,
-    rewards_t,
-    next_t,
-):
+    words, word_pos, normals, normal_pos,
+    initial_cdf, initial_fixed, trans_cdf, trans_fixed, reward_sas, noise_kind, noise_scale_sa, terminal_s,
+    gamma, max_steps, probs_cdf_psa, entropy_bonus_ps, gae_rho_g, gae_values_gts,
+    episode, n_episodes, batch_size, stats_btsak, states_t, actions_t, rewards_t, next_t,
+):  # fmt: skip
     """Simulate episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size.
-    ``worst_words`` bounds the words one episode can use: the kernel stops before an episode that
-    might run past the end of ``words``.
 
+    Stops early, before finishing an episode, when ``words`` or ``normals`` could run out; it then
+    returns the positions of that episode's first numbers, so the caller can refill and replay it.
     Steps t >= T (the accumulators' step axis) are added into the last step row.
     Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
     n_acc_steps = stats_btsak.shape[1]
     per_step_policy = probs_cdf_psa.shape[0] > 1
     per_step_trans = trans_cdf.shape[0] > 1
     n_gae = gae_rho_g.shape[0]
+    n_words = words.shape[0]
     cut = 0
     batch = episode // batch_size
     in_batch = episode - batch * batch_size  # a counter, not a division per episode
     while episode < n_episodes:
-        if word_pos + worst_words > words.shape[0]:
-            break
-        if noise_kind == NOISE_GAUSSIAN and normal_pos + max_steps > normals.shape[0]:
+        first_word, first_normal = word_pos, normal_pos
+        if word_pos >= n_words:
             break
         if initial_fixed >= 0:
             s = initial_fixed
@@ -88,7 +66,11 @@ def simulate(
         length = 0
         total = 0.0  # the discounted return R, summed on the way
         discount = 1.0
+        ran_out = False
         while True:
+            if word_pos + 2 > n_words or (noise_kind == NOISE_GAUSSIAN and normal_pos >= normals.shape[0]):
+                ran_out = True
+                break
             p = length if per_step_policy else 0
             word = words[word_pos]
             word_pos += 1
@@ -119,6 +101,8 @@ def simulate(
             s = nxt
             if terminal_s[s] or length == max_steps:
                 break
+        if ran_out:
+            return episode, first_word, first_normal, cut
         if not terminal_s[s] and length == max_steps and max_steps > n_acc_steps:
             cut += 1
         ret = 0.0
@@ -180,6 +164,7 @@ def readout(
     batch_g_t = np.zeros(n_steps)
     batch_r_t = np.zeros(n_steps)
     batch_n_t = np.zeros(n_steps)
+    inv_n = 1.0 / n
     for b in range(n_batches):
         batch_g_t[:] = 0.0
         batch_r_t[:] = 0.0
@@ -227,7 +212,7 @@ def readout(
                             - base * (stats_btsak[b, t, s, a, COUNT] - p * visits)
                             + direct_tsa[t, s, a] * visits
                         )
-                        grads_ebd[e, b, index_tsa[t, s, a]] += value / n
+                        grads_ebd[e, b, index_tsa[t, s, a]] += value * inv_n
         for t in range(n_steps):
             prior_g_t[t] += batch_g_t[t]
             prior_r_t[t] += batch_r_t[t]

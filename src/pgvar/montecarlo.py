@@ -26,7 +26,8 @@ from pgvar.policy import entropy_table, parameter_index, policy_table
 
 DEFAULT_BATCHES = 60
 DEFAULT_WARMUP = 1000
-UNBOUNDED_CAP = 100_000
+UNBOUNDED_CAP = 100_000  # steps after which an episode without a horizon is cut (and counted)
+UNBOUNDED_STEPS = 512  # per-step statistics of unbounded episodes; later steps share the last row
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
 BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
 _WARMUP_STREAM = 1 << 30
@@ -142,16 +143,23 @@ def _pad_steps(array: np.ndarray, steps: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[-1:], steps - array.shape[0], axis=0)])
 
 
+def _needs_exact(spec: EstimatorSpec) -> bool:
+    """Fixed baselines and GAE's value function come from the exact engine; running means do not."""
+    return spec.baseline not in ("none", "lesson", "running") or spec.weight == "gae"
+
+
 def _tables(
     mdp: TabularMDP,
     theta: np.ndarray,
     specs: list[EstimatorSpec],
-    chain: Chain,
+    beta: float,
+    chain: Chain | None = None,
     learned_ts: np.ndarray | None = None,
 ) -> _Tables:
-    beta = chain.beta
-    steps = chain.steps
-    max_steps = mdp.horizon if mdp.horizon is not None else max(UNBOUNDED_CAP, 10 * steps)
+    steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_STEPS
+    max_steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_CAP
+    if chain is None and any(_needs_exact(spec) for spec in specs):
+        chain = unroll(mdp, theta, beta)
     policy_steps = theta.shape[0] if theta.ndim == 3 else 1
     probs_psa = np.array([policy_table(theta, mdp, t) for t in range(policy_steps)])
     pairs = [entropy_table(theta, mdp, t) for t in range(policy_steps)]
@@ -166,17 +174,15 @@ def _tables(
     offsets = np.zeros((len(specs), *shape))
     gae_e, rho, gae_values = [], [], []
     for e, spec in enumerate(specs):
-        # fixed baselines and GAE's value come from the exact engine; running means live in the read-out
-        needs_exact = spec.baseline not in ("none", "lesson", "running") or spec.weight == "gae"
-        resolved = resolve(chain, spec, learned_ts) if needs_exact else None
+        resolved = resolve(chain, spec, learned_ts) if _needs_exact(spec) else None
         if spec.weight == "gae":
             gae_e.append(len(rho))
             rho.append(mdp.gamma * spec.lam)
-            gae_values.append(resolved.values_ts)
+            gae_values.append(_pad_steps(resolved.values_ts, steps + 1))
         else:
             gae_e.append(-1)
             if resolved is not None:
-                offsets[e] = resolved.offsets_tsa
+                offsets[e] = _pad_steps(resolved.offsets_tsa, steps)
     discount_t = mdp.gamma ** np.arange(steps, dtype=float)
     return _Tables(
         mdp,
@@ -213,64 +219,38 @@ _WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory 
 def _simulate(
     tables: _Tables, seed: np.random.SeedSequence, n_episodes: int, batch_size: int, stats: BatchStats
 ) -> None:
-    """Run the kernel over ``n_episodes`` episodes of one random stream, refilling its buffers."""
+    """Run the kernel over ``n_episodes`` episodes of one random stream, refilling its buffers.
+
+    The kernel returns when an episode would run past the end of a buffer, pointing at that episode's
+    first random number; the episode is then replayed from the same numbers after the refill."""
     mdp = tables.mdp
     word_seed, normal_seed = seed.spawn(2)
     bits = np.random.PCG64(word_seed)
-    normal_rng = np.random.default_rng(normal_seed)
     gaussian = mdp.reward_noise == "gaussian"
+    normal_rng = np.random.default_rng(normal_seed) if gaussian else None
     noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
-    # words an episode may use: one per step, one more when a stochastic transition took the low half
-    # that uniform noise needs, one for a random start state
-    stochastic = bool((tables.trans_fixed < 0).any())
-    per_step = 2 if stochastic and mdp.reward_noise == "uniform" else 1
-    worst = (0 if tables.initial_fixed >= 0 else 1) + per_step * tables.max_steps
-    size = max(_WORDS, 2 * worst)
-    words = bits.random_raw(min(size, worst * n_episodes))
-    normals = normal_rng.standard_normal(size if gaussian else 0)
+    typical = min(tables.max_steps, 64)  # a first guess of episode length, for the first draw only
+    words = bits.random_raw(min(_WORDS, 2 * typical * n_episodes + 1))
+    normals = normal_rng.standard_normal(min(_WORDS, typical * n_episodes)) if gaussian else np.zeros(0)
     word_pos = normal_pos = 0
-    scratch_int = [np.zeros(tables.max_steps, dtype=np.int64) for _ in range(3)]
-    rewards_t = np.zeros(tables.max_steps)
+    states_t, actions_t, next_t = (np.empty(tables.max_steps, dtype=np.int64) for _ in range(3))
+    rewards_t = np.empty(tables.max_steps)
     episode = 0
     while True:
         episode, word_pos, normal_pos, cut = _kernels.simulate(
-            words,
-            word_pos,
-            normals,
-            normal_pos,
-            tables.initial_cdf,
-            tables.initial_fixed,
-            tables.trans_cdf,
-            tables.trans_fixed,
-            tables.reward_sas,
-            noise_kind,
-            tables.noise_scale_sa,
-            mdp.terminal_s,
-            mdp.gamma,
-            tables.max_steps,
-            tables.probs_cdf_psa,
-            tables.entropy_bonus_ps,
-            tables.gae_rho_g,
-            tables.gae_values_gts,
-            episode,
-            n_episodes,
-            batch_size,
-            worst,
-            stats.stats_btsak,
-            scratch_int[0],
-            scratch_int[1],
-            rewards_t,
-            scratch_int[2],
-        )
+            words, word_pos, normals, normal_pos,
+            tables.initial_cdf, tables.initial_fixed, tables.trans_cdf, tables.trans_fixed, tables.reward_sas,
+            noise_kind, tables.noise_scale_sa, mdp.terminal_s, mdp.gamma, tables.max_steps,
+            tables.probs_cdf_psa, tables.entropy_bonus_ps, tables.gae_rho_g, tables.gae_values_gts,
+            episode, n_episodes, batch_size, stats.stats_btsak, states_t, actions_t, rewards_t, next_t,
+        )  # fmt: skip
         stats.truncated += cut
         if episode >= n_episodes:
             return
-        if word_pos + worst > words.size:
-            more = min(size, worst * (n_episodes - episode))
-            words = np.concatenate([words[word_pos:], bits.random_raw(more)])
-            word_pos = 0
-        if gaussian and normal_pos + tables.max_steps > normals.size:
-            normals = np.concatenate([normals[normal_pos:], normal_rng.standard_normal(size)])
+        words = np.concatenate([words[word_pos:], bits.random_raw(_WORDS)])
+        word_pos = 0
+        if gaussian:
+            normals = np.concatenate([normals[normal_pos:], normal_rng.standard_normal(_WORDS)])
             normal_pos = 0
 
 
@@ -332,9 +312,9 @@ class Sampler:
         if len(betas) != 1:
             raise SpecError("entropy: all estimators measured together must share one entropy coefficient")
         beta = betas.pop()
-        chain = chain if chain is not None and chain.beta == beta else unroll(mdp, theta, beta)
+        chain = chain if chain is not None and chain.beta == beta else None
         self.mdp, self.theta = mdp, theta
-        self.tables = _tables(mdp, theta, self.specs, chain, learned_ts)
+        self.tables = _tables(mdp, theta, self.specs, beta, chain, learned_ts)
 
     def sample(
         self,
