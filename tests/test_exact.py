@@ -14,12 +14,15 @@ from pgvar import envs
 from pgvar.errors import PgvarError
 from pgvar.estimators import BASELINES, parse_estimator
 from pgvar.exact import (
+    _gradient,
     _recursion_moments,
     count_paths,
     exact_gradient,
     exact_moments,
+    expected_visits,
     objective,
     resolve,
+    state_distribution,
     unroll,
     values,
 )
@@ -183,6 +186,18 @@ def test_short_corridor_matches_a_linear_solve_and_sutton_barto():
     np.testing.assert_allclose(grad, numeric, atol=1e-6)
     for text in ("vanilla", "rtg+value", "rtg+optimal", "base"):
         assert np.abs(exact_moments(mdp, theta, parse_estimator(text)).mean - grad.ravel()).max() < 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("beta", [0.0, 0.4])
+def test_linear_solves_for_unbounded_episodes_match_the_unrolled_chain(seed, beta):
+    mdp = random_mdp(seed, states=4, actions=3, horizon=None, gamma=0.8, terminal=True, sas_rewards=True)
+    theta = np.random.default_rng(seed).normal(size=mdp.theta_shape())
+    chain = unroll(mdp, theta, beta)  # backward induction, truncated where P(still running) < 1e-14
+    assert objective(mdp, theta, beta) == pytest.approx(float(mdp.initial_s @ values(chain)[0][0]), rel=1e-10)
+    np.testing.assert_allclose(exact_gradient(mdp, theta, beta).ravel(), _gradient(chain), atol=1e-10)
+    visits = state_distribution(chain)[:-1].sum(axis=0) * ~mdp.terminal_s
+    np.testing.assert_allclose(expected_visits(mdp, theta), visits, rtol=1e-10)
 
 
 def test_lesson_at_uniform_policy_knobs_lower_the_variance():

@@ -9,11 +9,11 @@ def test_report_writes_figures_and_html(tmp_path, capsys):
     out = tmp_path / "report"
     code, printed, err = run(["report", "--mdp", "repayment", "--out", str(out), "--batches", "20"], capsys)
     assert code == 0, err
-    for name in ("variance_by_estimator", "variance_against_n", "baselines", "gae_lambda"):
+    for name in ("variance_by_estimator", "variance_against_n", "baselines", "gae_lambda", "learning_curves"):
         for suffix in ("png", "svg"):
             assert (out / f"{name}.{suffix}").stat().st_size > 1000
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4
+    assert page.count("data:image/png;base64,") == 5
     assert "FAIL" in page and "reward-to-go lowers the variance" in page  # repayment breaks that claim
     assert "report.html" in printed
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pgvar.commands.train import train as train_command
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import LESSON_NAMES, EstimatorSpec, parse_estimators
 from pgvar.mdp import TabularMDP
@@ -24,6 +25,7 @@ mdp_app = typer.Typer(
     no_args_is_help=True, help="Check and describe MDPs (built-in names or YAML/JSON files)."
 )
 app.add_typer(mdp_app, name="mdp")
+app.command()(train_command)
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 

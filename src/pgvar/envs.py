@@ -151,12 +151,66 @@ def repayment(bonus: float = 0.5) -> TabularMDP:
     )
 
 
+def deceptive(depth: int = 7, actions: int = 2, safe: float = 1.0, treasure: float = 3.0) -> TabularMDP:
+    """A deceptive early optimum, for the entropy bonus (built for pgvar; lesson 07, "The entropy bonus").
+
+    At the start, action 0 ("onward") walks into a corridor of ``depth`` (7) states; any other action
+    stops at once with ``safe`` (+1). In the corridor only "onward" goes on, any other action stops
+    with 0, and the end of the corridor pays ``treasure`` (3). Under the uniform policy the corridor is
+    worth 3 / 2^7 = 0.023, so every gradient first says "stop": plain policy gradient commits to the
+    safe +1 before the corridor has been learnt and then hardly ever walks it again (sampled gradients
+    stop seeing the corridor; the exact gradient sits on a plateau: softmax policy gradient can take
+    exponentially long to leave one, Li et al. 2021). An entropy bonus beta * H (Williams & Peng 1991;
+    Mnih et al. 2016; faster convergence: Mei et al. 2020) keeps some probability on walking in and pays
+    beta * H in every corridor state, so the corridor keeps being sampled and learnt, and the policy
+    then commits to the treasure; too large a beta keeps every state undecided and the policy never
+    commits (J below even the safe +1).
+
+    Exact values (defaults, gamma 1; H summed over the steps of an episode): the uniform policy has
+    J = 0.512; the trap (stop at once) has J = J + beta * H = 1; the best policy has J = 3. The maximum
+    of the regularised objective J + beta * H is 3.0005 at beta = 0.3 (its policy has J = 2.997) and
+    7.22 at beta = 3, where its policy has J = 0.86, below the trap's: it walks on with probability
+    0.73 to 0.90 in each state and reaches the treasure a quarter of the time.
+    ``pgvar train --mdp deceptive`` shows the learning curves (docs/training.md).
+    """
+    if depth < 1 or actions < 2:
+        raise SpecError("deceptive: depth must be >= 1 and actions >= 2")
+    n_states = depth + 2  # 0 start, 1 .. depth corridor, depth + 1 end
+    end = depth + 1
+    transitions = np.zeros((n_states, actions, n_states))
+    rewards = np.zeros((n_states, actions))
+    transitions[:, :, end] = 1.0  # every action but "onward" stops
+    rewards[0, 1:] = safe
+    for state in range(depth + 1):
+        transitions[state, 0] = np.eye(n_states)[state + 1]  # "onward" (the last one reaches the end)
+    rewards[depth, 0] = treasure
+    return TabularMDP(
+        initial_s=np.eye(n_states)[0],
+        transitions=transitions,
+        rewards=rewards,
+        gamma=1.0,
+        horizon=depth + 1,
+        terminal_s=np.arange(n_states) == end,
+        observation_s=np.r_[np.arange(depth + 1), -1],
+        name="deceptive"
+        if (depth, actions, safe, treasure) == (7, 2, 1.0, 3.0)
+        else f"deceptive:depth={depth},actions={actions},safe={safe:g},treasure={treasure:g}",
+        description=f"Deceptive early optimum: stop at once for {safe:g}, or walk a corridor of {depth} "
+        f"states (one right action of {actions} in each) for {treasure:g}; entropy bonus example.",
+        state_names=("start", *(f"corridor {i}" for i in range(1, depth + 1)), "end"),
+        action_names=("onward", "stop")
+        if actions == 2
+        else ("onward", *(f"stop {i}" for i in range(1, actions))),
+    )
+
+
 BUILTINS: dict[str, Callable[..., TabularMDP]] = {
     "lesson": lesson,
     "short-corridor": short_corridor,
     "bandit": bandit,
     "random": random_mdp,
     "repayment": repayment,
+    "deceptive": deceptive,
 }
 
 

@@ -156,8 +156,53 @@ def values(chain: Chain) -> tuple[np.ndarray, np.ndarray]:
 
 def objective(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> float:
     """J(theta) = E[sum_t gamma^t (r_t + entropy * H[pi(.|s_t)])]."""
+    if _stationary(mdp, theta):
+        return _Stationary(mdp, theta, entropy).objective
     chain = unroll(mdp, theta, entropy)
     return float(mdp.initial_s @ values(chain)[0][0])
+
+
+def expected_visits(mdp: TabularMDP, theta: np.ndarray) -> np.ndarray:
+    """(S,) expected number of visits to each non-terminal state in one episode (undiscounted)."""
+    if _stationary(mdp, theta):
+        return _Stationary(mdp, theta, 0.0).visits_s
+    return state_distribution(unroll(mdp, theta))[:-1].sum(axis=0) * ~mdp.terminal_s
+
+
+def _stationary(mdp: TabularMDP, theta: np.ndarray) -> bool:
+    """Unbounded episodes, one transition table and per-observation logits: linear solves are exact."""
+    return mdp.horizon is None and not mdp.time_dependent and theta.ndim == 2
+
+
+class _Stationary:
+    """Values and visits of an unbounded time-homogeneous MDP under a fixed policy, by linear solves:
+    V = (I - gamma P_pi)^-1 r_pi over the non-terminal states, visits = rho0 (I - P_pi)^-1."""
+
+    def __init__(self, mdp: TabularMDP, theta: np.ndarray, beta: float) -> None:
+        probs_sa = policy_table(theta, mdp)
+        entropy_s, grad_h_sa = entropy_table(theta, mdp)
+        alive = ~mdp.terminal_s
+        flow_ss = np.einsum("sa,sap->sp", probs_sa, mdp.transitions)[np.ix_(alive, alive)]
+        reward_sa = np.einsum("sap,sap->sa", mdp.transitions, mdp.reward_sas) + beta * entropy_s[:, None]
+        eye = np.eye(flow_ss.shape[0])
+        system = eye - mdp.gamma * flow_ss
+        if np.linalg.cond(eye - flow_ss) > 1e12:
+            raise PgvarError(
+                f"mdp {mdp.name!r}: under this policy episodes (almost) never end "
+                "(move the logits off the extremes)"
+            )
+        value_s = np.zeros(mdp.n_states)
+        value_s[alive] = np.linalg.solve(system, (probs_sa * reward_sa).sum(axis=1)[alive])
+        self.visits_s = np.zeros(mdp.n_states)
+        self.visits_s[alive] = np.linalg.solve((eye - flow_ss).T, mdp.initial_s[alive])
+        discounted_s = np.zeros(mdp.n_states)
+        discounted_s[alive] = np.linalg.solve(system.T, mdp.initial_s[alive])
+        q_sa = reward_sa + mdp.gamma * mdp.transitions @ value_s
+        # sum_a pi(a) A(a) (e_a - pi) has component pi(a') A(a'), since sum_a pi(a) A(a) = 0
+        weight_sa = discounted_s[:, None] * (probs_sa * (q_sa - value_s[:, None]) + beta * grad_h_sa)
+        self.gradient = np.zeros(theta.size)
+        np.add.at(self.gradient, parameter_index(mdp, theta.shape, 0)[alive], weight_sa[alive])
+        self.objective = float(mdp.initial_s @ value_s)
 
 
 # -- move 2: the policy-gradient theorem ---------------------------------------------------------
@@ -166,6 +211,8 @@ def objective(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> float
 def exact_gradient(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> np.ndarray:
     """grad J(theta), same shape as theta, by the policy-gradient theorem:
     sum_t gamma^t sum_s d_t(s) [sum_a pi(a|s) (Q_t(s,a) - V_t(s)) score(s,a) + entropy * grad H(s)]."""
+    if _stationary(mdp, theta):
+        return _Stationary(mdp, theta, entropy).gradient.reshape(theta.shape)
     chain = unroll(mdp, theta, entropy)
     return _gradient(chain).reshape(theta.shape)
 

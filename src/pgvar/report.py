@@ -32,6 +32,14 @@ _STYLE = (
 )
 
 
+def _section(title: str, png: bytes, caption: str) -> str:
+    encoded = base64.b64encode(png).decode()
+    return (
+        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
+        f"src='data:image/png;base64,{encoded}'><p>{html.escape(caption)}</p>"
+    )
+
+
 @dataclass
 class Figure:
     name: str
@@ -159,23 +167,18 @@ def figure_gae(mdp: TabularMDP, theta: np.ndarray, chain, n: int) -> Figure:
     )
 
 
-def figure_learning_curves(mdp: TabularMDP, theta: np.ndarray, seed: int) -> Figure | None:
-    """Learning curves from ``pgvar.train`` when it is available for this MDP."""
-    try:
-        from pgvar import train
-    except ImportError:
-        return None
-    curves = getattr(train, "report_curves", None)
-    if curves is None:
-        return None
-    fig = curves(mdp, theta, seed=seed)
-    return Figure(
-        "learning_curves",
-        "Learning curves",
-        "Stochastic gradient ascent with each estimator (mean over runs, 95% band) and ascent "
-        "on the exact gradient as reference.",
-        fig,
+def learning_curves(mdp: TabularMDP, theta: np.ndarray, out: Path, seed: int) -> tuple[Path, str]:
+    """Learning curves of the lesson's four estimators (``pgvar.train``), written as PNG + SVG."""
+    from pgvar.train import TrainConfig, plot, train
+
+    config = TrainConfig(lr=0.1, batch=8, updates=60, runs=5, seed=seed)
+    result = train(mdp, list(LESSON_FOUR), config, theta)
+    png = next(path for path in plot(result, out / "learning_curves") if path.suffix == ".png")
+    caption = (
+        f"Stochastic gradient ascent, lr {config.lr}, N = {config.batch}, {config.updates} updates, "
+        f"{config.runs} runs per estimator: mean and 95% band over runs; dashed: the exact gradient."
     )
+    return png, caption
 
 
 def build_report(
@@ -201,10 +204,6 @@ def build_report(
     ]
     baseline_figure, _ = figure_baselines(mdp, theta, chain)
     figures += [baseline_figure, figure_gae(mdp, theta, chain, n)]
-    if learning:
-        curves = figure_learning_curves(mdp, theta, seed)
-        if curves is not None:
-            figures.append(curves)
     plt = _pyplot()
     sections = []
     for fig in figures:
@@ -213,11 +212,10 @@ def build_report(
         (out / f"{fig.name}.png").write_bytes(png.getvalue())
         fig.figure.savefig(out / f"{fig.name}.svg", format="svg")
         plt.close(fig.figure)
-        encoded = base64.b64encode(png.getvalue()).decode()
-        sections.append(
-            f"<h2>{html.escape(fig.title)}</h2><img alt='{html.escape(fig.title)}' "
-            f"src='data:image/png;base64,{encoded}'><p>{html.escape(fig.caption)}</p>"
-        )
+        sections.append(_section(fig.title, png.getvalue(), fig.caption))
+    if learning:
+        png_path, caption = learning_curves(mdp, theta, out, seed)
+        sections.append(_section("Learning curves", png_path.read_bytes(), caption))
     from pgvar.claims import verify_lesson
 
     claims, summary = verify_lesson(mdp, theta, seed)
