@@ -552,7 +552,7 @@ def variance_study(
     beta = specs[0].entropy
     vanilla = EstimatorSpec("return", "none", entropy=beta, label="vanilla")
     measured = specs if any(s.canonical == vanilla.canonical for s in specs) else [*specs, vanilla]
-    chain = unroll(mdp, theta, beta)
+    chain = unroll(mdp, theta, beta) if exact else None
     grad = _gradient(chain) if exact else None
     exact_traces = None
     if exact:
@@ -562,22 +562,26 @@ def variance_study(
     all_ns = sorted(set(ns) | {1})
     children = np.random.SeedSequence(seed).spawn(len(all_ns))
     by_n: dict[int, list[VarianceReading]] = {}
-    samplers = {True: Sampler(mdp, theta, measured, chain=chain)}
+    everything = Sampler(mdp, theta, measured, chain=chain)
+    vanilla_only = None  # for the N = 1 reference when N = 1 was not asked for
     for n, child in zip(all_ns, children, strict=True):
-        if n not in ns and False not in samplers:
-            samplers[False] = Sampler(mdp, theta, [vanilla], chain=chain)
-        sample = samplers[n in ns].sample(n, batches, child, progress=progress)
-        by_n[n] = read_sample(sample, grad, exact_traces)
+        if n in ns:
+            sampler = everything
+        else:
+            vanilla_only = vanilla_only or Sampler(mdp, theta, [vanilla], chain=chain)
+            sampler = vanilla_only
+        by_n[n] = read_sample(sampler.sample(n, batches, child, progress=progress), grad, exact_traces)
     vanilla_at = {
         n: next(r for r in rs if r.spec.canonical == vanilla.canonical).variance_trace
         for n, rs in by_n.items()
     }
-    readings = []
-    for n in ns:
-        for reading in by_n[n]:
-            if reading.spec not in specs and reading.spec.canonical not in {s.canonical for s in specs}:
-                continue
-            readings.append(_with_ratios(reading, vanilla_at[n], vanilla_at[1]))
+    wanted = {spec.canonical for spec in specs}
+    readings = [
+        _with_ratios(reading, vanilla_at[n], vanilla_at[1])
+        for n in ns
+        for reading in by_n[n]
+        if reading.spec.canonical in wanted
+    ]
     slopes = {}
     if len(set(ns)) >= 2:
         for spec in specs:
