@@ -38,11 +38,13 @@ def simulate(
     words, word_pos, normals, normal_pos,
     initial_cdf, initial_fixed, trans_cdf, trans_fixed, reward_sas, noise_kind, noise_scale_sa, terminal_s,
     gamma, max_steps, probs_cdf_psa, entropy_bonus_ps, gae_rho_g, gae_values_gts,
-    episode, n_episodes, batch_size, stats_btsak, states_t, actions_t, rewards_t, next_t,
+    episode, n_episodes, batch_size, step_words, stats_btsak, states_t, actions_t, rewards_t, next_t,
 ):  # fmt: skip
     """Simulate episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size.
 
-    Stops early, before finishing an episode, when ``words`` or ``normals`` could run out; it then
+    A step uses at most ``step_words`` words (1, or 2 when a stochastic transition and uniform noise
+    both need a half). Stops early, before finishing an episode, when ``words`` or ``normals`` could
+    run out; it then
     returns the positions of that episode's first numbers, so the caller can refill and replay it.
     Steps t >= T (the accumulators' step axis) are added into the last step row.
     Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
@@ -68,7 +70,9 @@ def simulate(
         discount = 1.0
         ran_out = False
         while True:
-            if word_pos + 2 > n_words or (noise_kind == NOISE_GAUSSIAN and normal_pos >= normals.shape[0]):
+            if word_pos + step_words > n_words or (
+                noise_kind == NOISE_GAUSSIAN and normal_pos >= normals.shape[0]
+            ):
                 ran_out = True
                 break
             p = length if per_step_policy else 0

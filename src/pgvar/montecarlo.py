@@ -229,8 +229,12 @@ def _simulate(
     gaussian = mdp.reward_noise == "gaussian"
     normal_rng = np.random.default_rng(normal_seed) if gaussian else None
     noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
-    typical = min(tables.max_steps, 64)  # a first guess of episode length, for the first draw only
-    words = bits.random_raw(min(_WORDS, 2 * typical * n_episodes + 1))
+    # the first draw: exactly what episodes of length min(H, 64) use (the kernel asks for more if needed)
+    typical = min(tables.max_steps, 64)
+    stochastic = bool((tables.trans_fixed < 0).any())
+    per_step = 2 if stochastic and mdp.reward_noise == "uniform" else 1
+    per_episode = (0 if tables.initial_fixed >= 0 else 1) + per_step * typical
+    words = bits.random_raw(min(_WORDS, per_episode * n_episodes + 1))
     normals = normal_rng.standard_normal(min(_WORDS, typical * n_episodes)) if gaussian else np.zeros(0)
     word_pos = normal_pos = 0
     states_t, actions_t, next_t = (np.empty(tables.max_steps, dtype=np.int64) for _ in range(3))
@@ -242,12 +246,14 @@ def _simulate(
             tables.initial_cdf, tables.initial_fixed, tables.trans_cdf, tables.trans_fixed, tables.reward_sas,
             noise_kind, tables.noise_scale_sa, mdp.terminal_s, mdp.gamma, tables.max_steps,
             tables.probs_cdf_psa, tables.entropy_bonus_ps, tables.gae_rho_g, tables.gae_values_gts,
-            episode, n_episodes, batch_size, stats.stats_btsak, states_t, actions_t, rewards_t, next_t,
+            episode, n_episodes, batch_size, per_step,
+            stats.stats_btsak, states_t, actions_t, rewards_t, next_t,
         )  # fmt: skip
         stats.truncated += cut
         if episode >= n_episodes:
             return
-        words = np.concatenate([words[word_pos:], bits.random_raw(_WORDS)])
+        more = min(_WORDS, per_episode * (n_episodes - episode) + 1)
+        words = np.concatenate([words[word_pos:], bits.random_raw(more)])
         word_pos = 0
         if gaussian:
             normals = np.concatenate([normals[normal_pos:], normal_rng.standard_normal(_WORDS)])
