@@ -26,6 +26,7 @@ from pgvar.exact import (
     unroll,
     values,
 )
+from pgvar.montecarlo import sample_batch_means
 
 UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in BASELINES if b != "learned"] + [
     "gae0+value",
@@ -94,6 +95,23 @@ def test_enumeration_and_recursion_agree(case, spec_text, beta):
     np.testing.assert_allclose(recursive.variance, enumerated.variance, atol=1e-9 * scale)
     assert recursive.reward_noise == pytest.approx(enumerated.reward_noise, abs=1e-9 * scale)
     assert recursive.sampling == pytest.approx(enumerated.sampling, abs=1e-9 * scale)
+
+
+def test_full_covariance_from_enumeration_matches_monte_carlo():
+    mdp = envs.lesson()
+    theta = np.random.default_rng(4).normal(size=mdp.theta_shape())
+    exact = exact_moments(mdp, theta, parse_estimator("rtg+value"), method="enumeration")
+    covariance = exact.covariance
+    np.testing.assert_allclose(np.diag(covariance), exact.variance, atol=1e-12)
+    assert np.allclose(covariance, covariance.T) and np.linalg.eigvalsh(covariance).min() > -1e-12
+    n, batches = 16, 4000  # batch means are close to Gaussian; SE of a covariance entry from the exact one
+    means_md = sample_batch_means(
+        mdp, theta, [parse_estimator("rtg+value")], n, batches, seed=8
+    ).batch_means_emd[0]
+    measured = np.cov(means_md, rowvar=False)
+    expected = covariance / n
+    standard_error = np.sqrt((np.outer(np.diag(expected), np.diag(expected)) + expected**2) / (batches - 1))
+    assert np.abs((measured - expected) / standard_error).max() < 5.0
 
 
 def test_dropping_gamma_t_is_biased_and_keeping_it_is_not():

@@ -159,6 +159,7 @@ def exact(
                     "variance_trace": r.variance_trace,
                     "variance_parts": {"reward_noise": r.reward_noise, "sampling": r.sampling},
                     **({"baseline_t": r.baseline_t.tolist()} if r.baseline_t is not None else {}),
+                    **({"covariance": r.covariance.tolist()} if r.covariance is not None else {}),
                 }
                 for r in results
             },

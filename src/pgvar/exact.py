@@ -324,6 +324,8 @@ class ExactMoments:
       method: "enumeration" or "recursion".
       tail_mass: probability mass of episodes longer than the unrolled horizon (0 when exact).
       baseline_t: per-step baseline constants where the estimator has them, else None.
+      covariance: (D, D) the full covariance of g, from enumeration (None from the recursion, which
+        tracks each parameter's variance only).
     """
 
     spec: EstimatorSpec
@@ -336,6 +338,7 @@ class ExactMoments:
     steps: int
     tail_mass: float
     baseline_t: np.ndarray | None
+    covariance: np.ndarray | None = None
 
 
 def exact_moments(
@@ -354,8 +357,11 @@ def exact_moments(
     estimator = resolve(chain, spec, learned_ts)
     if method == "auto":
         method = "enumeration" if count_paths(chain) <= MAX_ENUMERATED_PATHS else "recursion"
+    covariance = None
     if method == "enumeration":
-        mean, second, second_no_noise = _enumerate_moments(chain, estimator)
+        mean, second_DD, second_no_noise_DD = _enumerate_moments(chain, estimator)
+        covariance = second_DD - np.outer(mean, mean)
+        second, second_no_noise = np.diag(second_DD), np.diag(second_no_noise_DD)
     elif method == "recursion":
         mean, second = _recursion_moments(chain, estimator, noise=True)
         second_no_noise = _recursion_moments(chain, estimator, noise=False)[1]
@@ -375,6 +381,7 @@ def exact_moments(
         chain.steps,
         chain.tail_mass,
         estimator.baseline_t,
+        covariance,
     )
 
 
@@ -594,10 +601,11 @@ def enumerate_paths(chain: Chain):
 
 
 def _enumerate_moments(chain: Chain, estimator: ResolvedEstimator):
-    """Mean, second moment, and second moment without reward noise, by enumerating every path.
+    """Mean (D,), second-moment matrix (D, D), and the same without reward noise, by enumerating
+    every path.
 
-    g is affine in the rewards, so E[g^2 | path] = g(mean rewards)^2 + sum_k Var(eps_k) * h_k^2 with
-    h_k = g(rewards + e_k) - g(rewards)."""
+    g is affine in the rewards, so E[g g^T | path] = g g^T (at the mean rewards) + sum_k Var(eps_k)
+    h_k h_k^T with h_k = g(rewards + e_k) - g(rewards)."""
     mdp = chain.mdp
     prob_b, states_tb, actions_tb, next_tb, alive_tb = enumerate_paths(chain)
     base_rewards_tb = mdp.reward_sas[states_tb, actions_tb, next_tb]
@@ -608,10 +616,11 @@ def _enumerate_moments(chain: Chain, estimator: ResolvedEstimator):
 
     g_bD = grads(base_rewards_tb)
     mean = prob_b @ g_bD
-    second_no_noise = prob_b @ g_bD**2
-    noise_bD = np.zeros_like(g_bD)
+    second_no_noise = (g_bD * prob_b[:, None]).T @ g_bD
+    noise = np.zeros_like(second_no_noise)
     for k in range(states_tb.shape[0]):
         bumped = base_rewards_tb.copy()
         bumped[k] += 1.0
-        noise_bD += noise_var_tb[k][:, None] * (grads(bumped) - g_bD) ** 2
-    return mean, second_no_noise + prob_b @ noise_bD, second_no_noise
+        h_bD = grads(bumped) - g_bD
+        noise += (h_bD * (prob_b * noise_var_tb[k])[:, None]).T @ h_bD
+    return mean, second_no_noise + noise, second_no_noise
