@@ -248,12 +248,10 @@ def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = N
             values_ts[:n_steps] = baseline_t[:, None] * ~mdp.terminal_s  # nothing follows a terminal state
         else:
             offsets_tsa[:] = (scale_t * baseline_t)[:, None, None]
-    elif spec.baseline in ("value", "learned"):
-        value_ts = values(chain)[0] if spec.baseline == "value" else _learned_table(chain, learned_ts)
-        if spec.weight == "gae":
-            values_ts = value_ts
-        else:
-            offsets_tsa[:] = (scale_t[:, None] * value_ts[:-1])[:, :, None]
+    elif spec.baseline == "value":
+        return value_baseline(mdp, spec, values(chain)[0])
+    elif spec.baseline == "learned":
+        return value_baseline(mdp, spec, learned_table(mdp, learned_ts, n_steps))
     else:
         coefficient_tD = _optimal_coefficients(chain, spec)
         for t in range(n_steps):
@@ -264,19 +262,32 @@ def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = N
     return ResolvedEstimator(spec, offsets_tsa, values_ts, baseline_t)
 
 
-def _learned_table(chain: Chain, learned_ts: np.ndarray | None) -> np.ndarray:
-    """(T + 1, S) a learned value table cut or padded to the chain's steps, zero at terminal states."""
+def value_baseline(mdp: TabularMDP, spec: EstimatorSpec, value_ts: np.ndarray) -> ResolvedEstimator:
+    """A state-value baseline V(t, s) from a (T + 1, S) table: subtracted from the weight, or, for
+    GAE, the value function inside the TD errors."""
+    n_steps = value_ts.shape[0] - 1
+    offsets_tsa = np.zeros((n_steps, mdp.n_states, mdp.n_actions))
+    if spec.weight == "gae":
+        return ResolvedEstimator(spec, offsets_tsa, value_ts)
+    scale_t = score_scale_t(spec, mdp.gamma, n_steps)
+    offsets_tsa[:] = (scale_t[:, None] * value_ts[:-1])[:, :, None]
+    return ResolvedEstimator(spec, offsets_tsa, np.zeros_like(value_ts))
+
+
+def learned_table(mdp: TabularMDP, learned_ts: np.ndarray | None, steps: int) -> np.ndarray:
+    """(steps + 1, S) a learned value table cut, or padded with its last row, to ``steps`` rows and a
+    zero row after them; zero at terminal states."""
     if learned_ts is None:
         raise PgvarError("baseline 'learned': it has no exact value of its own; pass the learned table")
     learned_ts = np.asarray(learned_ts, dtype=float)
-    n_states = chain.mdp.n_states
+    n_states = mdp.n_states
     if learned_ts.ndim != 2 or learned_ts.shape[1] != n_states:
         raise PgvarError(f"baseline 'learned': table must have shape (T, {n_states}), got {learned_ts.shape}")
-    table = np.zeros((chain.steps + 1, n_states))
-    rows = min(chain.steps, learned_ts.shape[0])
+    table = np.zeros((steps + 1, n_states))
+    rows = min(steps, learned_ts.shape[0])
     table[:rows] = learned_ts[:rows]
-    table[rows : chain.steps] = learned_ts[rows - 1] if rows else 0.0
-    return table * ~chain.mdp.terminal_s
+    table[rows:steps] = learned_ts[rows - 1] if rows else 0.0
+    return table * ~mdp.terminal_s
 
 
 def running_baseline_limits(chain: Chain, spec: EstimatorSpec) -> np.ndarray:

@@ -19,8 +19,8 @@ import numpy as np
 
 from pgvar import _kernels
 from pgvar.errors import SpecError
-from pgvar.estimators import EstimatorSpec, parse_estimator, score_scale_t
-from pgvar.exact import Chain, _gradient, exact_moments, resolve, unroll
+from pgvar.estimators import EstimatorSpec, ResolvedEstimator, parse_estimator, score_scale_t
+from pgvar.exact import Chain, _gradient, exact_moments, learned_table, resolve, unroll, value_baseline
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 
@@ -143,9 +143,12 @@ def _pad_steps(array: np.ndarray, steps: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[-1:], steps - array.shape[0], axis=0)])
 
 
-def _needs_exact(spec: EstimatorSpec) -> bool:
-    """Fixed baselines and GAE's value function come from the exact engine; running means do not."""
-    return spec.baseline not in ("none", "lesson", "running") or spec.weight == "gae"
+def _needs_chain(spec: EstimatorSpec) -> bool:
+    """V, the optimal baselines and the running means inside GAE (at their limits) need the exact
+    engine; the running means of other weights, a learned table and no baseline do not."""
+    if spec.weight == "gae":
+        return spec.baseline not in ("none", "learned")
+    return spec.baseline in ("value", "optimal", "optimal-per-parameter")
 
 
 def _tables(
@@ -158,7 +161,7 @@ def _tables(
 ) -> _Tables:
     steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_STEPS
     max_steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_CAP
-    if chain is None and any(_needs_exact(spec) for spec in specs):
+    if chain is None and any(_needs_chain(spec) for spec in specs):
         chain = unroll(mdp, theta, beta)
     policy_steps = theta.shape[0] if theta.ndim == 3 else 1
     probs_psa = np.array([policy_table(theta, mdp, t) for t in range(policy_steps)])
@@ -174,15 +177,19 @@ def _tables(
     offsets = np.zeros((len(specs), *shape))
     gae_e, rho, gae_values = [], [], []
     for e, spec in enumerate(specs):
-        resolved = resolve(chain, spec, learned_ts) if _needs_exact(spec) else None
+        if _needs_chain(spec):
+            resolved = resolve(chain, spec)
+        elif spec.baseline == "learned":
+            resolved = value_baseline(mdp, spec, learned_table(mdp, learned_ts, steps))
+        else:  # no baseline, or a running mean kept by the read-out
+            resolved = ResolvedEstimator(spec, np.zeros(shape), np.zeros((steps + 1, mdp.n_states)))
         if spec.weight == "gae":
             gae_e.append(len(rho))
             rho.append(mdp.gamma * spec.lam)
             gae_values.append(_pad_steps(resolved.values_ts, steps + 1))
         else:
             gae_e.append(-1)
-            if resolved is not None:
-                offsets[e] = _pad_steps(resolved.offsets_tsa, steps)
+            offsets[e] = _pad_steps(resolved.offsets_tsa, steps)
     discount_t = mdp.gamma ** np.arange(steps, dtype=float)
     return _Tables(
         mdp,
