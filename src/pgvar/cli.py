@@ -25,7 +25,6 @@ mdp_app = typer.Typer(
     no_args_is_help=True, help="Check and describe MDPs (built-in names or YAML/JSON files)."
 )
 app.add_typer(mdp_app, name="mdp")
-app.command()(train_command)
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
@@ -411,6 +410,9 @@ def explore(
     from pgvar.explorer import serve
 
     serve(mdp=mdp, port=port, open_browser=not no_browser)  # a bad --mdp is reported on the page
+
+
+app.command()(train_command)  # defined beside the training core, listed after the variance commands
 
 
 if __name__ == "__main__":
