@@ -38,7 +38,7 @@ def simulate(
     words, word_pos, normals, normal_pos,
     initial_cdf, initial_fixed, trans_cdf, trans_fixed, reward_sas, noise_kind, noise_scale_sa, terminal_s,
     gamma, max_steps, probs_cdf_psa, entropy_bonus_ps, gae_rho_g, gae_values_gts,
-    episode, n_episodes, batch_size, step_words, stats_btsak, states_t, actions_t, rewards_t, next_t,
+    episode, n_episodes, batch_size, step_words, stats_btsak, cells_t, states_t, rewards_t, next_t,
 ):  # fmt: skip
     """Simulate episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size.
 
@@ -48,7 +48,9 @@ def simulate(
     returns the positions of that episode's first numbers, so the caller can refill and replay it.
     Steps t >= T (the accumulators' step axis) are added into the last step row.
     Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
-    n_acc_steps = stats_btsak.shape[1]
+    n_batches, n_acc_steps, n_states, n_actions, n_channels = stats_btsak.shape
+    # one flat row per (batch, step, state, action): the cell index is computed once per step
+    stats_ck = stats_btsak.reshape((n_batches * n_acc_steps * n_states * n_actions, n_channels))
     per_step_policy = probs_cdf_psa.shape[0] > 1
     per_step_trans = trans_cdf.shape[0] > 1
     n_gae = gae_rho_g.shape[0]
@@ -69,9 +71,15 @@ def simulate(
         total = 0.0  # the discounted return R, summed on the way
         discount = 1.0
         ran_out = False
+        batch_cell = batch * n_acc_steps
+        # check the buffers step by step only when a whole worst-case episode might not fit
+        careful = word_pos + step_words * max_steps > n_words or (
+            noise_kind == NOISE_GAUSSIAN and normal_pos + max_steps > normals.shape[0]
+        )
         while True:
-            if word_pos + step_words > n_words or (
-                noise_kind == NOISE_GAUSSIAN and normal_pos >= normals.shape[0]
+            if careful and (
+                word_pos + step_words > n_words
+                or (noise_kind == NOISE_GAUSSIAN and normal_pos >= normals.shape[0])
             ):
                 ran_out = True
                 break
@@ -95,10 +103,11 @@ def simulate(
             elif noise_kind == NOISE_GAUSSIAN:
                 r += noise_scale_sa[s, a] * normals[normal_pos]
                 normal_pos += 1
-            states_t[length] = s
-            actions_t[length] = a
+            cells_t[length] = ((batch_cell + min(length, n_acc_steps - 1)) * n_states + s) * n_actions + a
             rewards_t[length] = r
-            next_t[length] = nxt
+            if n_gae > 0:
+                states_t[length] = s
+                next_t[length] = nxt
             total += discount * r
             discount *= gamma
             length += 1
@@ -112,12 +121,10 @@ def simulate(
         ret = 0.0
         for t in range(length - 1, -1, -1):
             ret = rewards_t[t] + gamma * ret  # the reward-to-go G_t
-            tc = min(t, n_acc_steps - 1)
-            st = states_t[t]
-            at = actions_t[t]
-            stats_btsak[batch, tc, st, at, COUNT] += 1.0
-            stats_btsak[batch, tc, st, at, SUM_G] += ret
-            stats_btsak[batch, tc, st, at, SUM_R] += total
+            cell = cells_t[t]
+            stats_ck[cell, COUNT] += 1.0
+            stats_ck[cell, SUM_G] += ret
+            stats_ck[cell, SUM_R] += total
         for g in range(n_gae):
             # A_t = delta_t + rho * A_{t+1}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t)
             adv = 0.0
@@ -127,7 +134,7 @@ def simulate(
                 value_next = gae_values_gts[g, tn, next_t[t]] if t + 1 < length else 0.0
                 delta = rewards_t[t] + gamma * value_next - gae_values_gts[g, tc, states_t[t]]
                 adv = delta + gae_rho_g[g] * adv
-                stats_btsak[batch, tc, states_t[t], actions_t[t], SUM_ADV + g] += adv
+                stats_ck[cells_t[t], SUM_ADV + g] += adv
         episode += 1
         in_batch += 1
         if in_batch == batch_size:

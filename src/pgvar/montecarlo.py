@@ -244,7 +244,7 @@ def _simulate(
     words = bits.random_raw(min(_WORDS, per_episode * n_episodes + 1))
     normals = normal_rng.standard_normal(min(_WORDS, typical * n_episodes)) if gaussian else np.zeros(0)
     word_pos = normal_pos = 0
-    states_t, actions_t, next_t = (np.empty(tables.max_steps, dtype=np.int64) for _ in range(3))
+    cells_t, states_t, next_t = (np.empty(tables.max_steps, dtype=np.int64) for _ in range(3))
     rewards_t = np.empty(tables.max_steps)
     episode = 0
     while True:
@@ -254,7 +254,7 @@ def _simulate(
             noise_kind, tables.noise_scale_sa, mdp.terminal_s, mdp.gamma, tables.max_steps,
             tables.probs_cdf_psa, tables.entropy_bonus_ps, tables.gae_rho_g, tables.gae_values_gts,
             episode, n_episodes, batch_size, per_step,
-            stats.stats_btsak, states_t, actions_t, rewards_t, next_t,
+            stats.stats_btsak, cells_t, states_t, rewards_t, next_t,
         )  # fmt: skip
         stats.truncated += cut
         if episode >= n_episodes:
