@@ -21,7 +21,6 @@ import math
 import platform
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,14 +37,16 @@ from pgvar.montecarlo import RunningBaselines, Sampler, sample_batch_means
 LESSON_FOUR = "vanilla,rtg,base,rtg+base"
 
 
-def median_time(work, repeats: int) -> float:
+def best_time(work, repeats: int) -> float:
+    """Best of ``repeats`` timed calls after a warm-up, as timeit reports: on a shared machine the
+    minimum is the least disturbed reading (medians moved by +-40% between runs here)."""
     work()  # warm: compile, caches
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         work()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1):
@@ -181,12 +182,12 @@ def main() -> None:
         }
 
     steps = 60 * 256 * 3
-    uniforms = median_time(draw_only(2 * steps, "uniforms"), args.repeats)
-    words = median_time(draw_only(steps, "words"), args.repeats)
+    uniforms = best_time(draw_only(2 * steps, "uniforms"), args.repeats)
+    words = best_time(draw_only(steps, "words"), args.repeats)
     row("draw-only: 2 float64 uniforms per step (N=256)", uniforms, steps)
     row("draw-only: 1 raw 64-bit word per step (N=256)", words, steps)
     for text in ("vanilla", LESSON_FOUR):
-        seconds = median_time(pgvar_job(lesson, text, 256, 60), args.repeats)
+        seconds = best_time(pgvar_job(lesson, text, 256, 60), args.repeats)
         row(
             f"pgvar {text}, N=256, 60 batches",
             seconds,
@@ -195,14 +196,14 @@ def main() -> None:
             f"{seconds / words:.2f}x the raw words",
         )
     many = 1000 * 60 * 3
-    uniforms_n1 = median_time(draw_only(2 * many, "uniforms"), args.repeats)
+    uniforms_n1 = best_time(draw_only(2 * many, "uniforms"), args.repeats)
     row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
-    seconds = median_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
+    seconds = best_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
     row(f"pgvar {LESSON_FOUR}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
     python_steps = 256 * 6 * 3
-    python_seconds = median_time(lambda: python_port(256, 6), max(1, args.repeats // 3))
+    python_seconds = best_time(lambda: python_port(256, 6), max(1, args.repeats // 3))
     row("literal pure-Python port of the lesson's loop (vanilla)", python_seconds, python_steps)
-    four_seconds = median_time(lambda: python_port(256, 6, LESSON_CONFIGS), max(1, args.repeats // 3))
+    four_seconds = best_time(lambda: python_port(256, 6, LESSON_CONFIGS), max(1, args.repeats // 3))
     row(
         "literal pure-Python port, the four configurations (own rollouts each)",
         four_seconds,
@@ -214,8 +215,8 @@ def main() -> None:
     speedup_four = four_seconds / pg_four
 
     big_steps = 60 * 8192 * 3
-    one = median_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=1), max(3, args.repeats // 2))
-    two = median_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=2), max(3, args.repeats // 2))
+    one = best_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=1), max(3, args.repeats // 2))
+    two = best_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=2), max(3, args.repeats // 2))
     row("pgvar lesson four, N=8192, 60 batches, 1 thread", one, big_steps)
     row("pgvar lesson four, N=8192, 60 batches, 2 threads", two, big_steps, note=f"speed-up {one / two:.2f}x")
 
@@ -223,11 +224,11 @@ def main() -> None:
     random_steps = 60 * 64 * 50
     # per step: 1 word for action + stochastic transition, plus one normal for the Gaussian noise
     rng = np.random.default_rng(1)
-    random_draw = median_time(
+    random_draw = best_time(
         lambda: (rng.random(2 * random_steps), rng.standard_normal(random_steps)), args.repeats
     )
     row("draw-only: random MDP, 2 uniforms + 1 normal per step", random_draw, random_steps)
-    seconds = median_time(pgvar_job(random_mdp, "vanilla,rtg+value,gae0.95+value", 64, 60), args.repeats)
+    seconds = best_time(pgvar_job(random_mdp, "vanilla,rtg+value,gae0.95+value", 64, 60), args.repeats)
     row(
         "pgvar random MDP (10 states, 4 actions, H=50), N=64, 60 batches",
         seconds,
