@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pgvar import _kernels
 from pgvar.errors import SpecError
-from pgvar.estimators import EstimatorSpec, ResolvedEstimator, parse_estimator, score_scale_t
+from pgvar.estimators import EstimatorSpec, ResolvedEstimator, score_scale_t
 from pgvar.exact import Chain, _gradient, exact_moments, learned_table, resolve, unroll, value_baseline
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
@@ -55,12 +55,6 @@ class RunningBaselines:
             new[:keep] = old[:keep]
             new[steps - 1] += old[keep:].sum()
             setattr(self, name, new)
-
-    def mean_g_t(self) -> np.ndarray:
-        return np.divide(self.sum_g_t, self.count_t, out=np.zeros_like(self.sum_g_t), where=self.count_t > 0)
-
-    def mean_r_t(self) -> np.ndarray:
-        return np.divide(self.sum_r_t, self.count_t, out=np.zeros_like(self.sum_r_t), where=self.count_t > 0)
 
 
 @dataclass
@@ -538,9 +532,6 @@ class Study:
     slopes: dict[str, float]
 
 
-VANILLA = parse_estimator("vanilla")
-
-
 def variance_study(
     mdp: TabularMDP,
     theta: np.ndarray,
@@ -610,8 +601,6 @@ def variance_study(
 
 
 def _with_ratios(reading: VarianceReading, vanilla_same_n: float, vanilla_n1: float) -> VarianceReading:
-    from dataclasses import replace
-
     return replace(
         reading,
         vs_vanilla=reading.variance_trace / vanilla_same_n if vanilla_same_n > 0 else None,
