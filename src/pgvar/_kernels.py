@@ -181,8 +181,9 @@ def readout(
         batch_r_t[:] = 0.0
         batch_n_t[:] = 0.0
         for t in range(n_steps):
-            mean_g = prior_g_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
-            mean_r = prior_r_t[t] / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+            inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0  # one division, not two
+            mean_g = prior_g_t[t] * inverse
+            mean_r = prior_r_t[t] * inverse
             for s in range(n_states):
                 visits = 0.0
                 for a in range(n_actions):
