@@ -471,3 +471,13 @@ def test_view_skips_a_tick_while_one_runs():
     view._next_allowed = time.monotonic() + 60  # after a slow tick the next ones wait
     view.on_tick()
     assert view.state.tick_count == 1
+
+
+def test_the_app_builds_outside_a_server_as_in_a_notebook():
+    import panel as pn
+
+    from pgvar.explorer import app
+
+    layout = app("lesson")
+    assert isinstance(layout, pn.viewable.Viewable)
+    assert layout.get_root() is not None  # renders to a Bokeh model without a running server
