@@ -54,7 +54,7 @@ def _page_tick(mdp: str, n: int, ticks: int) -> tuple[float, float, float]:
     """The page's whole tick (measure + redraw into a Bokeh document), without a browser."""
     from bokeh.document import Document
 
-    from pgvar.explorer.app import build
+    from pgvar.explorer.page import build
 
     view = build(mdp, seed=0, query={"N": str(n), "rtg": "1", "baseline": "1"})
     view.state._executor = None  # exact values computed in the warm-up tick, not in a thread
@@ -75,7 +75,7 @@ def bench_memory(mdp: str, ticks: int) -> tuple[float, int, int]:
 
     from bokeh.document import Document
 
-    from pgvar.explorer.app import build
+    from pgvar.explorer.page import build
 
     view = build(mdp, seed=0, history=200)
     view.state._executor = None

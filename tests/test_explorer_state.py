@@ -409,7 +409,7 @@ def test_png_export():
 
 def test_view_ticks_and_renders_stable_ids():
     pytest.importorskip("panel")
-    from pgvar.explorer.app import build
+    from pgvar.explorer.page import build
 
     view = build("lesson", seed=0, query={"N": "64", "rtg": "1", "history": "3"})
     view.state._executor = None  # compute exact values in the tick, for a deterministic check
@@ -426,7 +426,7 @@ def test_view_ticks_and_renders_stable_ids():
 
 def test_view_shows_query_and_mdp_messages(tmp_path):
     pytest.importorskip("panel")
-    from pgvar.explorer.app import build
+    from pgvar.explorer.page import build
 
     bad = tmp_path / "bad.json"
     bad.write_text("{")
@@ -458,7 +458,7 @@ def test_a_slider_drag_costs_one_exact_computation_per_tick(monkeypatch):
 
 def test_view_skips_a_tick_while_one_runs():
     pytest.importorskip("panel")
-    from pgvar.explorer.app import build
+    from pgvar.explorer.page import build
 
     view = build("lesson", seed=0)
     view.state._executor = None

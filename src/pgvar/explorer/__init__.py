@@ -14,8 +14,8 @@ __all__ = ["app", "serve"]
 
 
 def app(mdp: str = "lesson", **kwargs):
-    """The explorer for the current session (a Panel layout); see :func:`pgvar.explorer.app.app`."""
-    from pgvar.explorer.app import app as _app
+    """The explorer for the current session (a Panel layout); see :func:`pgvar.explorer.page.app`."""
+    from pgvar.explorer.page import app as _app
 
     return _app(mdp, **kwargs)
 
@@ -35,7 +35,7 @@ def serve(
     """
     import panel as pn
 
-    from pgvar.explorer.app import app as _app
+    from pgvar.explorer.page import app as _app
     from pgvar.explorer.state import DEFAULT_HISTORY, is_builtin_spec
 
     file_choice = None if is_builtin_spec(str(mdp)) and str(mdp) in _builtin_names() else str(mdp)
