@@ -128,6 +128,7 @@ class _Tables:
     gae_values_gts: np.ndarray
     beta: float
     n_params: int
+    step_words: int  # raw words a step may use: 2 when a stochastic transition and uniform noise share one
 
 
 def _pad_steps(array: np.ndarray, steps: int) -> np.ndarray:
@@ -211,6 +212,7 @@ def _tables(
         np.array(gae_values).reshape(len(rho), steps + 1, mdp.n_states),
         beta,
         theta.size,
+        2 if (fixed < 0).any() and mdp.reward_noise == "uniform" else 1,
     )
 
 
@@ -232,9 +234,7 @@ def _simulate(
     noise_kind = {"none": 0, "uniform": 1, "gaussian": 2}[mdp.reward_noise]
     # the first draw: exactly what episodes of length min(H, 64) use (the kernel asks for more if needed)
     typical = min(tables.max_steps, 64)
-    stochastic = bool((tables.trans_fixed < 0).any())
-    per_step = 2 if stochastic and mdp.reward_noise == "uniform" else 1
-    per_episode = (0 if tables.initial_fixed >= 0 else 1) + per_step * typical
+    per_episode = (0 if tables.initial_fixed >= 0 else 1) + tables.step_words * typical
     words = bits.random_raw(min(_WORDS, per_episode * n_episodes + 1))
     normals = normal_rng.standard_normal(min(_WORDS, typical * n_episodes)) if gaussian else np.zeros(0)
     word_pos = normal_pos = 0
@@ -247,7 +247,7 @@ def _simulate(
             tables.initial_cdf, tables.initial_fixed, tables.trans_cdf, tables.trans_fixed, tables.reward_sas,
             noise_kind, tables.noise_scale_sa, mdp.terminal_s, mdp.gamma, tables.max_steps,
             tables.probs_cdf_psa, tables.entropy_bonus_ps, tables.gae_rho_g, tables.gae_values_gts,
-            episode, n_episodes, batch_size, per_step,
+            episode, n_episodes, batch_size, tables.step_words,
             stats.stats_btsak, cells_t, states_t, rewards_t, next_t,
         )  # fmt: skip
         stats.truncated += cut
