@@ -17,6 +17,7 @@ Z_MAX = 4.5  # per-parameter z-scores; with at most ~40 parameters a false alarm
 CASES = {
     "lesson": (envs.lesson, "uniform"),
     "random-gaussian-gamma0.8": (lambda: random_mdp(4, states=3, actions=3, horizon=4, gamma=0.8), "random"),
+    "few-paths-gaussian": (lambda: random_mdp(6, states=3, actions=2, horizon=3, gamma=0.9), "random"),
     "per-step-time-dependent": (
         lambda: random_mdp(
             5,
@@ -49,13 +50,26 @@ SPECS = (
 )
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_monte_carlo_mean_is_the_exact_gradient(name):
+TOO_MANY_PATHS = ("short-corridor", "random-gaussian-gamma0.8")  # unbounded; 27^4 * 3 paths
+
+
+def _with_methods(names):
+    """(name, method) pairs: every case walked step by step, and drawn a path at a time where it can."""
+    return [
+        (name, method)
+        for name in names
+        for method in ("steps", "paths")
+        if not (method == "paths" and name in TOO_MANY_PATHS)
+    ]
+
+
+@pytest.mark.parametrize(("name", "method"), _with_methods(CASES))
+def test_monte_carlo_mean_is_the_exact_gradient(name, method):
     mdp, theta = _case(name)
     beta = 0.1 if name == "lesson" else 0.0
     specs = parse_estimators(SPECS, entropy=beta)
     n, batches = 500, 40
-    sample = sample_batch_means(mdp, theta, specs, n, batches, seed=11)
+    sample = sample_batch_means(mdp, theta, specs, n, batches, seed=11, method=method)
     grad = exact_gradient(mdp, theta, beta).ravel()
     for spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
         exact = exact_moments(mdp, theta, spec)
@@ -64,12 +78,15 @@ def test_monte_carlo_mean_is_the_exact_gradient(name):
         assert np.abs(z).max() < Z_MAX, (spec.name, z)
 
 
-@pytest.mark.parametrize("name", ["lesson", "random-gaussian-gamma0.8", "short-corridor"])
+@pytest.mark.parametrize(
+    ("name", "method"),
+    _with_methods(["lesson", "random-gaussian-gamma0.8", "few-paths-gaussian", "short-corridor"]),
+)
 @pytest.mark.parametrize("n", [1, 8])
-def test_monte_carlo_variance_matches_exact_variance_over_n(name, n):
+def test_monte_carlo_variance_matches_exact_variance_over_n(name, method, n):
     mdp, theta = _case(name)
     specs = parse_estimators("vanilla,rtg+base,rtg+value,gae0.5+value")
-    sample = sample_batch_means(mdp, theta, specs, n, batches=1500, seed=3)
+    sample = sample_batch_means(mdp, theta, specs, n, batches=1500, seed=3, method=method)
     for spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
         measured, (low, high) = variance_trace(means_md)
         expected = exact_moments(mdp, theta, spec).variance_trace / n
@@ -97,20 +114,23 @@ def test_ratios_to_vanilla_use_vanilla_at_n_and_at_one():
     assert reading.cosine_to_exact is not None and -1 <= reading.cosine_to_exact <= 1
 
 
-@pytest.mark.parametrize("name", ["lesson", "random-gaussian-gamma0.8", "short-corridor"])
-def test_same_seed_same_numbers_whatever_the_chunking(name, monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "method"),
+    _with_methods(["lesson", "random-gaussian-gamma0.8", "few-paths-gaussian", "short-corridor"]),
+)
+def test_same_seed_same_numbers_whatever_the_chunking(name, method, monkeypatch):
     mdp, theta = _case(name)
     specs = parse_estimators("vanilla,rtg+base")
-    first = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
-    again = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
-    threaded = sample_batch_means(mdp, theta, specs, 7, 9, seed=42, workers=2)
+
+    def sample(seed=42, workers=1):
+        return sample_batch_means(mdp, theta, specs, 7, 9, seed=seed, workers=workers, method=method)
+
+    first, again, threaded = sample(), sample(), sample(workers=2)
     monkeypatch.setattr(montecarlo, "_WORDS", 16)  # tiny buffers: many refills and kernel calls
     monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 14)  # many stream blocks, two batches each
-    blocks = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
-    blocks_threaded = sample_batch_means(mdp, theta, specs, 7, 9, seed=42, workers=2)
+    blocks, blocks_threaded = sample(), sample(workers=2)
     monkeypatch.setattr(montecarlo, "_WORDS", 1 << 15)
-    refilled = sample_batch_means(mdp, theta, specs, 7, 9, seed=42)
-    other = sample_batch_means(mdp, theta, specs, 7, 9, seed=43)
+    refilled, other = sample(), sample(seed=43)
     np.testing.assert_array_equal(first.batch_means_emd, again.batch_means_emd)
     np.testing.assert_array_equal(first.batch_means_emd, threaded.batch_means_emd)
     np.testing.assert_array_equal(blocks.batch_means_emd, blocks_threaded.batch_means_emd)

@@ -197,7 +197,9 @@ def test_deceptive_with_too_much_entropy_never_commits():
         assert np.all((typical > 0.6) & (typical < 0.95)), (curve.label, onward)  # neither walks nor stops
         treasure = onward.prod(axis=1)
         assert np.all((treasure > 0.05) & (treasure < 0.5)), (curve.label, treasure)  # no outcome is sure
-        assert np.mean(curve.J_rk[:, -1]) < 1.0  # worse than even the trap
+        # worse than even the trap: at the regularised optimum (the exact curve), and on average over
+        # the sampled runs' last 50 updates (one final update is too noisy at lr = 1, batch 16)
+        assert np.mean(curve.J_rk[:, -50:]) < 1.0
         assert np.all(curve.entropy_rk[:, -1] > 0.25)  # log 2 = 0.69 at uniform; committed: < 0.1
 
 

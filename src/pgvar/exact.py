@@ -563,16 +563,23 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
 
 def count_paths(chain: Chain) -> int:
     """Number of state-action paths with positive probability (stops counting past the limit)."""
-    support_tsas = chain.flow_tsas > 0
-    count_s = (chain.mdp.initial_s > 0).astype(float)
+    if chain.tail_mass > 0:
+        return MAX_ENUMERATED_PATHS + 1
+    return count_flow_paths(chain.mdp.initial_s, chain.flow_tsas, chain.mdp.terminal_s, MAX_ENUMERATED_PATHS)
+
+
+def count_flow_paths(initial_s: np.ndarray, flow_tsas: np.ndarray, terminal_s: np.ndarray, limit: int) -> int:
+    """Paths with positive probability through the (T, S, A, S) flow pi(a|s) P(s'|s, a) (zero in
+    terminal states), counted up to ``limit``: a larger count returns ``limit + 1``."""
+    support_tsas = flow_tsas > 0
+    count_s = (initial_s > 0).astype(float)
     total = 0.0
-    for t in range(chain.steps):
+    for t in range(flow_tsas.shape[0]):
         branches_sp = support_tsas[t].sum(axis=1)
-        ended = count_s * chain.mdp.terminal_s
-        total += ended.sum()
+        total += (count_s * terminal_s).sum()
         count_s = count_s @ branches_sp
-        if total + count_s.sum() > MAX_ENUMERATED_PATHS or chain.tail_mass > 0:
-            return MAX_ENUMERATED_PATHS + 1
+        if total + count_s.sum() > limit:
+            return limit + 1
     return int(total + count_s.sum())
 
 
@@ -580,15 +587,23 @@ def enumerate_paths(chain: Chain):
     """Every path with positive probability, padded to T steps.
 
     Returns (prob_b, states_tb, actions_tb, next_tb, alive_tb)."""
-    mdp = chain.mdp
-    start = np.flatnonzero(mdp.initial_s > 0)
-    prob = mdp.initial_s[start]
+    return enumerate_flow_paths(chain.mdp.initial_s, chain.flow_tsas, chain.mdp.terminal_s)
+
+
+def enumerate_flow_paths(initial_s: np.ndarray, flow_tsas: np.ndarray, terminal_s: np.ndarray):
+    """Every path with positive probability through the (T, S, A, S) flow (see
+    :func:`count_flow_paths`), padded to T steps: a path that ended stays in its terminal state with
+    ``alive`` false.
+
+    Returns (prob_b, states_tb, actions_tb, next_tb, alive_tb)."""
+    start = np.flatnonzero(initial_s > 0)
+    prob = initial_s[start]
     states = [start]
     actions, nexts, alive = [], [], []
     current = start
-    running = ~mdp.terminal_s[start]
-    for t in range(chain.steps):
-        flow = chain.flow_tsas[t]
+    running = ~terminal_s[start]
+    for t in range(flow_tsas.shape[0]):
+        flow = flow_tsas[t]
         b_idx, a_idx, p_idx = [], [], []
         for b in range(current.size):
             if running[b]:
@@ -605,7 +620,7 @@ def enumerate_paths(chain: Chain):
         actions = [a[b_idx] for a in actions] + [a_idx]
         nexts = [n[b_idx] for n in nexts] + [p_idx]
         alive = [r[b_idx] for r in alive] + [running[b_idx]]
-        running = running[b_idx] & ~mdp.terminal_s[p_idx]
+        running = running[b_idx] & ~terminal_s[p_idx]
         current = p_idx
         states.append(p_idx)
     return prob, np.array(states[:-1]), np.array(actions), np.array(nexts), np.array(alive)

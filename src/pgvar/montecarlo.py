@@ -11,6 +11,7 @@ same numbers, however the work is chunked. Memory stays bounded: only per-batch 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,17 @@ import numpy as np
 from pgvar import _kernels
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec, ResolvedEstimator, score_scale_t
-from pgvar.exact import Chain, _gradient, exact_moments, learned_table, resolve, unroll, value_baseline
+from pgvar.exact import (
+    Chain,
+    _gradient,
+    count_flow_paths,
+    enumerate_flow_paths,
+    exact_moments,
+    learned_table,
+    resolve,
+    unroll,
+    value_baseline,
+)
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 
@@ -28,6 +39,7 @@ DEFAULT_BATCHES = 60
 DEFAULT_WARMUP = 1000
 UNBOUNDED_CAP = 100_000  # steps after which an episode without a horizon is cut (and counted)
 UNBOUNDED_STEPS = 512  # per-step statistics of unbounded episodes; later steps share the last row
+MAX_SAMPLED_PATHS = 4096  # finite-horizon MDPs with at most this many paths are sampled a path at a time
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
 BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
 _WARMUP_STREAM = 1 << 30
@@ -48,6 +60,8 @@ class RunningBaselines:
 
     def fit(self, steps: int) -> None:
         """Resize in place to ``steps`` rows (extra rows are folded into the last one)."""
+        if self.count_t.size == steps:
+            return
         for name in ("sum_g_t", "sum_r_t", "count_t"):
             old = getattr(self, name)
             new = np.zeros(steps)
@@ -112,6 +126,7 @@ class _Tables:
     entropy_bonus_ps: np.ndarray
     entropy_grad_tsa: np.ndarray
     index_tsa: np.ndarray
+    trans: np.ndarray
     trans_cdf: np.ndarray
     trans_fixed: np.ndarray
     reward_sas: np.ndarray
@@ -196,6 +211,7 @@ def _tables(
         beta * entropy_ps,
         grad_psa[per_step],
         np.array([parameter_index(mdp, theta.shape, t) for t in range(steps)]),
+        trans,
         np.cumsum(trans, axis=-1),
         fixed,
         np.ascontiguousarray(mdp.reward_sas),
@@ -214,6 +230,126 @@ def _tables(
         theta.size,
         2 if (fixed < 0).any() and mdp.reward_noise == "uniform" else 1,
     )
+
+
+@dataclass(frozen=True)
+class _Paths:
+    """A finite-horizon MDP with few paths, sampled a whole path at a time.
+
+    The episode's whole state-action path is drawn from its exact probability (alias tables), and
+    only the reward noise is drawn step by step: one number per episode instead of one or two per
+    step, and no Markov chain to walk. Per batch the kernel keeps the count of each path and its
+    summed noise per step; ``paths_to_stats`` turns them into the statistics of ``simulate``.
+    Arrays: ``*_k`` per path, ``*_kt`` per path and step (zero after the path ended)."""
+
+    threshold_k: np.ndarray
+    alias_k: np.ndarray
+    length_k: np.ndarray
+    cell_kt: np.ndarray  # flat (step, state, action) cell within a batch
+    scale_kt: np.ndarray  # reward noise scale (uniform width or Gaussian std)
+    mean_g_kt: np.ndarray  # G_t at the mean rewards
+    mean_adv_gkt: np.ndarray  # each GAE advantage at the mean rewards
+
+
+def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias tables (Vose's construction) for drawing index k with probability prob_k:
+    pick a column i uniformly, keep it with probability ``threshold_k[i]``, else take ``alias_k[i]``.
+
+    Returns (threshold_k, alias_k)."""
+    n = prob_k.size
+    scaled = prob_k * (n / prob_k.sum())
+    threshold = np.ones(n)
+    alias = np.arange(n)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large[-1]
+        threshold[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        if scaled[high] < 1.0:
+            small.append(large.pop())
+    return threshold, alias  # columns left over are full (threshold 1) up to rounding
+
+
+def _paths(tables: _Tables) -> _Paths | None:
+    """Path tables when the horizon is finite and the paths few (else None)."""
+    mdp = tables.mdp
+    if mdp.horizon is None:
+        return None
+    probs_tsa = tables.probs_tsa
+    trans_tsas = tables.trans[np.minimum(np.arange(tables.steps), tables.trans.shape[0] - 1)]
+    flow_tsas = probs_tsa[..., None] * trans_tsas * ~mdp.terminal_s[None, :, None, None]
+    if count_flow_paths(mdp.initial_s, flow_tsas, mdp.terminal_s, MAX_SAMPLED_PATHS) > MAX_SAMPLED_PATHS:
+        return None
+    prob_k, states_tk, actions_tk, next_tk, alive_tk = enumerate_flow_paths(
+        mdp.initial_s, flow_tsas, mdp.terminal_s
+    )
+    steps, n_paths = states_tk.shape
+    policy_t = np.minimum(np.arange(steps), tables.entropy_bonus_ps.shape[0] - 1)[:, None]
+    reward_tk = mdp.reward_sas[states_tk, actions_tk, next_tk] + tables.entropy_bonus_ps[policy_t, states_tk]
+    reward_tk = np.where(alive_tk, reward_tk, 0.0)
+    length_k = alive_tk.sum(axis=0)
+    mean_g_tk = np.zeros((steps + 1, n_paths))
+    for t in range(steps - 1, -1, -1):
+        mean_g_tk[t] = reward_tk[t] + mdp.gamma * mean_g_tk[t + 1]
+    n_gae = tables.gae_rho_g.size
+    mean_adv_gtk = np.zeros((n_gae, steps + 1, n_paths))
+    for g in range(n_gae):
+        values_ts = tables.gae_values_gts[g]
+        ends_tk = np.arange(1, steps + 1)[:, None] >= length_k[None, :]
+        value_next_tk = np.where(ends_tk, 0.0, values_ts[np.arange(1, steps + 1)[:, None], next_tk])
+        delta_tk = np.where(
+            alive_tk,
+            reward_tk + mdp.gamma * value_next_tk - values_ts[np.arange(steps)[:, None], states_tk],
+            0.0,
+        )
+        for t in range(steps - 1, -1, -1):
+            mean_adv_gtk[g, t] = delta_tk[t] + tables.gae_rho_g[g] * mean_adv_gtk[g, t + 1]
+    cell_tk = (np.arange(steps)[:, None] * mdp.n_states + states_tk) * mdp.n_actions + actions_tk
+    scale_tk = np.where(alive_tk, tables.noise_scale_sa[states_tk, actions_tk], 0.0)
+    threshold_k, alias_k = alias_tables(prob_k)
+    return _Paths(
+        threshold_k,
+        alias_k,
+        length_k.astype(np.int64),
+        np.ascontiguousarray(np.where(alive_tk, cell_tk, 0).T),
+        np.ascontiguousarray(scale_tk.T),
+        np.ascontiguousarray(mean_g_tk[:steps].T),
+        np.ascontiguousarray(mean_adv_gtk[:, :steps].transpose(0, 2, 1)),
+    )
+
+
+def _simulate_paths(
+    tables: _Tables, paths: _Paths, seed: np.random.SeedSequence, n_episodes: int, batch_size: int,
+    stats: BatchStats,
+) -> None:  # fmt: skip
+    """Sample ``n_episodes`` episodes a path at a time (see :class:`_Paths`) into ``stats``."""
+    mdp = tables.mdp
+    bits = np.random.PCG64(seed)  # the Gaussian sums, if any, come from a child stream
+    # per (batch, path): the count, then the unit noise summed per step
+    slots = 1 + (tables.steps if mdp.reward_noise == "uniform" else 0)
+    path_stats_bkw = np.zeros((stats.batches, paths.length_k.size, slots))
+    chunk = max(2, 2 * _WORDS // slots // 2 * 2)  # episodes per draw, even: no half word is skipped
+    for first in range(0, n_episodes, chunk):
+        episodes = min(chunk, n_episodes - first)
+        # whole words: an odd count of uniforms leaves the last word's high half unused
+        uniforms = bits.random_raw((episodes * slots + 1) // 2).view(np.uint32)[: episodes * slots]
+        _kernels.sample_paths(
+            uniforms.reshape(episodes, slots), paths.threshold_k, paths.alias_k, path_stats_bkw, first,
+            batch_size,
+        )  # fmt: skip
+    if mdp.reward_noise == "gaussian":
+        # the sum of n standard normals is sqrt(n) times one: one draw per (batch, path, step) visited
+        counts_bk1 = path_stats_bkw
+        path_stats_bkw = np.zeros((*counts_bk1.shape[:2], 1 + tables.steps))
+        path_stats_bkw[..., :1] = counts_bk1
+        batch_i, path_i = np.nonzero(counts_bk1[..., 0])
+        normals = np.random.default_rng(seed.spawn(1)[0]).standard_normal((batch_i.size, tables.steps))
+        path_stats_bkw[batch_i, path_i, 1:] = np.sqrt(counts_bk1[batch_i, path_i]) * normals
+    _kernels.paths_to_stats(
+        path_stats_bkw, paths.cell_kt, paths.length_k, paths.scale_kt, paths.mean_g_kt, mdp.gamma,
+        paths.mean_adv_gkt, tables.gae_rho_g, stats.stats_btsak,
+    )  # fmt: skip
 
 
 _WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory small
@@ -301,7 +437,12 @@ def batch_gradients(
 class Sampler:
     """A plan for Monte-Carlo measurement of ``specs`` on one MDP and policy: the policy, transition
     and baseline tables are computed once, so repeated readings (the explorer, a sweep over N) pay only
-    for the episodes."""
+    for the episodes.
+
+    ``method``: ``paths`` draws each episode's whole path at once from its exact probability (finite
+    horizon, at most ``MAX_SAMPLED_PATHS`` paths), ``steps`` walks the MDP step by step, ``auto``
+    (default) takes paths where it can. Both sample the same distribution; the random numbers, and so
+    the figures for one seed, differ between them."""
 
     def __init__(
         self,
@@ -311,7 +452,10 @@ class Sampler:
         *,
         chain: Chain | None = None,
         learned_ts: np.ndarray | None = None,
+        method: str = "auto",
     ) -> None:
+        if method not in ("auto", "paths", "steps"):
+            raise SpecError(f"method: unknown {method!r}; use auto, paths or steps")
         self.specs = list(specs)
         if not self.specs:
             raise SpecError("estimators: give at least one")
@@ -322,6 +466,20 @@ class Sampler:
         chain = chain if chain is not None and chain.beta == beta else None
         self.mdp, self.theta = mdp, theta
         self.tables = _tables(mdp, theta, self.specs, beta, chain, learned_ts)
+        self.paths = _paths(self.tables) if method != "steps" else None
+        if method == "paths" and self.paths is None:
+            raise SpecError(
+                f"method: paths needs a finite horizon and at most {MAX_SAMPLED_PATHS} paths; use steps"
+            )
+        self.method = "paths" if self.paths is not None else "steps"
+
+    def _simulate(
+        self, seed: np.random.SeedSequence, n_episodes: int, batch_size: int, stats: BatchStats
+    ) -> None:
+        if self.paths is not None:
+            _simulate_paths(self.tables, self.paths, seed, n_episodes, batch_size, stats)
+        else:
+            _simulate(self.tables, seed, n_episodes, batch_size, stats)
 
     def sample(
         self,
@@ -351,7 +509,7 @@ class Sampler:
         truncated = 0
         if warmup > 0:
             stats = BatchStats.zeros(1, *shape, n_gae)
-            _simulate(tables, stream(_WARMUP_STREAM), warmup, warmup, stats)
+            self._simulate(stream(_WARMUP_STREAM), warmup, warmup, stats)
             truncated += stats.truncated
             running.sum_g_t += stats.per_step(_kernels.SUM_G)
             running.sum_r_t += stats.per_step(_kernels.SUM_R)
@@ -364,7 +522,7 @@ class Sampler:
         def run_block(index: int) -> BatchStats:
             size = min(per_block, batches - starts[index])
             stats = BatchStats.zeros(size, *shape, n_gae)
-            _simulate(tables, stream(index), size * n, n, stats)
+            self._simulate(stream(index), size * n, n, stats)
             return stats
 
         means = np.zeros((len(self.specs), batches, tables.n_params))
@@ -383,11 +541,16 @@ class Sampler:
             for index in range(len(starts)):
                 read(index, run_block(index))
         else:
+            # a sliding window of 2 blocks per thread: threads never wait for the read-out, and at most
+            # that many blocks of statistics are held at once
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                for first in range(0, len(starts), workers):
-                    wave = range(first, min(first + workers, len(starts)))
-                    for index, stats in zip(wave, pool.map(run_block, wave), strict=True):
-                        read(index, stats)
+                pending: deque = deque()
+                for index in range(len(starts)):
+                    pending.append(pool.submit(run_block, index))
+                    if len(pending) == 2 * workers:
+                        read(index - len(pending) + 1, pending.popleft().result())
+                while pending:
+                    read(len(starts) - len(pending), pending.popleft().result())
         return Sample(self.specs, n, means, truncated, running, count_ts, sum_g_ts)
 
 
@@ -405,6 +568,7 @@ def sample_batch_means(
     workers: int = 1,
     learned_ts: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
+    method: str = "auto",
 ) -> Sample:
     """Simulate ``warmup + batches * n`` episodes and return every estimator's batch means.
 
@@ -415,9 +579,9 @@ def sample_batch_means(
     ``Sample.count_ts`` and ``Sample.sum_g_ts`` total the visits and returns per (step, state), so a
     caller can fit a learned baseline from them. Episodes are split into blocks of whole batches, each
     with its own random stream, so ``workers`` threads give the same numbers as one. For repeated
-    readings build a :class:`Sampler` once.
+    readings build a :class:`Sampler` once; ``method`` is the Sampler's.
     """
-    sampler = Sampler(mdp, theta, specs, chain=chain, learned_ts=learned_ts)
+    sampler = Sampler(mdp, theta, specs, chain=chain, learned_ts=learned_ts, method=method)
     return sampler.sample(
         n, batches, seed, warmup=warmup, running=running, workers=workers, progress=progress
     )
