@@ -80,7 +80,15 @@ def test_monte_carlo_mean_is_the_exact_gradient(name, method):
 
 @pytest.mark.parametrize(
     ("name", "method"),
-    _with_methods(["lesson", "random-gaussian-gamma0.8", "few-paths-gaussian", "short-corridor"]),
+    _with_methods(
+        [
+            "lesson",
+            "random-gaussian-gamma0.8",
+            "few-paths-gaussian",
+            "per-step-time-dependent",
+            "short-corridor",
+        ]
+    ),
 )
 @pytest.mark.parametrize("n", [1, 8])
 def test_monte_carlo_variance_matches_exact_variance_over_n(name, method, n):
@@ -165,3 +173,28 @@ def test_bad_counts_are_refused(n, batches, message):
     mdp = envs.lesson()
     with pytest.raises(SpecError, match=message):
         variance_study(mdp, np.zeros((3, 3)), parse_estimators("vanilla"), ns=[n], batches=batches)
+
+
+@pytest.mark.parametrize(
+    ("name", "n"),
+    [
+        ("lesson", 1),
+        ("lesson", 3),
+        ("per-step-time-dependent", 1),
+        ("per-step-time-dependent", 3),
+        ("few-paths-gaussian", 1),
+    ],
+)
+def test_reading_out_episode_by_episode_equals_summing_per_path(name, n, monkeypatch):
+    """Small batches are read out per episode, larger ones from per-path sums: on the same random
+    numbers (Gaussian noise: at N = 1 only) both give the same estimates and running state."""
+    mdp, theta = _case(name)
+    specs = parse_estimators(SPECS + ",rtg+running", entropy=0.1)
+    results = []
+    for limit in (0, n):
+        monkeypatch.setattr(montecarlo, "EPISODE_READOUT_MAX_N", limit)
+        running = montecarlo.RunningBaselines.empty(mdp.horizon)
+        sample = sample_batch_means(mdp, theta, specs, n, 40, seed=4, running=running, method="paths")
+        results.append((sample.batch_means_emd, running.sum_g_t, running.count_t, sample.sum_g_ts))
+    for by_sums, by_episode in zip(*results, strict=True):
+        np.testing.assert_allclose(by_episode, by_sums, rtol=1e-12, atol=1e-12)

@@ -211,6 +211,7 @@ def paths_to_stats(
                 continue
             length = length_k[k]
             if noisy:
+                noise_g_t[length] = 0.0  # paths end at different steps: no sum from a longer one
                 for t in range(length - 1, -1, -1):
                     noise_g_t[t] = scale_kt[k, t] * path_stats_bkw[b, k, 1 + t] + gamma * noise_g_t[t + 1]
             total = n * mean_g_kt[k, 0] + noise_g_t[0]
@@ -228,6 +229,94 @@ def paths_to_stats(
 
 
 WEIGHT_RETURN, WEIGHT_RTG, WEIGHT_GAE = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def paths_readout(
+    uniforms, normals, threshold_k, alias_k, length_k, state_kt, scale_kt, mean_g_kt, gamma, gae_rho_g,
+    param_kta, score_kta, direct_kta, fixed_ekta, noise_source_e, scale_et, weight_kind_e, running_e,
+    prior_g_t, prior_r_t, prior_n_t, n, grads_bed, count_ts, sum_g_ts,
+):  # fmt: skip
+    """Draw whole paths (as ``sample_paths``) and read every estimator out episode by episode: for
+    small batches this is cheaper than summing per path and reading out per cell.
+
+    Episode i belongs to batch i // n of ``grads_bed`` (B, E, D: one episode's writes stay close
+    together). ``normals`` (episodes, T) holds
+    Gaussian reward noise, or is empty. One visit of (t, s, a) adds, in the components of the
+    logits at (t, s), (w - b) (e_a - pi(.|s)) + the entropy bonus's direct term: the read-out's
+    formula for a single visit (see ``readout``), with w - b = ``fixed_ekta`` (the weight at the
+    mean rewards less a fixed baseline) + the weight's noise - a running baseline. Running baselines
+    of batch b use ``prior_*`` and batches before b only; ``prior_*``, ``count_ts`` and ``sum_g_ts``
+    are updated as in ``readout``."""
+    n_episodes, n_slots = uniforms.shape
+    n_batches, n_estimators, _ = grads_bed.shape
+    n_paths, n_steps, n_actions = param_kta.shape
+    n_gae = gae_rho_g.shape[0]
+    gaussian = normals.shape[0] > 0
+    to_column = n_paths * _TO_UNIT
+    inv_n = 1.0 / n
+    noise_t = np.zeros(n_steps)
+    noise_g_t = np.zeros(n_steps + 1)  # suffix sums of the noise: in G_t (and R = G_0) ...
+    noise_adv_gt = np.zeros((n_gae, n_steps + 1))  # ... and in each GAE advantage
+    mean_g_t = np.zeros(n_steps)
+    mean_r_t = np.zeros(n_steps)
+    batch_g_t = np.zeros(n_steps)
+    batch_r_t = np.zeros(n_steps)
+    batch_n_t = np.zeros(n_steps)
+    for b in range(n_batches):
+        for t in range(n_steps):
+            inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+            mean_g_t[t] = prior_g_t[t] * inverse
+            mean_r_t[t] = prior_r_t[t] * inverse
+            batch_g_t[t] = batch_r_t[t] = batch_n_t[t] = 0.0
+        for i in range(b * n, min((b + 1) * n, n_episodes)):
+            x = uniforms[i, 0] * to_column
+            column = int(x)
+            k = column if x - column < threshold_k[column] else alias_k[column]
+            length = length_k[k]
+            for t in range(length):
+                if gaussian:
+                    noise_t[t] = normals[i, t]
+                elif n_slots > 1:
+                    noise_t[t] = uniforms[i, 1 + t] * _TO_UNIT - 0.5
+                else:
+                    noise_t[t] = 0.0
+            noise_g_t[length] = 0.0
+            for t in range(length - 1, -1, -1):
+                noise_g_t[t] = scale_kt[k, t] * noise_t[t] + gamma * noise_g_t[t + 1]
+            for g in range(n_gae):
+                noise_adv_gt[g, length] = 0.0
+                for t in range(length - 1, -1, -1):
+                    noise_adv_gt[g, t] = scale_kt[k, t] * noise_t[t] + gae_rho_g[g] * noise_adv_gt[g, t + 1]
+            total = mean_g_kt[k, 0] + noise_g_t[0]
+            for t in range(length):
+                ret = mean_g_kt[k, t] + noise_g_t[t]
+                batch_g_t[t] += ret
+                batch_r_t[t] += total
+                batch_n_t[t] += 1.0
+                count_ts[t, state_kt[k, t]] += 1.0
+                sum_g_ts[t, state_kt[k, t]] += ret
+                for e in range(n_estimators):
+                    source = noise_source_e[e]
+                    if source == 0:
+                        moved = noise_g_t[0]
+                    elif source == 1:
+                        moved = scale_et[e, t] * noise_g_t[t]
+                    else:
+                        moved = scale_et[e, t] * noise_adv_gt[source - 2, t]
+                    running = running_e[e]
+                    if running == 1:
+                        moved -= mean_g_t[t] * (scale_et[e, t] if weight_kind_e[e] == WEIGHT_RTG else 1.0)
+                    elif running == 2:
+                        moved -= mean_r_t[t]
+                    for a in range(n_actions):
+                        grads_bed[b, e, param_kta[k, t, a]] += (
+                            (fixed_ekta[e, k, t, a] + moved) * score_kta[k, t, a] + direct_kta[k, t, a]
+                        ) * inv_n
+        for t in range(n_steps):
+            prior_g_t[t] += batch_g_t[t]
+            prior_r_t[t] += batch_r_t[t]
+            prior_n_t[t] += batch_n_t[t]
 
 
 @njit(cache=True, nogil=True)

@@ -40,6 +40,7 @@ DEFAULT_WARMUP = 1000
 UNBOUNDED_CAP = 100_000  # steps after which an episode without a horizon is cut (and counted)
 UNBOUNDED_STEPS = 512  # per-step statistics of unbounded episodes; later steps share the last row
 MAX_SAMPLED_PATHS = 4096  # finite-horizon MDPs with at most this many paths are sampled a path at a time
+EPISODE_READOUT_MAX_N = 4  # batches of at most this many episodes are read out episode by episode
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
 BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
 _WARMUP_STREAM = 1 << 30
@@ -249,6 +250,13 @@ class _Paths:
     scale_kt: np.ndarray  # reward noise scale (uniform width or Gaussian std)
     mean_g_kt: np.ndarray  # G_t at the mean rewards
     mean_adv_gkt: np.ndarray  # each GAE advantage at the mean rewards
+    # for reading small batches out episode by episode (``_kernels.paths_readout``):
+    state_kt: np.ndarray
+    param_kta: np.ndarray  # flat index of the logit of each action a' at (t, s_t)
+    score_kta: np.ndarray  # the score e_{a_t} - pi(.|s_t) at step t
+    direct_kta: np.ndarray  # the entropy bonus's direct term per visit
+    fixed_ekta: np.ndarray  # each estimator's weight at the mean rewards minus its fixed baseline
+    noise_source_e: np.ndarray  # which noise sum moves the weight: 0 R, 1 G_t, 2 + g GAE advantage g
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,6 +316,27 @@ def _paths(tables: _Tables) -> _Paths | None:
     cell_tk = (np.arange(steps)[:, None] * mdp.n_states + states_tk) * mdp.n_actions + actions_tk
     scale_tk = np.where(alive_tk, tables.noise_scale_sa[states_tk, actions_tk], 0.0)
     threshold_k, alias_k = alias_tables(prob_k)
+    # per-episode read-out tables: the read-out's formula for one visit of (t, s, a), see batch_gradients
+    step_tk = np.broadcast_to(np.arange(steps)[:, None], states_tk.shape)
+    param_tka = tables.index_tsa[step_tk, states_tk]
+    score_tka = (np.arange(mdp.n_actions) == actions_tk[..., None]) - tables.probs_tsa[step_tk, states_tk]
+    direct_tka = tables.direct_tsa[step_tk, states_tk]
+    weight_etk = np.empty((len(tables.specs), steps, n_paths))
+    noise_source_e = np.empty(len(tables.specs), dtype=np.int64)
+    for e, spec in enumerate(tables.specs):
+        if spec.weight == "return":
+            weight_etk[e], noise_source_e[e] = mean_g_tk[0], 0
+        elif spec.weight == "rtg":
+            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_g_tk[:steps], 1
+        else:
+            g = tables.gae_e[e]
+            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_adv_gtk[g, :steps], 2 + g
+    fixed_etka = weight_etk[..., None] - tables.offsets_etsa[:, step_tk, states_tk]
+    alive_tka = alive_tk[..., None]
+
+    def per_path(array, axis_t):  # (..., T, K, A) -> (..., K, T, A), zero after the path ended
+        return np.ascontiguousarray(np.swapaxes(np.where(alive_tka, array, 0), axis_t, axis_t + 1))
+
     return _Paths(
         threshold_k,
         alias_k,
@@ -316,6 +345,12 @@ def _paths(tables: _Tables) -> _Paths | None:
         np.ascontiguousarray(scale_tk.T),
         np.ascontiguousarray(mean_g_tk[:steps].T),
         np.ascontiguousarray(mean_adv_gtk[:, :steps].transpose(0, 2, 1)),
+        np.ascontiguousarray(states_tk.T),
+        per_path(param_tka, 0),
+        per_path(score_tka, 0),
+        per_path(direct_tka, 0),
+        per_path(fixed_etka, 1),
+        noise_source_e,
     )
 
 
@@ -350,6 +385,43 @@ def _simulate_paths(
         path_stats_bkw, paths.cell_kt, paths.length_k, paths.scale_kt, paths.mean_g_kt, mdp.gamma,
         paths.mean_adv_gkt, tables.gae_rho_g, stats.stats_btsak,
     )  # fmt: skip
+
+
+def _path_numbers(
+    tables: _Tables, seed: np.random.SeedSequence, n_episodes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random numbers of ``n_episodes`` path-sampled episodes, as :func:`_simulate_paths` draws
+    them: (episodes, slots) 32-bit uniforms (the path, then the uniform noise per step) and
+    (episodes, T) Gaussian noise (empty unless the noise is Gaussian)."""
+    slots = 1 + (tables.steps if tables.mdp.reward_noise == "uniform" else 0)
+    words = np.random.PCG64(seed).random_raw((n_episodes * slots + 1) // 2)
+    uniforms = words.view(np.uint32)[: n_episodes * slots].reshape(n_episodes, slots)
+    normals = np.zeros((0, tables.steps))
+    if tables.mdp.reward_noise == "gaussian":
+        normals = np.random.default_rng(seed.spawn(1)[0]).standard_normal((n_episodes, tables.steps))
+    return uniforms, normals
+
+
+def _episode_gradients(
+    tables: _Tables,
+    paths: _Paths,
+    uniforms: np.ndarray,
+    normals: np.ndarray,
+    n: int,
+    running: RunningBaselines,
+    count_ts: np.ndarray,
+    sum_g_ts: np.ndarray,
+) -> np.ndarray:
+    """(E, B, D) batch-mean gradients of B = episodes / n batches read out episode by episode, from
+    the random numbers of :func:`_path_numbers`; same contract as :func:`batch_gradients`."""
+    grads_bed = np.zeros((uniforms.shape[0] // n, len(tables.specs), tables.n_params))
+    _kernels.paths_readout(
+        uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.state_kt, paths.scale_kt,
+        paths.mean_g_kt, tables.mdp.gamma, tables.gae_rho_g, paths.param_kta, paths.score_kta,
+        paths.direct_kta, paths.fixed_ekta, paths.noise_source_e, tables.scale_et, tables.weight_kind_e,
+        tables.running_e, running.sum_g_t, running.sum_r_t, running.count_t, n, grads_bed, count_ts, sum_g_ts,
+    )  # fmt: skip
+    return grads_bed.transpose(1, 0, 2)
 
 
 _WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory small
@@ -519,8 +591,12 @@ class Sampler:
         per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // int(np.prod(shape)))))
         starts = list(range(0, batches, per_block))
 
-        def run_block(index: int) -> BatchStats:
+        by_episode = self.paths is not None and n <= EPISODE_READOUT_MAX_N
+
+        def run_block(index: int) -> BatchStats | tuple[np.ndarray, np.ndarray]:
             size = min(per_block, batches - starts[index])
+            if by_episode:  # only the random numbers here: the read-out simulates as it goes
+                return _path_numbers(tables, stream(index), size * n)
             stats = BatchStats.zeros(size, *shape, n_gae)
             self._simulate(stream(index), size * n, n, stats)
             return stats
@@ -529,13 +605,19 @@ class Sampler:
         count_ts = np.zeros(shape[:2])
         sum_g_ts = np.zeros(shape[:2])
 
-        def read(index: int, stats: BatchStats) -> None:
+        def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
-            truncated += stats.truncated
-            block = slice(starts[index], starts[index] + stats.batches)
-            means[:, block] = batch_gradients(tables, stats, n, running, count_ts, sum_g_ts)
+            size = min(per_block, batches - starts[index])
+            rows = slice(starts[index], starts[index] + size)
+            if by_episode:
+                means[:, rows] = _episode_gradients(
+                    tables, self.paths, *block, n, running, count_ts, sum_g_ts
+                )
+            else:
+                truncated += block.truncated
+                means[:, rows] = batch_gradients(tables, block, n, running, count_ts, sum_g_ts)
             if progress is not None:
-                progress(stats.batches * n)
+                progress(size * n)
 
         if workers <= 1 or len(starts) == 1:
             for index in range(len(starts)):
