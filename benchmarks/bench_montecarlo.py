@@ -37,22 +37,23 @@ from pgvar.montecarlo import RunningBaselines, Sampler, sample_batch_means
 LESSON_FOUR = "vanilla,rtg,base,rtg+base"
 
 
-def best_time(work, repeats: int) -> float:
-    """Best of ``repeats`` timed calls after a warm-up, as timeit reports: on a shared machine the
-    minimum is the least disturbed reading (medians moved by +-40% between runs here)."""
+def best_time(work, repeats: int, min_seconds: float = 0.5) -> float:
+    """Best of at least ``repeats`` timed calls (more, for fast work, until ``min_seconds`` have been
+    spent) after a warm-up, as timeit reports: on a shared machine the minimum is the least disturbed
+    reading (medians moved by +-40% between runs here)."""
     work()  # warm: compile, caches
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_seconds:
         start = time.perf_counter()
         work()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1):
+def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1, method: str = "auto"):
     """One reading of every estimator, from a Sampler built once (as the explorer and sweeps do)."""
     theta = np.zeros(mdp.theta_shape())
-    sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta))
+    sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta), method=method)
     steps = sampler.tables.steps
 
     def work():
@@ -195,11 +196,14 @@ def main() -> None:
             uniforms,
             f"{seconds / words:.2f}x the raw words",
         )
+    seconds = best_time(pgvar_job(lesson, LESSON_FOUR, 256, 60, method="steps"), args.repeats)
+    row(f"pgvar {LESSON_FOUR}, N=256, 60 batches, walked step by step", seconds, steps, uniforms)
     many = 1000 * 60 * 3
     uniforms_n1 = best_time(draw_only(2 * many, "uniforms"), args.repeats)
     row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
-    seconds = best_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
-    row(f"pgvar {LESSON_FOUR}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
+    for text in ("vanilla", LESSON_FOUR):
+        seconds = best_time(pgvar_job(lesson, text, 1, 60_000), args.repeats)
+        row(f"pgvar {text}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
     python_steps = 256 * 6 * 3
     python_seconds = best_time(lambda: python_port(256, 6), max(1, args.repeats // 3))
     row("literal pure-Python port of the lesson's loop (vanilla)", python_seconds, python_steps)
@@ -213,12 +217,27 @@ def main() -> None:
     speedup = python_seconds / pg_vanilla
     pg_four = figures[f"pgvar {LESSON_FOUR}, N=256, 60 batches"]["seconds"] / 10
     speedup_four = four_seconds / pg_four
+    # N = 1: the port's 6,000 batches of one episode against pgvar's 60,000 (scaled)
+    python_n1 = best_time(lambda: python_port(1, 6000), max(1, args.repeats // 3))
+    row("literal pure-Python port, vanilla, N=1, 6000 batches", python_n1, 6000 * 3)
+    four_n1 = best_time(lambda: python_port(1, 6000, LESSON_CONFIGS), max(1, args.repeats // 3))
+    row("literal pure-Python port, the four configurations, N=1, 6000 batches", four_n1, 4 * 6000 * 3)
+    speedup_n1 = python_n1 / (figures["pgvar vanilla, N=1, 1000 readings x 60 batches"]["seconds"] / 10)
+    speedup_four_n1 = four_n1 / (
+        figures[f"pgvar {LESSON_FOUR}, N=1, 1000 readings x 60 batches"]["seconds"] / 10
+    )
 
-    big_steps = 60 * 8192 * 3
-    one = best_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=1), max(3, args.repeats // 2))
-    two = best_time(pgvar_job(lesson, LESSON_FOUR, 8192, 60, workers=2), max(3, args.repeats // 2))
-    row("pgvar lesson four, N=8192, 60 batches, 1 thread", one, big_steps)
-    row("pgvar lesson four, N=8192, 60 batches, 2 threads", two, big_steps, note=f"speed-up {one / two:.2f}x")
+    for big_n in (8192, 65536):
+        big_steps = 60 * big_n * 3
+        one = best_time(pgvar_job(lesson, LESSON_FOUR, big_n, 60, workers=1), max(3, args.repeats // 2))
+        two = best_time(pgvar_job(lesson, LESSON_FOUR, big_n, 60, workers=2), max(3, args.repeats // 2))
+        row(f"pgvar lesson four, N={big_n}, 60 batches, 1 thread", one, big_steps)
+        row(
+            f"pgvar lesson four, N={big_n}, 60 batches, 2 threads",
+            two,
+            big_steps,
+            note=f"speed-up {one / two:.2f}x",
+        )
 
     random_mdp = envs.make("random:seed=1,states=10,actions=4,horizon=50")
     random_steps = 60 * 64 * 50
@@ -247,10 +266,16 @@ def main() -> None:
     print("\n".join(rows))
     print()
     print(
-        f"time for the same readings at N=256, pure-Python port / pgvar: vanilla {speedup:,.0f}x, "
-        f"the four configurations {speedup_four:,.0f}x"
+        f"time for the same readings, pure-Python port / pgvar: N=256 vanilla {speedup:,.0f}x, "
+        f"the four configurations {speedup_four:,.0f}x; N=1 vanilla {speedup_n1:,.0f}x, "
+        f"the four configurations {speedup_four_n1:,.0f}x"
     )
-    figures["speedup_vs_python_port"] = {"vanilla": speedup, "four_configurations": speedup_four}
+    figures["speedup_vs_python_port"] = {
+        "vanilla": speedup,
+        "four_configurations": speedup_four,
+        "vanilla_n1": speedup_n1,
+        "four_configurations_n1": speedup_four_n1,
+    }
     compile_figures = compile_time()
     figures["compile"] = compile_figures
     print(

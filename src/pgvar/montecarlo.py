@@ -11,6 +11,7 @@ same numbers, however the work is chunked. Memory stays bounded: only per-batch 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -409,19 +410,19 @@ def _episode_gradients(
     normals: np.ndarray,
     n: int,
     running: RunningBaselines,
+    grads_bed: np.ndarray,
     count_ts: np.ndarray,
     sum_g_ts: np.ndarray,
-) -> np.ndarray:
-    """(E, B, D) batch-mean gradients of B = episodes / n batches read out episode by episode, from
-    the random numbers of :func:`_path_numbers`; same contract as :func:`batch_gradients`."""
-    grads_bed = np.zeros((uniforms.shape[0] // n, len(tables.specs), tables.n_params))
+) -> None:
+    """Add into ``grads_bed`` (B, E, D, zeros) the batch-mean gradients of B = episodes / n batches,
+    read out episode by episode from the random numbers of :func:`_path_numbers`; otherwise the
+    contract of :func:`batch_gradients`."""
     _kernels.paths_readout(
         uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.state_kt, paths.scale_kt,
         paths.mean_g_kt, tables.mdp.gamma, tables.gae_rho_g, paths.param_kta, paths.score_kta,
         paths.direct_kta, paths.fixed_ekta, paths.noise_source_e, tables.scale_et, tables.weight_kind_e,
         tables.running_e, running.sum_g_t, running.sum_r_t, running.count_t, n, grads_bed, count_ts, sum_g_ts,
     )  # fmt: skip
-    return grads_bed.transpose(1, 0, 2)
 
 
 _WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory small
@@ -588,7 +589,7 @@ class Sampler:
             running.count_t += stats.per_step(_kernels.COUNT)
             if progress is not None:
                 progress(warmup)
-        per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // int(np.prod(shape)))))
+        per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // math.prod(shape))))
         starts = list(range(0, batches, per_block))
 
         by_episode = self.paths is not None and n <= EPISODE_READOUT_MAX_N
@@ -601,7 +602,8 @@ class Sampler:
             self._simulate(stream(index), size * n, n, stats)
             return stats
 
-        means = np.zeros((len(self.specs), batches, tables.n_params))
+        # batch-major, so that a block's batches are one contiguous slice (read out in place)
+        means_med = np.zeros((batches, len(self.specs), tables.n_params))
         count_ts = np.zeros(shape[:2])
         sum_g_ts = np.zeros(shape[:2])
 
@@ -610,12 +612,13 @@ class Sampler:
             size = min(per_block, batches - starts[index])
             rows = slice(starts[index], starts[index] + size)
             if by_episode:
-                means[:, rows] = _episode_gradients(
-                    tables, self.paths, *block, n, running, count_ts, sum_g_ts
+                _episode_gradients(
+                    tables, self.paths, *block, n, running, means_med[rows], count_ts, sum_g_ts
                 )
             else:
                 truncated += block.truncated
-                means[:, rows] = batch_gradients(tables, block, n, running, count_ts, sum_g_ts)
+                grads_ebd = batch_gradients(tables, block, n, running, count_ts, sum_g_ts)
+                means_med[rows] = grads_ebd.transpose(1, 0, 2)
             if progress is not None:
                 progress(size * n)
 
@@ -633,7 +636,7 @@ class Sampler:
                         read(index - len(pending) + 1, pending.popleft().result())
                 while pending:
                     read(len(starts) - len(pending), pending.popleft().result())
-        return Sample(self.specs, n, means, truncated, running, count_ts, sum_g_ts)
+        return Sample(self.specs, n, means_med.transpose(1, 0, 2), truncated, running, count_ts, sum_g_ts)
 
 
 def sample_batch_means(
