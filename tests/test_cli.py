@@ -45,7 +45,8 @@ def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
     code, out, _ = run(args, capsys)
     assert code == 0
     payload = json.loads(out)
-    assert {"mdp", "batches", "seed", "results"} <= payload.keys()
+    assert {"mdp", "batches", "seed", "results", "sampling", "paths"} <= payload.keys()
+    assert (payload["sampling"], payload["paths"]) == ("paths", 27)  # 3 steps, 3 actions each
     keys = {
         "estimator",
         "N",
@@ -68,8 +69,16 @@ def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
 def test_variance_table_names_the_lesson_configurations(capsys):
     code, out, _ = run(["variance", "--N", "2", "--batches", "10"], capsys)
     assert code == 0
-    for label in ("vanilla", "reward-to-go", "baseline", "rtg + baseline", "vs vanilla"):
+    for label in ("vanilla", "reward-to-go", "baseline", "rtg + baseline", "vs vanilla", "(27 paths)"):
         assert label in out
+
+
+def test_variance_of_an_unbounded_mdp_is_walked_step_by_step(capsys):
+    args = ["variance", "--mdp", "short-corridor", "--theta", "[[0.5, 0]]", "-e", "vanilla", "--N", "2"]
+    code, out, _ = run([*args, "--batches", "10", "--json"], capsys)
+    assert code == 0
+    payload = json.loads(out)
+    assert (payload["sampling"], payload["paths"]) == ("steps", None)
 
 
 def test_exact_table_reports_bias_of_the_common_form(capsys):

@@ -1,4 +1,9 @@
-"""The compiled hot loop of the Monte-Carlo measurement (numba, cached on disk).
+"""The compiled hot loops of the Monte-Carlo measurement (numba, cached on disk).
+
+Two ways to draw episodes: ``simulate`` walks any MDP step by step; ``sample_paths`` draws each
+episode's whole path at once when the paths are few (``montecarlo._Paths``) and ``paths_to_stats``
+turns its per-path sums into the same statistics; ``paths_readout`` reads small batches out episode
+by episode instead. ``readout`` turns the statistics into every estimator's batch-mean gradient.
 
 ``simulate`` rolls out episodes and adds, per batch, step, state and action, the sufficient
 statistics of every estimator: the visit count, the sum of the reward-to-go G_t, of the return R

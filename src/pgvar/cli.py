@@ -265,6 +265,8 @@ def variance(
                 for r in study.readings
             ],
             "slopes": study.slopes,
+            "sampling": "steps" if study.sampled_paths is None else "paths",
+            "paths": study.sampled_paths,
         }
         out.print_json(json.dumps(payload))
         return
@@ -304,6 +306,12 @@ def variance(
         "exact = exact single-episode variance / N.",
         highlight=False,
     )
+    how = (
+        "episodes walked step by step"
+        if study.sampled_paths is None
+        else f"each episode's whole path drawn from its exact probability ({study.sampled_paths} paths)"
+    )
+    out.print(f"sampling: {how}.", highlight=False)
     out.print(LEGEND, highlight=False)
     if study.slopes:
         slopes = ", ".join(f"{name} {slope:+.2f}" for name, slope in study.slopes.items())

@@ -5,8 +5,10 @@ evaluated on the same episodes (common random numbers, so ratios between estimat
 KPI = trace of the covariance of the batch-mean gradient across the M batches, i.e. the sum over
 parameters of each parameter's variance, with a 95% confidence interval.
 
-Random numbers come from NumPy's Generator (PCG64) seeded with ``seed``: the same seed gives the
-same numbers, however the work is chunked. Memory stays bounded: only per-batch sums are kept.
+Episodes are drawn a whole path at a time from the exact path probabilities where the horizon is
+finite and the paths few (the lesson's MDP has 27), else walked step by step; see :class:`Sampler`.
+Random numbers come from NumPy's PCG64 seeded with ``seed``: the same seed gives the same numbers,
+however the work is chunked. Memory stays bounded: only per-batch sums are kept.
 """
 
 from __future__ import annotations
@@ -779,6 +781,7 @@ class Study:
     readings: list[VarianceReading]
     grad: np.ndarray | None
     slopes: dict[str, float]
+    sampled_paths: int | None = None  # episodes drawn as whole paths, out of this many; None: step by step
 
 
 def variance_study(
@@ -846,7 +849,8 @@ def variance_study(
             if len(points) >= 2:
                 x, y = np.array(points).T
                 slopes[spec.name] = float(np.polyfit(x, y, 1)[0])
-    return Study(mdp, batches, seed, readings, grad, slopes)
+    paths = None if everything.paths is None else everything.paths.length_k.size
+    return Study(mdp, batches, seed, readings, grad, slopes, paths)
 
 
 def _with_ratios(reading: VarianceReading, vanilla_same_n: float, vanilla_n1: float) -> VarianceReading:
