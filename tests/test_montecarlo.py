@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import random_mdp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgvar import envs, montecarlo
 from pgvar.errors import SpecError
@@ -198,3 +200,30 @@ def test_reading_out_episode_by_episode_equals_summing_per_path(name, n, monkeyp
         results.append((sample.batch_means_emd, running.sum_g_t, running.count_t, sample.sum_g_ts))
     for by_sums, by_episode in zip(*results, strict=True):
         np.testing.assert_allclose(by_episode, by_sums, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60).filter(lambda p: sum(p) > 1e-6),
+)
+def test_alias_tables_give_every_index_its_probability(weights):
+    """Column i is kept with probability threshold_i and otherwise gives alias_i: summed over the
+    columns, each index must get exactly its share."""
+    prob_k = np.array(weights) / sum(weights)
+    threshold_k, alias_k = montecarlo.alias_tables(prob_k)
+    assert np.all((threshold_k >= 0) & (threshold_k <= 1 + 1e-12))
+    got_k = threshold_k + np.bincount(alias_k, weights=1.0 - threshold_k, minlength=prob_k.size)
+    np.testing.assert_allclose(got_k / prob_k.size, prob_k, atol=1e-12)
+
+
+def test_the_sampler_draws_paths_where_it_can_and_says_why_not_otherwise():
+    lesson = envs.lesson()
+    specs = parse_estimators("vanilla")
+    assert montecarlo.Sampler(lesson, np.zeros(lesson.theta_shape()), specs).method == "paths"
+    big = envs.make("random:states=10,actions=4,horizon=50")
+    assert montecarlo.Sampler(big, np.zeros(big.theta_shape()), specs).method == "steps"
+    corridor = envs.short_corridor()
+    with pytest.raises(SpecError, match="paths needs a finite horizon"):
+        montecarlo.Sampler(corridor, np.zeros(corridor.theta_shape()), specs, method="paths")
+    with pytest.raises(SpecError, match="method: unknown 'fast'"):
+        montecarlo.Sampler(lesson, np.zeros(lesson.theta_shape()), specs, method="fast")

@@ -568,14 +568,14 @@ def count_paths(chain: Chain) -> int:
     return count_flow_paths(chain.mdp.initial_s, chain.flow_tsas, chain.mdp.terminal_s, MAX_ENUMERATED_PATHS)
 
 
-def count_flow_paths(initial_s: np.ndarray, flow_tsas: np.ndarray, terminal_s: np.ndarray, limit: int) -> int:
-    """Paths with positive probability through the (T, S, A, S) flow pi(a|s) P(s'|s, a) (zero in
-    terminal states), counted up to ``limit``: a larger count returns ``limit + 1``."""
-    support_tsas = flow_tsas > 0
+def count_flow_paths(initial_s: np.ndarray, flow_tsas, terminal_s: np.ndarray, limit: int) -> int:
+    """Paths with positive probability through the flow pi(a|s) P(s'|s, a) (zero in terminal
+    states), counted up to ``limit``: a larger count returns ``limit + 1``. ``flow_tsas`` is a (T, S,
+    A, S) array or any sequence of T (S, A, S) arrays (read one step at a time, so it can be lazy)."""
     count_s = (initial_s > 0).astype(float)
     total = 0.0
-    for t in range(flow_tsas.shape[0]):
-        branches_sp = support_tsas[t].sum(axis=1)
+    for t in range(len(flow_tsas)):
+        branches_sp = (flow_tsas[t] > 0).sum(axis=1)
         total += (count_s * terminal_s).sum()
         count_s = count_s @ branches_sp
         if total + count_s.sum() > limit:
@@ -602,7 +602,7 @@ def enumerate_flow_paths(initial_s: np.ndarray, flow_tsas: np.ndarray, terminal_
     actions, nexts, alive = [], [], []
     current = start
     running = ~terminal_s[start]
-    for t in range(flow_tsas.shape[0]):
+    for t in range(len(flow_tsas)):
         flow = flow_tsas[t]
         b_idx, a_idx, p_idx = [], [], []
         for b in range(current.size):

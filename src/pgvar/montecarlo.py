@@ -282,14 +282,28 @@ def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return threshold, alias  # columns left over are full (threshold 1) up to rounding
 
 
+class _Flow:
+    """pi(a|s) P(s'|s, a) at step t, zero in terminal states, made one step at a time when asked for
+    (all T steps at once would be T copies of the transition table)."""
+
+    def __init__(self, tables: _Tables) -> None:
+        self.tables = tables
+
+    def __len__(self) -> int:
+        return self.tables.steps
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        tables = self.tables
+        trans_sas = tables.trans[min(t, tables.trans.shape[0] - 1)]
+        return tables.probs_tsa[t][..., None] * trans_sas * ~tables.mdp.terminal_s[:, None, None]
+
+
 def _paths(tables: _Tables) -> _Paths | None:
     """Path tables when the horizon is finite and the paths few (else None)."""
     mdp = tables.mdp
     if mdp.horizon is None:
         return None
-    probs_tsa = tables.probs_tsa
-    trans_tsas = tables.trans[np.minimum(np.arange(tables.steps), tables.trans.shape[0] - 1)]
-    flow_tsas = probs_tsa[..., None] * trans_tsas * ~mdp.terminal_s[None, :, None, None]
+    flow_tsas = _Flow(tables)
     if count_flow_paths(mdp.initial_s, flow_tsas, mdp.terminal_s, MAX_SAMPLED_PATHS) > MAX_SAMPLED_PATHS:
         return None
     prob_k, states_tk, actions_tk, next_tk, alive_tk = enumerate_flow_paths(
