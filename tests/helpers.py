@@ -1,4 +1,4 @@
-"""Small shared pieces for the tests: random MDPs and finite differences."""
+"""Small shared pieces for the tests: random MDPs (finite differences: pgvar.claims)."""
 
 from __future__ import annotations
 
@@ -45,14 +45,3 @@ def random_mdp(
 def _start(rng, terminal_s):
     start = rng.dirichlet(np.ones(terminal_s.size)) * ~terminal_s
     return start / start.sum()
-
-
-def finite_difference(f, theta: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of a scalar function of theta, shaped like theta."""
-    grad = np.zeros(theta.size)
-    for i in range(theta.size):
-        step = np.zeros(theta.size)
-        step[i] = eps
-        step = step.reshape(theta.shape)
-        grad[i] = (f(theta + step) - f(theta - step)) / (2 * eps)
-    return grad.reshape(theta.shape)

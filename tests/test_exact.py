@@ -6,11 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import finite_difference, random_mdp
+from helpers import random_mdp
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pgvar import envs
+from pgvar.claims import finite_difference
 from pgvar.errors import PgvarError
 from pgvar.estimators import BASELINES, parse_estimator
 from pgvar.exact import (

@@ -56,12 +56,22 @@ def check_score_has_zero_mean(mdp: TabularMDP, theta: np.ndarray) -> Claim:
     )
 
 
+def finite_difference(f, theta: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of a scalar function of theta, shaped like theta."""
+    grad = np.zeros(theta.size)
+    for i in range(theta.size):
+        step = np.zeros(theta.size)
+        step[i] = eps
+        step = step.reshape(theta.shape)
+        grad[i] = (f(theta + step) - f(theta - step)) / (2 * eps)
+    return grad.reshape(theta.shape)
+
+
 def check_transitions_cancel(mdp: TabularMDP, theta: np.ndarray, seed: int = 0, episodes: int = 20) -> Claim:
     """grad_theta log P_theta(tau) (finite differences of the whole log-probability, transitions and
     start distribution included) equals sum_t score_t, which needs no model: the transitions cancel."""
     rng = np.random.default_rng(seed)
     worst = 0.0
-    eps = 1e-6
     for _ in range(episodes):
         states, actions, nexts = _sample_path(mdp, theta, rng)
 
@@ -73,12 +83,7 @@ def check_transitions_cancel(mdp: TabularMDP, theta: np.ndarray, seed: int = 0, 
                 )
             return total
 
-        numeric = np.zeros(theta.size)
-        for i in range(theta.size):
-            step = np.zeros(theta.size)
-            step[i] = eps
-            step = step.reshape(theta.shape)
-            numeric[i] = (log_prob(theta + step) - log_prob(theta - step)) / (2 * eps)
+        numeric = finite_difference(log_prob, theta).ravel()
         scores = np.zeros(theta.size)
         for t, (s, a) in enumerate(zip(states, actions, strict=True)):
             probs = softmax(logits_table(theta, mdp, t)[s])

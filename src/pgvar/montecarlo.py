@@ -37,6 +37,7 @@ from pgvar.exact import (
 )
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
+from pgvar.returns import reward_to_go
 
 DEFAULT_BATCHES = 60
 DEFAULT_WARMUP = 1000
@@ -314,11 +315,9 @@ def _paths(tables: _Tables) -> _Paths | None:
     reward_tk = mdp.reward_sas[states_tk, actions_tk, next_tk] + tables.entropy_bonus_ps[policy_t, states_tk]
     reward_tk = np.where(alive_tk, reward_tk, 0.0)
     length_k = alive_tk.sum(axis=0)
-    mean_g_tk = np.zeros((steps + 1, n_paths))
-    for t in range(steps - 1, -1, -1):
-        mean_g_tk[t] = reward_tk[t] + mdp.gamma * mean_g_tk[t + 1]
+    mean_g_tk = reward_to_go(reward_tk, mdp.gamma)  # rewards are zero after a path ended
     n_gae = tables.gae_rho_g.size
-    mean_adv_gtk = np.zeros((n_gae, steps + 1, n_paths))
+    mean_adv_gtk = np.zeros((n_gae, steps, n_paths))
     for g in range(n_gae):
         values_ts = tables.gae_values_gts[g]
         ends_tk = np.arange(1, steps + 1)[:, None] >= length_k[None, :]
@@ -328,8 +327,7 @@ def _paths(tables: _Tables) -> _Paths | None:
             reward_tk + mdp.gamma * value_next_tk - values_ts[np.arange(steps)[:, None], states_tk],
             0.0,
         )
-        for t in range(steps - 1, -1, -1):
-            mean_adv_gtk[g, t] = delta_tk[t] + tables.gae_rho_g[g] * mean_adv_gtk[g, t + 1]
+        mean_adv_gtk[g] = reward_to_go(delta_tk, tables.gae_rho_g[g])  # A_t = delta_t + rho A_{t+1}
     cell_tk = (np.arange(steps)[:, None] * mdp.n_states + states_tk) * mdp.n_actions + actions_tk
     scale_tk = np.where(alive_tk, tables.noise_scale_sa[states_tk, actions_tk], 0.0)
     threshold_k, alias_k = alias_tables(prob_k)
@@ -338,16 +336,16 @@ def _paths(tables: _Tables) -> _Paths | None:
     param_tka = tables.index_tsa[step_tk, states_tk]
     score_tka = (np.arange(mdp.n_actions) == actions_tk[..., None]) - tables.probs_tsa[step_tk, states_tk]
     direct_tka = tables.direct_tsa[step_tk, states_tk]
-    weight_etk = np.empty((len(tables.specs), steps, n_paths))
+    weight_etk = np.empty((len(tables.specs), steps, n_paths))  # at the mean rewards
     noise_source_e = np.empty(len(tables.specs), dtype=np.int64)
     for e, spec in enumerate(tables.specs):
         if spec.weight == "return":
             weight_etk[e], noise_source_e[e] = mean_g_tk[0], 0
         elif spec.weight == "rtg":
-            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_g_tk[:steps], 1
+            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_g_tk, 1
         else:
             g = tables.gae_e[e]
-            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_adv_gtk[g, :steps], 2 + g
+            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_adv_gtk[g], 2 + g
     fixed_etka = weight_etk[..., None] - tables.offsets_etsa[:, step_tk, states_tk]
     alive_tka = alive_tk[..., None]
 
@@ -360,8 +358,8 @@ def _paths(tables: _Tables) -> _Paths | None:
         length_k.astype(np.int64),
         np.ascontiguousarray(np.where(alive_tk, cell_tk, 0).T),
         np.ascontiguousarray(scale_tk.T),
-        np.ascontiguousarray(mean_g_tk[:steps].T),
-        np.ascontiguousarray(mean_adv_gtk[:, :steps].transpose(0, 2, 1)),
+        np.ascontiguousarray(mean_g_tk.T),
+        np.ascontiguousarray(mean_adv_gtk.transpose(0, 2, 1)),
         np.ascontiguousarray(states_tk.T),
         per_path(param_tka, 0),
         per_path(score_tka, 0),
@@ -371,6 +369,18 @@ def _paths(tables: _Tables) -> _Paths | None:
     )
 
 
+def _path_slots(tables: _Tables) -> int:
+    """32-bit uniforms per path-sampled episode: its path, then one per step for uniform noise."""
+    return 1 + (tables.steps if tables.mdp.reward_noise == "uniform" else 0)
+
+
+def _path_uniforms(bits: np.random.PCG64, episodes: int, slots: int) -> np.ndarray:
+    """(episodes, slots) 32-bit uniforms from whole raw words (an odd count leaves the last word's
+    high half unused), so the numbers do not depend on how the episodes are split into draws."""
+    words = bits.random_raw((episodes * slots + 1) // 2)
+    return words.view(np.uint32)[: episodes * slots].reshape(episodes, slots)
+
+
 def _simulate_paths(
     tables: _Tables, paths: _Paths, seed: np.random.SeedSequence, n_episodes: int, batch_size: int,
     stats: BatchStats,
@@ -378,18 +388,13 @@ def _simulate_paths(
     """Sample ``n_episodes`` episodes a path at a time (see :class:`_Paths`) into ``stats``."""
     mdp = tables.mdp
     bits = np.random.PCG64(seed)  # the Gaussian sums, if any, come from a child stream
+    slots = _path_slots(tables)
     # per (batch, path): the count, then the unit noise summed per step
-    slots = 1 + (tables.steps if mdp.reward_noise == "uniform" else 0)
     path_stats_bkw = np.zeros((stats.batches, paths.length_k.size, slots))
     chunk = max(2, 2 * _WORDS // slots // 2 * 2)  # episodes per draw, even: no half word is skipped
     for first in range(0, n_episodes, chunk):
-        episodes = min(chunk, n_episodes - first)
-        # whole words: an odd count of uniforms leaves the last word's high half unused
-        uniforms = bits.random_raw((episodes * slots + 1) // 2).view(np.uint32)[: episodes * slots]
-        _kernels.sample_paths(
-            uniforms.reshape(episodes, slots), paths.threshold_k, paths.alias_k, path_stats_bkw, first,
-            batch_size,
-        )  # fmt: skip
+        uniforms = _path_uniforms(bits, min(chunk, n_episodes - first), slots)
+        _kernels.sample_paths(uniforms, paths.threshold_k, paths.alias_k, path_stats_bkw, first, batch_size)
     if mdp.reward_noise == "gaussian":
         # the sum of n standard normals is sqrt(n) times one: one draw per (batch, path, step) visited
         counts_bk1 = path_stats_bkw
@@ -410,9 +415,7 @@ def _path_numbers(
     """The random numbers of ``n_episodes`` path-sampled episodes, as :func:`_simulate_paths` draws
     them: (episodes, slots) 32-bit uniforms (the path, then the uniform noise per step) and
     (episodes, T) Gaussian noise (empty unless the noise is Gaussian)."""
-    slots = 1 + (tables.steps if tables.mdp.reward_noise == "uniform" else 0)
-    words = np.random.PCG64(seed).random_raw((n_episodes * slots + 1) // 2)
-    uniforms = words.view(np.uint32)[: n_episodes * slots].reshape(n_episodes, slots)
+    uniforms = _path_uniforms(np.random.PCG64(seed), n_episodes, _path_slots(tables))
     normals = np.zeros((0, tables.steps))
     if tables.mdp.reward_noise == "gaussian":
         normals = np.random.default_rng(seed.spawn(1)[0]).standard_normal((n_episodes, tables.steps))
@@ -610,8 +613,11 @@ class Sampler:
 
         by_episode = self.paths is not None and n <= EPISODE_READOUT_MAX_N
 
+        def rows(index: int) -> slice:
+            return slice(starts[index], min(starts[index] + per_block, batches))
+
         def run_block(index: int) -> BatchStats | tuple[np.ndarray, np.ndarray]:
-            size = min(per_block, batches - starts[index])
+            size = rows(index).stop - starts[index]
             if by_episode:  # only the random numbers here: the read-out simulates as it goes
                 return _path_numbers(tables, stream(index), size * n)
             stats = BatchStats.zeros(size, *shape, n_gae)
@@ -625,18 +631,17 @@ class Sampler:
 
         def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
-            size = min(per_block, batches - starts[index])
-            rows = slice(starts[index], starts[index] + size)
+            block_rows = rows(index)
             if by_episode:
                 _episode_gradients(
-                    tables, self.paths, *block, n, running, means_med[rows], count_ts, sum_g_ts
+                    tables, self.paths, *block, n, running, means_med[block_rows], count_ts, sum_g_ts
                 )
             else:
                 truncated += block.truncated
                 grads_ebd = batch_gradients(tables, block, n, running, count_ts, sum_g_ts)
-                means_med[rows] = grads_ebd.transpose(1, 0, 2)
+                means_med[block_rows] = grads_ebd.transpose(1, 0, 2)
             if progress is not None:
-                progress(size * n)
+                progress((block_rows.stop - block_rows.start) * n)
 
         if workers <= 1 or len(starts) == 1:
             for index in range(len(starts)):
