@@ -4,7 +4,8 @@ Measures, in one process and one run (ratios are what count on a noisy machine):
 - the lesson's MDP at N = 256 with 60 batches: pgvar's time against NumPy's Generator drawing only
   the random numbers the work needs (2 float64 uniforms per step), and against drawing the raw
   64-bit words pgvar actually consumes (one per step on the lesson: two 32-bit halves);
-- N = 1 with many readings in one call (1000 readings x 60 batches), as the explorer needs;
+- N = 1 with many readings in one call (1000 readings x 60 batches, ``Sampler.readings``), as the
+  explorer needs, and the same batches' means kept one by one (``Sampler.sample``);
 - a literal pure-Python port of the lesson's per-rollout loop (steps per second);
 - the two-core speed-up on a larger job;
 - a random MDP (10 states, 4 actions, H = 50, stochastic transitions, Gaussian noise);
@@ -58,6 +59,18 @@ def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1, meth
 
     def work():
         sampler.sample(n, batches, seed=1, running=RunningBaselines.empty(steps), workers=workers)
+
+    return work
+
+
+def readings_job(mdp, specs_text: str, n: int, batches: int, count: int):
+    """``count`` readings of the KPI in one call (``Sampler.readings``: no batch means kept)."""
+    theta = np.zeros(mdp.theta_shape())
+    sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta))
+    steps = sampler.tables.steps
+
+    def work():
+        sampler.readings(n, batches, count, seed=1, running=RunningBaselines.empty(steps))
 
     return work
 
@@ -202,8 +215,16 @@ def main() -> None:
     uniforms_n1 = best_time(draw_only(2 * many, "uniforms"), args.repeats)
     row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
     for text in ("vanilla", LESSON_FOUR):
-        seconds = best_time(pgvar_job(lesson, text, 1, 60_000), args.repeats)
+        seconds = best_time(readings_job(lesson, text, 1, 60, 1000), args.repeats)
         row(f"pgvar {text}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
+    seconds = best_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
+    row(
+        f"pgvar {LESSON_FOUR}, N=1, the 60,000 batch means themselves",
+        seconds,
+        many,
+        uniforms_n1,
+        "Sampler.sample: every batch mean kept",
+    )
     python_steps = 256 * 6 * 3
     python_seconds = best_time(lambda: python_port(256, 6), max(1, args.repeats // 3))
     row("literal pure-Python port of the lesson's loop (vanilla)", python_seconds, python_steps)

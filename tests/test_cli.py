@@ -81,6 +81,28 @@ def test_variance_of_an_unbounded_mdp_is_walked_step_by_step(capsys):
     assert (payload["sampling"], payload["paths"]) == ("steps", None)
 
 
+def test_readings_json_has_the_documented_keys_and_brackets_the_exact_value(capsys):
+    args = ["readings", "--json", "-e", "rtg,base", "--N", "2", "--count", "400", "--seed", "3"]
+    code, out, _ = run(args, capsys)
+    assert code == 0
+    payload = json.loads(out)
+    assert {"mdp", "N", "batches", "count", "seed", "results"} <= payload.keys()
+    assert [r["estimator"] for r in payload["results"]] == ["reward-to-go", "baseline"]
+    for result in payload["results"]:
+        keys = {"spec", "exact_variance_trace", "mean", "relative_std", "q05", "q95", "agrees_with_exact"}
+        assert keys <= result.keys()
+        assert result["q05"] < result["exact_variance_trace"] < result["q95"]
+        assert 0.0 <= result["agrees_with_exact"] <= 1.0
+    assert json.loads(run(args, capsys)[1])["results"] == payload["results"]
+
+
+def test_readings_table_shows_the_spread_of_one_reading(capsys):
+    code, out, _ = run(["readings", "--count", "50"], capsys)
+    assert code == 0
+    for label in ("50 readings", "vanilla", "rtg + baseline", "ordered as exact", "µs per reading"):
+        assert label in out
+
+
 def test_exact_table_reports_bias_of_the_common_form(capsys):
     code, out, _ = run(["exact", "--mdp", "random:gamma=0.8", "-e", "rtg+value,rtg+value:common"], capsys)
     assert code == 0
@@ -100,6 +122,8 @@ BAD = {
     "unknown mdp": (["exact", "--mdp", "lessons"], "unknown built-in 'lessons'"),
     "missing file": (["exact", "--mdp", "nowhere.yaml"], "nowhere.yaml"),
     "one batch": (["variance", "--batches", "1"], "need at least 2 batches"),
+    "no readings": (["readings", "--count", "0"], "count: the number of readings must be"),
+    "readings of one batch": (["readings", "--batches", "1"], "batches: need an integer >= 2"),
 }
 
 

@@ -227,3 +227,100 @@ def test_the_sampler_draws_paths_where_it_can_and_says_why_not_otherwise():
         montecarlo.Sampler(corridor, np.zeros(corridor.theta_shape()), specs, method="paths")
     with pytest.raises(SpecError, match="method: unknown 'fast'"):
         montecarlo.Sampler(lesson, np.zeros(lesson.theta_shape()), specs, method="fast")
+
+
+# -- many readings in one call ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "n", "batches", "path_sums"),
+    [
+        ("lesson", "paths", 1, 60, True),  # readings longer than the 27 paths: sums per path
+        ("lesson", "paths", 1, 20, False),  # shorter: episode by episode
+        ("lesson", "paths", 3, 30, False),
+        ("lesson", "paths", 8, 10, False),  # per-cell statistics
+        ("lesson", "steps", 1, 30, False),
+        ("per-step-time-dependent", "paths", 1, 250, True),  # 212 paths, some ending early
+        ("per-step-time-dependent", "paths", 2, 25, False),
+        ("few-paths-gaussian", "paths", 1, 700, False),  # a path may visit one logit twice
+        ("short-corridor", "steps", 2, 20, False),
+    ],
+)
+def test_readings_are_the_variance_traces_of_consecutive_batches(
+    name, method, n, batches, path_sums, monkeypatch
+):
+    """Reading r, computed as the episodes are drawn, is variance_trace of batches r M .. (r + 1) M - 1
+    of one long sample from the same seed, whichever way the batches are read out."""
+    mdp, theta = _case(name)
+    specs = parse_estimators(SPECS + ",rtg+running,gae0.9+running", entropy=0.1)
+    routes = []
+    monkeypatch.setattr(montecarlo, "_episode_readings", _recording(montecarlo._episode_readings, routes))
+    count = 3
+    sampler = montecarlo.Sampler(mdp, theta, specs, method=method)
+    state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+    readings = sampler.readings(n, batches, count, seed=9, running=state)
+    reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+    sample = sampler.sample(n, batches * count, seed=9, running=reference)
+    expected_re = [
+        [variance_trace(means_md[r * batches : (r + 1) * batches])[0] for means_md in sample.batch_means_emd]
+        for r in range(count)
+    ]
+    np.testing.assert_allclose(readings.variance_trace_re, expected_re, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(state.sum_g_t, reference.sum_g_t, rtol=1e-12)
+    np.testing.assert_array_equal(state.count_t, reference.count_t)
+    assert readings.variance_trace_re.shape == (count, len(specs))
+    assert bool(routes) == path_sums
+
+
+def _recording(function, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("batches", [20, 60])
+def test_readings_at_n1_average_to_the_exact_variance(batches):
+    """A reading is an unbiased estimate of the exact single-episode variance trace (no running
+    baseline here): the mean of 1500 readings lies within 4 standard errors of it, the standard error
+    taken from the readings' own spread."""
+    mdp = envs.lesson()
+    theta = np.random.default_rng(3).normal(scale=0.5, size=mdp.theta_shape())
+    specs = parse_estimators("vanilla,rtg,rtg+value,gae0.9+value", entropy=0.05)
+    readings = montecarlo.Sampler(mdp, theta, specs).readings(1, batches, 1500, seed=5)
+    for spec, traces_r in zip(specs, readings.variance_trace_re.T, strict=True):
+        exact = exact_moments(mdp, theta, spec).variance_trace
+        z = (traces_r.mean() - exact) / (traces_r.std(ddof=1) / np.sqrt(traces_r.size))
+        assert abs(z) < 4.0, (spec.name, traces_r.mean(), exact)
+
+
+@pytest.mark.parametrize(
+    ("n", "batches", "count", "message"),
+    [
+        (0, 60, 3, "N: batch size"),
+        (1, 1, 3, "batches"),
+        (1, 60, 0, "count: the number"),
+        (1, 60, 2.5, "count"),
+    ],
+)
+def test_bad_reading_counts_are_refused(n, batches, count, message):
+    mdp = envs.lesson()
+    sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape()), parse_estimators("vanilla"))
+    with pytest.raises(SpecError, match=message):
+        sampler.readings(n, batches, count)
+
+
+def test_reading_spread_says_how_far_one_reading_strays():
+    """The readings centre on the exact value (z-score from their own spread), their 5-95% range holds
+    it, and vanilla against itself has no ordering to report."""
+    mdp = envs.lesson()
+    specs = parse_estimators("vanilla,rtg+base,return+optimal")
+    spreads = montecarlo.reading_spread(mdp, np.zeros(mdp.theta_shape()), specs, 2, 40, 600, seed=1)
+    assert [s.spec.canonical for s in spreads] == [s.canonical for s in specs]
+    for spread in spreads:
+        standard_error = spread.relative_std * spread.mean / np.sqrt(600)
+        assert abs(spread.mean - spread.exact) < 4 * standard_error, spread
+        assert spread.low < spread.exact < spread.high
+    assert spreads[0].agrees_with_exact is None
+    assert spreads[1].agrees_with_exact == 1.0  # rtg + baseline has under a quarter of vanilla's variance

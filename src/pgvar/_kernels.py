@@ -238,90 +238,230 @@ WEIGHT_RETURN, WEIGHT_RTG, WEIGHT_GAE = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def paths_readout(
-    uniforms, normals, threshold_k, alias_k, length_k, state_kt, scale_kt, mean_g_kt, gamma, gae_rho_g,
-    param_kta, score_kta, direct_kta, fixed_ekta, noise_source_e, scale_et, weight_kind_e, running_e,
-    prior_g_t, prior_r_t, prior_n_t, n, grads_bed, count_ts, sum_g_ts,
+    uniforms, normals, threshold_k, alias_k, length_k, state_kt, scale_kt, mean_g_kt, gamma,
+    param_kta, score_kta, at_mean_ekta, decay_e, scale_et, weight_kind_e, running_e,
+    prior_g_t, prior_r_t, prior_n_t, n, first_batch, per_reading, sum_red, sumsq_re, count_ts, sum_g_ts,
+    distinct_params,
 ):  # fmt: skip
     """Draw whole paths (as ``sample_paths``) and read every estimator out episode by episode: for
     small batches this is cheaper than summing per path and reading out per cell.
 
-    Episode i belongs to batch i // n of ``grads_bed`` (B, E, D: one episode's writes stay close
-    together). ``normals`` (episodes, T) holds
-    Gaussian reward noise, or is empty. One visit of (t, s, a) adds, in the components of the
-    logits at (t, s), (w - b) (e_a - pi(.|s)) + the entropy bonus's direct term: the read-out's
-    formula for a single visit (see ``readout``), with w - b = ``fixed_ekta`` (the weight at the
-    mean rewards less a fixed baseline) + the weight's noise - a running baseline. Running baselines
-    of batch b use ``prior_*`` and batches before b only; ``prior_*``, ``count_ts`` and ``sum_g_ts``
-    are updated as in ``readout``."""
-    n_episodes, n_slots = uniforms.shape
-    n_batches, n_estimators, _ = grads_bed.shape
+    Episode i belongs to batch first_batch + i // n, and batch b to reading r = b // per_reading:
+    its batch-mean gradient g_b (E, D) is added into ``sum_red[r]`` and its squared norm per
+    estimator into ``sumsq_re[r]`` (with ``per_reading`` 1, ``sum_red`` receives the batch means
+    themselves, and ``sumsq_re`` nothing). ``normals`` (episodes, T) holds Gaussian reward noise, or is empty.
+
+    One visit of (t, s, a) adds, in the components of the logits at (t, s), (w - b) (e_a - pi(.|s))
+    + the entropy bonus's direct term: the read-out's formula for a single visit (see ``readout``).
+    That is ``at_mean_ekta`` (the visit with w at the mean rewards and a fixed baseline) + m
+    ``score_kta``, where m is the weight's noise less a running baseline. The weight's noise is the
+    return's (R = G_0), or a suffix sum of the scaled noise decaying by ``decay_e`` (gamma for G_t,
+    gamma lambda for a GAE advantage) times ``scale_et``. Running baselines of batch b use
+    ``prior_*`` and batches before b only; ``prior_*``, ``count_ts`` and ``sum_g_ts`` are updated as
+    in ``readout``. With N = 1 and no parameter visited twice on a path (``distinct_params``) each
+    visit goes straight to the outputs; otherwise a batch is gathered in a small buffer first.
+
+    Written with no helper function taking arrays in the loops: numba keeps the reference counting
+    of such a call (two calls into its runtime per use), which once cost more than the arithmetic."""
+    n_episodes = uniforms.shape[0]
+    n_estimators, n_params = sum_red.shape[1], sum_red.shape[2]
     n_paths, n_steps, n_actions = param_kta.shape
-    n_gae = gae_rho_g.shape[0]
+    any_running = False
+    for e in range(n_estimators):
+        any_running |= running_e[e] != 0
+    direct = n == 1 and distinct_params
+    squares = per_reading > 1  # one batch a reading: the batch means alone are asked for
     gaussian = normals.shape[0] > 0
+    uniform = not gaussian and uniforms.shape[1] > 1
     to_column = n_paths * _TO_UNIT
     inv_n = 1.0 / n
-    noise_t = np.zeros(n_steps)
-    noise_g_t = np.zeros(n_steps + 1)  # suffix sums of the noise: in G_t (and R = G_0) ...
-    noise_adv_gt = np.zeros((n_gae, n_steps + 1))  # ... and in each GAE advantage
-    mean_g_t = np.zeros(n_steps)
+    unit_t = np.zeros(n_steps)  # the episode's unit reward noise per step
+    mean_g_t = np.zeros(n_steps)  # the running means batch b sees
     mean_r_t = np.zeros(n_steps)
-    batch_g_t = np.zeros(n_steps)
-    batch_r_t = np.zeros(n_steps)
-    batch_n_t = np.zeros(n_steps)
-    for b in range(n_batches):
-        for t in range(n_steps):
-            inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
-            mean_g_t[t] = prior_g_t[t] * inverse
-            mean_r_t[t] = prior_r_t[t] * inverse
-            batch_g_t[t] = batch_r_t[t] = batch_n_t[t] = 0.0
-        for i in range(b * n, min((b + 1) * n, n_episodes)):
+    # a batch's own returns reach the running sums when it is done; with N = 1 they go straight there
+    batch_g_t = prior_g_t if n == 1 else np.zeros(n_steps)
+    batch_r_t = prior_r_t if n == 1 else np.zeros(n_steps)
+    batch_n_t = prior_n_t if n == 1 else np.zeros(n_steps)
+    batch_ed = np.zeros((n_estimators, n_params))
+    paths_j = np.zeros(n, dtype=np.int64)  # the batch's paths: which components it touched
+    r = first_batch // per_reading
+    left = per_reading - first_batch % per_reading  # batches until reading r is complete
+    for b in range((n_episodes + n - 1) // n):
+        if n > 1:
+            for t in range(n_steps - 1, -1, -1):
+                inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+                mean_g_t[t] = prior_g_t[t] * inverse
+                mean_r_t[t] = prior_r_t[t] * inverse
+                batch_g_t[t] = batch_r_t[t] = batch_n_t[t] = 0.0
+        if left == 0:
+            r += 1
+            left = per_reading
+        left -= 1
+        episodes = min(n, n_episodes - b * n)
+        for j in range(episodes):
+            i = b * n + j
             x = uniforms[i, 0] * to_column
             column = int(x)
             k = column if x - column < threshold_k[column] else alias_k[column]
+            paths_j[j] = k
             length = length_k[k]
-            for t in range(length):
-                if gaussian:
-                    noise_t[t] = normals[i, t]
-                elif n_slots > 1:
-                    noise_t[t] = uniforms[i, 1 + t] * _TO_UNIT - 0.5
-                else:
-                    noise_t[t] = 0.0
-            noise_g_t[length] = 0.0
+            noise_g = 0.0  # the noise in G_t, t walking backwards; R = G_0
             for t in range(length - 1, -1, -1):
-                noise_g_t[t] = scale_kt[k, t] * noise_t[t] + gamma * noise_g_t[t + 1]
-            for g in range(n_gae):
-                noise_adv_gt[g, length] = 0.0
-                for t in range(length - 1, -1, -1):
-                    noise_adv_gt[g, t] = scale_kt[k, t] * noise_t[t] + gae_rho_g[g] * noise_adv_gt[g, t + 1]
-            total = mean_g_kt[k, 0] + noise_g_t[0]
-            for t in range(length):
-                ret = mean_g_kt[k, t] + noise_g_t[t]
+                if gaussian:
+                    unit = normals[i, t]
+                elif uniform:
+                    unit = uniforms[i, 1 + t] * _TO_UNIT - 0.5
+                else:
+                    unit = 0.0
+                unit_t[t] = unit
+                noise_g = scale_kt[k, t] * unit + gamma * noise_g
+                ret = mean_g_kt[k, t] + noise_g
+                if n == 1 and any_running:  # the means before this episode's returns join them
+                    inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+                    mean_g_t[t] = prior_g_t[t] * inverse
+                    mean_r_t[t] = prior_r_t[t] * inverse
                 batch_g_t[t] += ret
-                batch_r_t[t] += total
                 batch_n_t[t] += 1.0
                 count_ts[t, state_kt[k, t]] += 1.0
                 sum_g_ts[t, state_kt[k, t]] += ret
-                for e in range(n_estimators):
-                    source = noise_source_e[e]
-                    if source == 0:
-                        moved = noise_g_t[0]
-                    elif source == 1:
-                        moved = scale_et[e, t] * noise_g_t[t]
+            total = mean_g_kt[k, 0] + noise_g
+            for t in range(length - 1, -1, -1):
+                batch_r_t[t] += total
+            for e in range(n_estimators):
+                kind, running, decay = weight_kind_e[e], running_e[e], decay_e[e]
+                noise_w = 0.0
+                square = 0.0
+                for t in range(length - 1, -1, -1):
+                    if kind == WEIGHT_RETURN:
+                        moved = noise_g
                     else:
-                        moved = scale_et[e, t] * noise_adv_gt[source - 2, t]
-                    running = running_e[e]
+                        noise_w = scale_kt[k, t] * unit_t[t] + decay * noise_w
+                        moved = scale_et[e, t] * noise_w
                     if running == 1:
-                        moved -= mean_g_t[t] * (scale_et[e, t] if weight_kind_e[e] == WEIGHT_RTG else 1.0)
+                        moved -= mean_g_t[t] * (scale_et[e, t] if kind == WEIGHT_RTG else 1.0)
                     elif running == 2:
                         moved -= mean_r_t[t]
                     for a in range(n_actions):
-                        grads_bed[b, e, param_kta[k, t, a]] += (
-                            (fixed_ekta[e, k, t, a] + moved) * score_kta[k, t, a] + direct_kta[k, t, a]
-                        ) * inv_n
-        for t in range(n_steps):
-            prior_g_t[t] += batch_g_t[t]
-            prior_r_t[t] += batch_r_t[t]
-            prior_n_t[t] += batch_n_t[t]
+                        value = at_mean_ekta[e, k, t, a] + moved * score_kta[k, t, a]
+                        if direct:
+                            sum_red[r, e, param_kta[k, t, a]] += value
+                            square += value * value
+                        else:
+                            batch_ed[e, param_kta[k, t, a]] += value
+                if direct and squares:
+                    sumsq_re[r, e] += square
+        if not direct:
+            for e in range(n_estimators):
+                square = 0.0
+                for j in range(episodes):  # a component touched twice is read once, then found zero
+                    k = paths_j[j]
+                    for t in range(length_k[k]):
+                        for a in range(n_actions):
+                            p = param_kta[k, t, a]
+                            value = batch_ed[e, p] * inv_n
+                            batch_ed[e, p] = 0.0
+                            sum_red[r, e, p] += value
+                            square += value * value
+                if squares:
+                    sumsq_re[r, e] += square
+        if n > 1:
+            for t in range(n_steps - 1, -1, -1):
+                prior_g_t[t] += batch_g_t[t]
+                prior_r_t[t] += batch_r_t[t]
+                prior_n_t[t] += batch_n_t[t]
+
+
+@njit(cache=True, nogil=True)
+def paths_readings(
+    uniforms, normals, threshold_k, alias_k, length_k, scale_kt, mean_g_kt, gamma, param_kta, score_kta,
+    at_mean_ekta, square_ek, cross_ekt, score_sq_kt, decay_e, scale_et, weight_kind_e, running_e,
+    prior_g_t, prior_r_t, prior_n_t, first_batch, per_reading, sum_red, sumsq_re,
+):  # fmt: skip
+    """Batches of one episode each, read out a reading at a time through sums per path: what
+    ``paths_readout`` gives with N = 1 (up to rounding), when no path visits a logit twice.
+
+    Episode i is batch first_batch + i, in reading r = batch // per_reading. Its estimate for
+    estimator e is sum_(t, a) at_mean_ekta[e, k, t, a] + m_t score_kta[k, t, a] (see
+    ``paths_readout``), so over a reading the sum of the estimates is, per path k, its count times
+    ``at_mean`` plus the sum of its m_t times the score: only the count and the m_t sums are kept per
+    path, and they are read out into ``sum_red[r]`` when the reading (or the call) ends. With distinct
+    logits the squared norm is ``square_ek`` + sum_t m_t (2 ``cross_ekt`` + m_t ``score_sq_kt``),
+    added into ``sumsq_re[r]`` per episode. An episode costs a few scalars per estimator and step
+    instead of one update per logit; a reading costs E x K x T x A, cheap when readings are longer
+    than the paths are many. The running sums ``prior_*`` are updated after every episode."""
+    n_episodes = uniforms.shape[0]
+    n_estimators = sum_red.shape[1]
+    n_paths, n_steps, n_actions = param_kta.shape
+    any_running = False
+    for e in range(n_estimators):
+        any_running |= running_e[e] != 0
+    gaussian = normals.shape[0] > 0
+    uniform = not gaussian and uniforms.shape[1] > 1
+    to_column = n_paths * _TO_UNIT
+    unit_t = np.zeros(n_steps)  # the episode's unit reward noise per step
+    mean_g_t = np.zeros(n_steps)  # the running means this episode sees
+    mean_r_t = np.zeros(n_steps)
+    count_k = np.zeros(n_paths)  # per path, over the reading so far: episodes ...
+    moved_ekt = np.zeros((n_estimators, n_paths, n_steps))  # ... and their summed m_t
+    r = first_batch // per_reading
+    left = per_reading - first_batch % per_reading  # batches until reading r is complete
+    for i in range(n_episodes):
+        x = uniforms[i, 0] * to_column
+        column = int(x)
+        k = column if x - column < threshold_k[column] else alias_k[column]
+        length = length_k[k]
+        noise_g = 0.0  # the noise in G_t, t walking backwards; R = G_0
+        for t in range(length - 1, -1, -1):
+            if gaussian:
+                unit = normals[i, t]
+            elif uniform:
+                unit = uniforms[i, 1 + t] * _TO_UNIT - 0.5
+            else:
+                unit = 0.0
+            unit_t[t] = unit
+            noise_g = scale_kt[k, t] * unit + gamma * noise_g
+            if any_running:  # the means before this episode joins them
+                inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+                mean_g_t[t] = prior_g_t[t] * inverse
+                mean_r_t[t] = prior_r_t[t] * inverse
+            prior_g_t[t] += mean_g_kt[k, t] + noise_g
+            prior_n_t[t] += 1.0
+        total = mean_g_kt[k, 0] + noise_g
+        for t in range(length - 1, -1, -1):
+            prior_r_t[t] += total
+        count_k[k] += 1.0
+        for e in range(n_estimators):
+            kind, running, decay = weight_kind_e[e], running_e[e], decay_e[e]
+            noise_w = 0.0
+            square = square_ek[e, k]
+            for t in range(length - 1, -1, -1):
+                if kind == WEIGHT_RETURN:
+                    moved = noise_g
+                else:
+                    noise_w = scale_kt[k, t] * unit_t[t] + decay * noise_w
+                    moved = scale_et[e, t] * noise_w
+                if running == 1:
+                    moved -= mean_g_t[t] * (scale_et[e, t] if kind == WEIGHT_RTG else 1.0)
+                elif running == 2:
+                    moved -= mean_r_t[t]
+                square += moved * (2.0 * cross_ekt[e, k, t] + moved * score_sq_kt[k, t])
+                moved_ekt[e, k, t] += moved
+            sumsq_re[r, e] += square
+        left -= 1
+        if left == 0 or i == n_episodes - 1:  # read the path sums out into reading r
+            for kk in range(n_paths):
+                count = count_k[kk]
+                for e in range(n_estimators):
+                    for t in range(length_k[kk]):
+                        moved = moved_ekt[e, kk, t]
+                        for a in range(n_actions):
+                            sum_red[r, e, param_kta[kk, t, a]] += (
+                                count * at_mean_ekta[e, kk, t, a] + moved * score_kta[kk, t, a]
+                            )
+            moved_ekt[:] = 0.0
+            count_k[:] = 0.0
+            r += 1
+            left = per_reading
 
 
 @njit(cache=True, nogil=True)

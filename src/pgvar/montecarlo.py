@@ -90,6 +90,51 @@ class Sample:
 
 
 @dataclass
+class Readings:
+    """Many readings of the KPI from one call: ``variance_trace_re`` (R, E) is reading r's trace of
+    the covariance of its ``batches`` batch means, per estimator (see :meth:`Sampler.readings`)."""
+
+    specs: list[EstimatorSpec]
+    n: int
+    batches: int
+    variance_trace_re: np.ndarray
+    truncated_episodes: int
+    running: RunningBaselines = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Per reading of ``per_reading`` batches: the sum of the batch means ``sum_red`` (R, E, D) and of
+    their squared norms ``sumsq_re`` (R, E). With one batch a reading, ``sum_red`` holds the batch
+    means and ``sumsq_re`` stays zero (there is no variance to read)."""
+
+    per_reading: int
+    sum_red: np.ndarray
+    sumsq_re: np.ndarray
+
+    @classmethod
+    def zeros(cls, readings: int, estimators: int, params: int, per_reading: int) -> _Sums:
+        return cls(per_reading, np.zeros((readings, estimators, params)), np.zeros((readings, estimators)))
+
+    def add(self, first_batch: int, means_bed: np.ndarray) -> None:
+        """Fold in the (B, E, D) means of batches ``first_batch`` .. ``first_batch + B - 1``."""
+        if self.per_reading == 1:
+            self.sum_red[first_batch : first_batch + means_bed.shape[0]] += means_bed
+            return
+        squares_be = np.einsum("bed,bed->be", means_bed, means_bed)
+        reading_b = (first_batch + np.arange(means_bed.shape[0])) // self.per_reading
+        firsts = np.flatnonzero(np.diff(reading_b, prepend=-1))  # each reading's first row in the block
+        self.sum_red[reading_b[firsts]] += np.add.reduceat(means_bed, firsts)
+        self.sumsq_re[reading_b[firsts]] += np.add.reduceat(squares_be, firsts)
+
+    def variance_trace_re(self) -> np.ndarray:
+        """(R, E) trace of the sample covariance of each reading's batch means: the one-pass form of
+        :func:`variance_trace` (its rounding error is about 1e-16 times |mean|^2 / variance)."""
+        m = self.per_reading
+        return (self.sumsq_re - np.einsum("red,red->re", self.sum_red, self.sum_red) / m) / (m - 1)
+
+
+@dataclass
 class BatchStats:
     """Sufficient statistics of B batches over T steps, ``stats_btsak`` of shape (B, T, S, A, K): per
     (batch, step, state, action) the visit count, the sums of G_t and of R, then of each GAE advantage
@@ -111,11 +156,16 @@ class BatchStats:
         return self.stats_btsak[..., channel].sum(axis=(0, 2, 3))
 
 
-def _check_counts(n: int, batches: int, least_batches: int = 2) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+def _check_counts(n: int, batches: int, least_batches: int = 2, count: int = 1) -> None:
+    def whole(value: object, least: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+    if not whole(n, 1):
         raise SpecError(f"N: batch size must be an integer >= 1, got {n!r}")
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < least_batches:
+    if not whole(batches, least_batches):
         raise SpecError(f"batches: need an integer >= {least_batches} to measure a variance, got {batches!r}")
+    if not whole(count, 1):
+        raise SpecError(f"count: the number of readings must be an integer >= 1, got {count!r}")
 
 
 @dataclass(frozen=True)
@@ -258,9 +308,14 @@ class _Paths:
     state_kt: np.ndarray
     param_kta: np.ndarray  # flat index of the logit of each action a' at (t, s_t)
     score_kta: np.ndarray  # the score e_{a_t} - pi(.|s_t) at step t
-    direct_kta: np.ndarray  # the entropy bonus's direct term per visit
-    fixed_ekta: np.ndarray  # each estimator's weight at the mean rewards minus its fixed baseline
-    noise_source_e: np.ndarray  # which noise sum moves the weight: 0 R, 1 G_t, 2 + g GAE advantage g
+    at_mean_ekta: np.ndarray  # each estimator's visit at the mean rewards: (w - fixed b) score + direct
+    decay_e: np.ndarray  # how the noise in its weight decays backwards: gamma (G_t), gamma lambda (GAE)
+    distinct_params: bool  # no path visits one logit twice (episodes then need no buffer)
+    # a visit is at_mean + m score, m moving per episode; with distinct logits, an episode's squared
+    # norm is square_ek + sum_t m_t (2 cross_ekt + m_t score_sq_kt) (``_kernels.paths_readings``)
+    square_ek: np.ndarray
+    cross_ekt: np.ndarray
+    score_sq_kt: np.ndarray
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -337,20 +392,23 @@ def _paths(tables: _Tables) -> _Paths | None:
     score_tka = (np.arange(mdp.n_actions) == actions_tk[..., None]) - tables.probs_tsa[step_tk, states_tk]
     direct_tka = tables.direct_tsa[step_tk, states_tk]
     weight_etk = np.empty((len(tables.specs), steps, n_paths))  # at the mean rewards
-    noise_source_e = np.empty(len(tables.specs), dtype=np.int64)
+    decay_e = np.zeros(len(tables.specs))  # the return's noise is G_0's: no decay of its own
     for e, spec in enumerate(tables.specs):
         if spec.weight == "return":
-            weight_etk[e], noise_source_e[e] = mean_g_tk[0], 0
+            weight_etk[e] = mean_g_tk[0]
         elif spec.weight == "rtg":
-            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_g_tk, 1
+            weight_etk[e], decay_e[e] = tables.scale_et[e][:, None] * mean_g_tk, mdp.gamma
         else:
             g = tables.gae_e[e]
-            weight_etk[e], noise_source_e[e] = tables.scale_et[e][:, None] * mean_adv_gtk[g], 2 + g
+            weight_etk[e], decay_e[e] = tables.scale_et[e][:, None] * mean_adv_gtk[g], tables.gae_rho_g[g]
     fixed_etka = weight_etk[..., None] - tables.offsets_etsa[:, step_tk, states_tk]
     alive_tka = alive_tk[..., None]
 
     def per_path(array, axis_t):  # (..., T, K, A) -> (..., K, T, A), zero after the path ended
         return np.ascontiguousarray(np.swapaxes(np.where(alive_tka, array, 0), axis_t, axis_t + 1))
+
+    score_kta = per_path(score_tka, 0)
+    at_mean_ekta = per_path(fixed_etka * score_tka + direct_tka, 1)
 
     return _Paths(
         threshold_k,
@@ -362,11 +420,23 @@ def _paths(tables: _Tables) -> _Paths | None:
         np.ascontiguousarray(mean_adv_gtk.transpose(0, 2, 1)),
         np.ascontiguousarray(states_tk.T),
         per_path(param_tka, 0),
-        per_path(score_tka, 0),
-        per_path(direct_tka, 0),
-        per_path(fixed_etka, 1),
-        noise_source_e,
+        score_kta,
+        at_mean_ekta,
+        decay_e,
+        _visits_each_logit_once(param_tka, alive_tk),
+        (at_mean_ekta**2).sum(axis=(2, 3)),
+        (at_mean_ekta * score_kta).sum(axis=3),
+        (score_kta**2).sum(axis=2),
     )
+
+
+def _visits_each_logit_once(param_tka: np.ndarray, alive_tk: np.ndarray) -> bool:
+    """Whether no path visits one parameter twice ((T, K, A) flat indices, (T, K) alive flags)."""
+    steps, n_paths, n_actions = param_tka.shape
+    unique_dead = -1 - np.arange(steps * n_actions).reshape(steps, 1, n_actions)  # never equal
+    visited_kx = np.where(alive_tk[..., None], param_tka, unique_dead).transpose(1, 0, 2).reshape(n_paths, -1)
+    visited_kx = np.sort(visited_kx, axis=1)
+    return not (visited_kx[:, 1:] == visited_kx[:, :-1]).any()
 
 
 def _path_slots(tables: _Tables) -> int:
@@ -429,18 +499,40 @@ def _episode_gradients(
     normals: np.ndarray,
     n: int,
     running: RunningBaselines,
-    grads_bed: np.ndarray,
+    first_batch: int,
+    sums: _Sums,
     count_ts: np.ndarray,
     sum_g_ts: np.ndarray,
 ) -> None:
-    """Add into ``grads_bed`` (B, E, D, zeros) the batch-mean gradients of B = episodes / n batches,
+    """Add into ``sums`` the batch-mean gradients of batches ``first_batch`` .. (episodes / n more),
     read out episode by episode from the random numbers of :func:`_path_numbers`; otherwise the
     contract of :func:`batch_gradients`."""
     _kernels.paths_readout(
         uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.state_kt, paths.scale_kt,
-        paths.mean_g_kt, tables.mdp.gamma, tables.gae_rho_g, paths.param_kta, paths.score_kta,
-        paths.direct_kta, paths.fixed_ekta, paths.noise_source_e, tables.scale_et, tables.weight_kind_e,
-        tables.running_e, running.sum_g_t, running.sum_r_t, running.count_t, n, grads_bed, count_ts, sum_g_ts,
+        paths.mean_g_kt, tables.mdp.gamma, paths.param_kta, paths.score_kta, paths.at_mean_ekta,
+        paths.decay_e, tables.scale_et, tables.weight_kind_e, tables.running_e,
+        running.sum_g_t, running.sum_r_t, running.count_t, n, first_batch, sums.per_reading, sums.sum_red,
+        sums.sumsq_re, count_ts, sum_g_ts, paths.distinct_params,
+    )  # fmt: skip
+
+
+def _episode_readings(
+    tables: _Tables,
+    paths: _Paths,
+    uniforms: np.ndarray,
+    normals: np.ndarray,
+    running: RunningBaselines,
+    first_batch: int,
+    sums: _Sums,
+) -> None:
+    """As :func:`_episode_gradients` with N = 1, through sums per path (``_kernels.paths_readings``);
+    ``count_ts`` and ``sum_g_ts`` are not kept."""
+    _kernels.paths_readings(
+        uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.scale_kt, paths.mean_g_kt,
+        tables.mdp.gamma, paths.param_kta, paths.score_kta, paths.at_mean_ekta, paths.square_ek,
+        paths.cross_ekt, paths.score_sq_kt, paths.decay_e, tables.scale_et, tables.weight_kind_e,
+        tables.running_e, running.sum_g_t, running.sum_r_t, running.count_t, first_batch, sums.per_reading,
+        sums.sum_red, sums.sumsq_re,
     )  # fmt: skip
 
 
@@ -586,6 +678,47 @@ class Sampler:
     ) -> Sample:
         """Simulate ``warmup + batches * n`` episodes; see :func:`sample_batch_means`."""
         _check_counts(n, batches, least_batches=1)
+        sums, truncated, running, count_ts, sum_g_ts = self._run(
+            n, batches, 1, seed, warmup, running, workers, progress
+        )
+        return Sample(self.specs, n, sums.sum_red.transpose(1, 0, 2), truncated, running, count_ts, sum_g_ts)
+
+    def readings(
+        self,
+        n: int,
+        batches: int = DEFAULT_BATCHES,
+        count: int = 1,
+        seed: int | np.random.SeedSequence = 0,
+        *,
+        warmup: int | None = None,
+        running: RunningBaselines | None = None,
+        workers: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> Readings:
+        """``count`` independent readings of the KPI, each from ``batches`` batches of ``n`` episodes:
+        the trace of the covariance of the batch means per reading and estimator, computed as the
+        episodes are drawn, without keeping the batch means. Reading r is exactly what
+        :func:`variance_trace` gives on batches ``r * batches`` .. ``(r + 1) * batches - 1`` of
+        ``sample(n, batches * count, seed)`` (up to rounding): the same episodes, running baselines
+        carried from reading to reading."""
+        _check_counts(n, batches, count=count)
+        sums, truncated, running, _, _ = self._run(
+            n, batches * count, batches, seed, warmup, running, workers, progress
+        )
+        return Readings(self.specs, n, batches, sums.variance_trace_re(), truncated, running)
+
+    def _run(
+        self,
+        n: int,
+        batches: int,
+        per_reading: int,
+        seed: int | np.random.SeedSequence,
+        warmup: int | None,
+        running: RunningBaselines | None,
+        workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> tuple[_Sums, int, RunningBaselines, np.ndarray, np.ndarray]:
+        """Simulate ``warmup + batches * n`` episodes into per-reading sums of the batch means."""
         tables, mdp = self.tables, self.mdp
         if warmup is None:
             warmup = DEFAULT_WARMUP if any(spec.running for spec in self.specs) and running is None else 0
@@ -612,6 +745,10 @@ class Sampler:
         starts = list(range(0, batches, per_block))
 
         by_episode = self.paths is not None and n <= EPISODE_READOUT_MAX_N
+        # one-episode batches in readings longer than the paths are many: sums per path, read out per reading
+        by_path_sums = (
+            by_episode and n == 1 and self.paths.distinct_params and per_reading >= self.paths.length_k.size
+        )
 
         def rows(index: int) -> slice:
             return slice(starts[index], min(starts[index] + per_block, batches))
@@ -624,22 +761,23 @@ class Sampler:
             self._simulate(stream(index), size * n, n, stats)
             return stats
 
-        # batch-major, so that a block's batches are one contiguous slice (read out in place)
-        means_med = np.zeros((batches, len(self.specs), tables.n_params))
+        sums = _Sums.zeros(batches // per_reading, len(self.specs), tables.n_params, per_reading)
         count_ts = np.zeros(shape[:2])
         sum_g_ts = np.zeros(shape[:2])
 
         def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
             block_rows = rows(index)
-            if by_episode:
+            if by_path_sums:
+                _episode_readings(tables, self.paths, *block, running, block_rows.start, sums)
+            elif by_episode:
                 _episode_gradients(
-                    tables, self.paths, *block, n, running, means_med[block_rows], count_ts, sum_g_ts
+                    tables, self.paths, *block, n, running, block_rows.start, sums, count_ts, sum_g_ts
                 )
             else:
                 truncated += block.truncated
                 grads_ebd = batch_gradients(tables, block, n, running, count_ts, sum_g_ts)
-                means_med[block_rows] = grads_ebd.transpose(1, 0, 2)
+                sums.add(block_rows.start, grads_ebd.transpose(1, 0, 2))
             if progress is not None:
                 progress((block_rows.stop - block_rows.start) * n)
 
@@ -657,7 +795,7 @@ class Sampler:
                         read(index - len(pending) + 1, pending.popleft().result())
                 while pending:
                     read(len(starts) - len(pending), pending.popleft().result())
-        return Sample(self.specs, n, means_med.transpose(1, 0, 2), truncated, running, count_ts, sum_g_ts)
+        return sums, truncated, running, count_ts, sum_g_ts
 
 
 def sample_batch_means(
@@ -870,6 +1008,65 @@ def variance_study(
                 slopes[spec.name] = float(np.polyfit(x, y, 1)[0])
     paths = None if everything.paths is None else everything.paths.length_k.size
     return Study(mdp, batches, seed, readings, grad, slopes, paths)
+
+
+@dataclass(frozen=True)
+class ReadingSpread:
+    """How much one reading of the KPI moves: ``count`` independent readings of one estimator.
+
+    Attributes:
+      exact: the exact single-episode variance trace / N, what a reading estimates.
+      mean, relative_std: the readings' mean and the standard deviation of one reading / that mean.
+      low, high: the 5% and 95% quantiles of the readings.
+      agrees_with_exact: fraction of readings in which this estimator and vanilla, measured on the same
+        episodes, are ordered as their exact variances are (None for vanilla itself).
+    """
+
+    spec: EstimatorSpec
+    exact: float
+    mean: float
+    relative_std: float
+    low: float
+    high: float
+    agrees_with_exact: float | None
+
+
+def reading_spread(
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    specs: Sequence[EstimatorSpec],
+    n: int = 1,
+    batches: int = DEFAULT_BATCHES,
+    count: int = 1000,
+    seed: int = 0,
+) -> list[ReadingSpread]:
+    """Take ``count`` readings of every estimator (and vanilla, for the ordering) in one call and say
+    how far one reading strays: the question behind the lesson's bar, which jumps from tick to tick."""
+    specs = list(specs)
+    if not specs:
+        raise SpecError("estimators: give at least one")
+    _check_counts(n, batches, count=count)
+    beta = specs[0].entropy
+    vanilla = EstimatorSpec("return", "none", entropy=beta, label="vanilla")
+    measured = specs if any(s.canonical == vanilla.canonical for s in specs) else [*specs, vanilla]
+    chain = unroll(mdp, theta, beta)
+    exact_e = np.array([exact_moments(mdp, theta, s, chain=chain).variance_trace / n for s in measured])
+    traces_re = Sampler(mdp, theta, measured, chain=chain).readings(n, batches, count, seed).variance_trace_re
+    v = next(e for e, s in enumerate(measured) if s.canonical == vanilla.canonical)
+    spreads = []
+    for e, spec in enumerate(specs):
+        traces_r = traces_re[:, e]
+        mean = float(traces_r.mean())
+        agrees = None
+        if e != v:
+            agrees = float(np.mean(np.sign(traces_r - traces_re[:, v]) == np.sign(exact_e[e] - exact_e[v])))
+        low, high = np.quantile(traces_r, [0.05, 0.95])
+        std = float(traces_r.std(ddof=1)) if count > 1 else 0.0
+        relative = std / mean if mean > 0 else float("nan")
+        spreads.append(
+            ReadingSpread(spec, float(exact_e[e]), mean, relative, float(low), float(high), agrees)
+        )
+    return spreads
 
 
 def _with_ratios(reading: VarianceReading, vanilla_same_n: float, vanilla_n1: float) -> VarianceReading:
