@@ -16,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 from numba import njit
 from test_returns import _gae_reference, _reward_to_go_reference
 
-from pgvar.returns import _FEW_STREAMS, _LANES, _NARROW, _simd_gae, gae, reward_to_go
+from pgvar._lanes import LANES
+from pgvar.returns import _FEW_STREAMS, _NARROW, _simd_gae, gae, reward_to_go
 
 TOLERANCE = {np.float64: {"rtol": 1e-9, "atol": 1e-9}, np.float32: {"rtol": 1e-5, "atol": 2e-3}}
 
@@ -57,7 +58,7 @@ def _check(rewards, values, kw, gamma=0.99, lam=0.95):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("T", [1, _LANES - 1, _LANES, _LANES + 1, 3 * _LANES, 3 * _LANES + 5, 203])
+@pytest.mark.parametrize("T", [1, LANES - 1, LANES, LANES + 1, 3 * LANES, 3 * LANES + 5, 203])
 def test_one_stream_of_any_length(T, dtype):
     """Shorter than a vector (all one step at a time), whole vectors, and vectors plus a tail."""
     _check(*_inputs((T,), seed=T, dtype=dtype))
@@ -91,7 +92,7 @@ def test_one_stream_without_flags_or_with_flags_that_never_fire():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("B", [_LANES, _LANES + 1, 2 * _LANES - 1, 2 * _LANES, 2 * _LANES + 3, _NARROW - 1])
+@pytest.mark.parametrize("B", [LANES, LANES + 1, 2 * LANES - 1, 2 * LANES, 2 * LANES + 3, _NARROW - 1])
 def test_narrow_batches_of_any_width(B, dtype):
     """Widths that are and are not multiples of the lane count (the last group overlaps)."""
     _check(*_inputs((37, B), seed=B, dtype=dtype))
@@ -102,7 +103,7 @@ def test_narrow_batch_with_episode_ends_at_the_first_and_last_steps():
     _check(*_inputs((20, 11), seed=5, ends={0: "truncated", 19: "terminated"}))
 
 
-@pytest.mark.parametrize("B", [1, _FEW_STREAMS - 1, _LANES, 13, _NARROW - 1, _NARROW])
+@pytest.mark.parametrize("B", [1, _FEW_STREAMS - 1, LANES, 13, _NARROW - 1, _NARROW])
 def test_simd_and_generic_kernels_agree(B):
     """The same numbers from C-contiguous arrays (SIMD kernels where B is 1 or in [8, 32)) and from
     strided views of them (always the generic kernels), to rounding."""
@@ -128,11 +129,11 @@ def _takes_simd_path(rewards_t, out_t):
     ("B", "contiguous", "expected"),
     [
         (1, True, True),
-        (_LANES, True, True),
+        (LANES, True, True),
         (_NARROW - 1, True, True),
         (1, False, False),
-        (_LANES, False, False),
-        (_LANES - 1, True, False),
+        (LANES, False, False),
+        (LANES - 1, True, False),
         (_NARROW, True, False),
     ],
 )
@@ -145,7 +146,7 @@ def test_which_layouts_take_the_simd_kernels(B, contiguous, expected):
 @given(
     st.sampled_from([np.float64, np.float32]),
     st.integers(1, 40),
-    st.sampled_from([None, _LANES, _LANES + 2, 2 * _LANES + 1]),
+    st.sampled_from([None, LANES, LANES + 2, 2 * LANES + 1]),
     st.data(),
 )
 def test_simd_kernels_match_reference(dtype, T, B, data):

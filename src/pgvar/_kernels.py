@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pgvar._lanes import LANES, fma, load, select, splat, store
+
 NOISE_NONE, NOISE_UNIFORM, NOISE_GAUSSIAN = 0, 1, 2
 COUNT, SUM_G, SUM_R, SUM_ADV = 0, 1, 2, 3  # channels of the statistics; GAE estimator g uses SUM_ADV + g
 _TO_UNIT = 1.0 / 4294967296.0  # 2**-32
@@ -259,10 +261,11 @@ def paths_readout(
     gamma lambda for a GAE advantage) times ``scale_et``. Running baselines of batch b use
     ``prior_*`` and batches before b only; ``prior_*``, ``count_ts`` and ``sum_g_ts`` are updated as
     in ``readout``. With N = 1 and no parameter visited twice on a path (``distinct_params``) each
-    visit goes straight to the outputs; otherwise a batch is gathered in a small buffer first.
+    visit goes straight to the outputs; otherwise a batch is gathered in a small buffer first. Time,
+    path, reading and logit index the arrays as unsigned integers (see ``paths_readings``).
 
-    Written with no helper function taking arrays in the loops: numba keeps the reference counting
-    of such a call (two calls into its runtime per use), which once cost more than the arithmetic."""
+    No helper function taking arrays is called in the loops: numba kept the reference counting of
+    such a call here (two calls into its runtime per use), which cost more than the arithmetic."""
     n_episodes = uniforms.shape[0]
     n_estimators, n_params = sum_red.shape[1], sum_red.shape[2]
     n_paths, n_steps, n_actions = param_kta.shape
@@ -284,7 +287,8 @@ def paths_readout(
     batch_n_t = prior_n_t if n == 1 else np.zeros(n_steps)
     batch_ed = np.zeros((n_estimators, n_params))
     paths_j = np.zeros(n, dtype=np.int64)  # the batch's paths: which components it touched
-    r = first_batch // per_reading
+    one = np.uint64(1)
+    r = np.uint64(first_batch // per_reading)
     left = per_reading - first_batch % per_reading  # batches until reading r is complete
     for b in range((n_episodes + n - 1) // n):
         if n > 1:
@@ -294,7 +298,7 @@ def paths_readout(
                 mean_r_t[t] = prior_r_t[t] * inverse
                 batch_g_t[t] = batch_r_t[t] = batch_n_t[t] = 0.0
         if left == 0:
-            r += 1
+            r += one
             left = per_reading
         left -= 1
         episodes = min(n, n_episodes - b * n)
@@ -302,15 +306,17 @@ def paths_readout(
             i = b * n + j
             x = uniforms[i, 0] * to_column
             column = int(x)
-            k = column if x - column < threshold_k[column] else alias_k[column]
-            paths_j[j] = k
+            path = column if x - column < threshold_k[column] else alias_k[column]
+            paths_j[j] = path
+            k = np.uint64(path)
             length = length_k[k]
             noise_g = 0.0  # the noise in G_t, t walking backwards; R = G_0
-            for t in range(length - 1, -1, -1):
+            for step in range(length - 1, -1, -1):
+                t = np.uint64(step)
                 if gaussian:
                     unit = normals[i, t]
                 elif uniform:
-                    unit = uniforms[i, 1 + t] * _TO_UNIT - 0.5
+                    unit = uniforms[i, one + t] * _TO_UNIT - 0.5
                 else:
                     unit = 0.0
                 unit_t[t] = unit
@@ -322,16 +328,17 @@ def paths_readout(
                     mean_r_t[t] = prior_r_t[t] * inverse
                 batch_g_t[t] += ret
                 batch_n_t[t] += 1.0
-                count_ts[t, state_kt[k, t]] += 1.0
-                sum_g_ts[t, state_kt[k, t]] += ret
-            total = mean_g_kt[k, 0] + noise_g
-            for t in range(length - 1, -1, -1):
-                batch_r_t[t] += total
+                count_ts[t, np.uint64(state_kt[k, t])] += 1.0
+                sum_g_ts[t, np.uint64(state_kt[k, t])] += ret
+            total = mean_g_kt[k, np.uint64(0)] + noise_g
+            for step in range(length - 1, -1, -1):
+                batch_r_t[np.uint64(step)] += total
             for e in range(n_estimators):
                 kind, running, decay = weight_kind_e[e], running_e[e], decay_e[e]
                 noise_w = 0.0
                 square = 0.0
-                for t in range(length - 1, -1, -1):
+                for step in range(length - 1, -1, -1):
+                    t = np.uint64(step)
                     if kind == WEIGHT_RETURN:
                         moved = noise_g
                     else:
@@ -343,11 +350,12 @@ def paths_readout(
                         moved -= mean_r_t[t]
                     for a in range(n_actions):
                         value = at_mean_ekta[e, k, t, a] + moved * score_kta[k, t, a]
+                        p = np.uint64(param_kta[k, t, a])
                         if direct:
-                            sum_red[r, e, param_kta[k, t, a]] += value
+                            sum_red[r, e, p] += value
                             square += value * value
                         else:
-                            batch_ed[e, param_kta[k, t, a]] += value
+                            batch_ed[e, p] += value
                 if direct and squares:
                     sumsq_re[r, e] += square
         if not direct:
@@ -373,94 +381,131 @@ def paths_readout(
 
 @njit(cache=True, nogil=True)
 def paths_readings(
-    uniforms, normals, threshold_k, alias_k, length_k, scale_kt, mean_g_kt, gamma, param_kta, score_kta,
-    at_mean_ekta, square_ek, cross_ekt, score_sq_kt, decay_e, scale_et, weight_kind_e, running_e,
-    prior_g_t, prior_r_t, prior_n_t, first_batch, per_reading, sum_red, sumsq_re,
+    uniforms, normals, threshold_k, alias_k, length_k, cell_kt, scale_kt, mean_g_kt, gamma, score_sq_kt,
+    lane_tables, n_estimators, probs_tsa, direct_tsa, index_tsa, offsets_etsa, prior_g_t, prior_r_t,
+    prior_n_t, first_batch, per_reading, sum_red, sumsq_re,
 ):  # fmt: skip
-    """Batches of one episode each, read out a reading at a time through sums per path: what
+    """Batches of one episode each, read out a reading at a time through sums per cell: what
     ``paths_readout`` gives with N = 1 (up to rounding), when no path visits a logit twice.
 
-    Episode i is batch first_batch + i, in reading r = batch // per_reading. Its estimate for
-    estimator e is sum_(t, a) at_mean_ekta[e, k, t, a] + m_t score_kta[k, t, a] (see
-    ``paths_readout``), so over a reading the sum of the estimates is, per path k, its count times
-    ``at_mean`` plus the sum of its m_t times the score: only the count and the m_t sums are kept per
-    path, and they are read out into ``sum_red[r]`` when the reading (or the call) ends. With distinct
-    logits the squared norm is ``square_ek`` + sum_t m_t (2 ``cross_ekt`` + m_t ``score_sq_kt``),
-    added into ``sumsq_re[r]`` per episode. An episode costs a few scalars per estimator and step
-    instead of one update per logit; a reading costs E x K x T x A, cheap when readings are longer
-    than the paths are many. The running sums ``prior_*`` are updated after every episode."""
+    Episode i is batch first_batch + i, in reading r = batch // per_reading. Over a reading, the sum
+    of the estimates is what ``readout`` makes of the visits and summed weights per (step, state,
+    action) cell (``cell_kt``): the weight at the mean rewards plus m_t, the weight's noise less a
+    running baseline (see ``paths_readout``). So an episode adds one weight per estimator and step
+    into its cell, and the cells are read out into ``sum_red[r]`` when the reading (or the call)
+    ends. With distinct logits an episode's squared norm is square + sum_t m_t (2 cross + m_t
+    ``score_sq_kt``), added into ``sumsq_re[r]``.
+
+    The estimators are the lanes of SIMD vectors (``pgvar._lanes``), LANES at a time, followed by
+    three more "weights": 1 (the cell's visits), G_t and R (what the running sums ``prior_*`` add up).
+    ``lane_tables`` (see ``montecarlo._lane_tables``) holds their coefficients with the lane
+    innermost, padded with zeros. The running sums are updated after every episode where a running
+    baseline reads them, else once a reading, from those lanes. Time and path index 2-D arrays as
+    unsigned integers: numba then indexes without checking for negative indices (which took a fifth
+    of the time)."""
+    (decay_l, is_return_l, minus_r_l, scale_tl, minus_g_tl, square_kl, cross2_ktl, weight_ktl) = lane_tables
     n_episodes = uniforms.shape[0]
-    n_estimators = sum_red.shape[1]
-    n_paths, n_steps, n_actions = param_kta.shape
+    n_paths = threshold_k.shape[0]
+    n_steps, n_states, n_actions = probs_tsa.shape
+    n_lanes = decay_l.shape[0]  # estimators, then the visits, G_t and R lanes, padded to whole vectors
+    visits_lane, g_lane, r_lane = n_estimators, n_estimators + 1, n_estimators + 2
     any_running = False
-    for e in range(n_estimators):
-        any_running |= running_e[e] != 0
+    for lane in range(n_lanes):
+        any_running |= minus_r_l[lane] != 0.0
+        for t in range(n_steps):
+            any_running |= minus_g_tl[t, lane] != 0.0
     gaussian = normals.shape[0] > 0
     uniform = not gaussian and uniforms.shape[1] > 1
     to_column = n_paths * _TO_UNIT
-    unit_t = np.zeros(n_steps)  # the episode's unit reward noise per step
-    mean_g_t = np.zeros(n_steps)  # the running means this episode sees
+    one = np.uint64(1)
+    zero = splat(0.0)
+    noise_t = np.zeros(n_steps)  # the episode's scaled reward noise per step
+    mean_g_t = np.zeros(n_steps)  # the running means it sees
     mean_r_t = np.zeros(n_steps)
-    count_k = np.zeros(n_paths)  # per path, over the reading so far: episodes ...
-    moved_ekt = np.zeros((n_estimators, n_paths, n_steps))  # ... and their summed m_t
-    r = first_batch // per_reading
+    weights_cl = np.zeros((n_steps * n_states * n_actions, n_lanes))  # per cell, over the reading so far
+    squares_l = np.zeros(n_lanes)
+    r = np.uint64(first_batch // per_reading)
     left = per_reading - first_batch % per_reading  # batches until reading r is complete
     for i in range(n_episodes):
         x = uniforms[i, 0] * to_column
         column = int(x)
-        k = column if x - column < threshold_k[column] else alias_k[column]
+        path = column if x - column < threshold_k[column] else alias_k[column]
+        k = np.uint64(path)
         length = length_k[k]
         noise_g = 0.0  # the noise in G_t, t walking backwards; R = G_0
-        for t in range(length - 1, -1, -1):
+        for step in range(length - 1, -1, -1):
+            t = np.uint64(step)
             if gaussian:
                 unit = normals[i, t]
             elif uniform:
-                unit = uniforms[i, 1 + t] * _TO_UNIT - 0.5
+                unit = uniforms[i, one + t] * _TO_UNIT - 0.5
             else:
                 unit = 0.0
-            unit_t[t] = unit
-            noise_g = scale_kt[k, t] * unit + gamma * noise_g
-            if any_running:  # the means before this episode joins them
-                inverse = 1.0 / prior_n_t[t] if prior_n_t[t] > 0 else 0.0
+            noise_t[t] = scale_kt[k, t] * unit
+            noise_g = noise_t[t] + gamma * noise_g
+            if any_running:  # the means before this episode joins them, which it does at once
+                inverse = 1.0 / max(prior_n_t[t], 1.0)  # the sums are 0 while the count is
                 mean_g_t[t] = prior_g_t[t] * inverse
                 mean_r_t[t] = prior_r_t[t] * inverse
-            prior_g_t[t] += mean_g_kt[k, t] + noise_g
-            prior_n_t[t] += 1.0
-        total = mean_g_kt[k, 0] + noise_g
-        for t in range(length - 1, -1, -1):
-            prior_r_t[t] += total
-        count_k[k] += 1.0
-        for e in range(n_estimators):
-            kind, running, decay = weight_kind_e[e], running_e[e], decay_e[e]
-            noise_w = 0.0
-            square = square_ek[e, k]
-            for t in range(length - 1, -1, -1):
-                if kind == WEIGHT_RETURN:
-                    moved = noise_g
-                else:
-                    noise_w = scale_kt[k, t] * unit_t[t] + decay * noise_w
-                    moved = scale_et[e, t] * noise_w
-                if running == 1:
-                    moved -= mean_g_t[t] * (scale_et[e, t] if kind == WEIGHT_RTG else 1.0)
-                elif running == 2:
-                    moved -= mean_r_t[t]
-                square += moved * (2.0 * cross_ekt[e, k, t] + moved * score_sq_kt[k, t])
-                moved_ekt[e, k, t] += moved
-            sumsq_re[r, e] += square
+                prior_g_t[t] += mean_g_kt[k, t] + noise_g
+                prior_n_t[t] += 1.0
+        if any_running:
+            total = mean_g_kt[k, np.uint64(0)] + noise_g
+            for step in range(length - 1, -1, -1):
+                prior_r_t[np.uint64(step)] += total
+        noise_r = splat(noise_g)
+        for lane in range(0, n_lanes, LANES):
+            decay, is_return = load(decay_l, lane), load(is_return_l, lane)
+            noise_w = zero  # the noise in each lane's weight, t walking backwards
+            square = load(square_kl, path * n_lanes + lane)
+            for step in range(length - 1, -1, -1):
+                t = np.uint64(step)
+                noise_w = fma(decay, noise_w, splat(noise_t[t]))
+                moved = select(is_return, noise_r, load(scale_tl, step * n_lanes + lane) * noise_w)
+                if any_running:
+                    moved = (
+                        moved
+                        - load(minus_g_tl, step * n_lanes + lane) * splat(mean_g_t[t])
+                        - load(minus_r_l, lane) * splat(mean_r_t[t])
+                    )
+                at = (path * n_steps + step) * n_lanes + lane
+                square = fma(moved, fma(moved, splat(score_sq_kt[k, t]), load(cross2_ktl, at)), square)
+                cell = cell_kt[k, t] * n_lanes + lane
+                store(weights_cl, cell, load(weights_cl, cell) + load(weight_ktl, at) + moved)
+            store(squares_l, lane, load(squares_l, lane) + square)
         left -= 1
-        if left == 0 or i == n_episodes - 1:  # read the path sums out into reading r
-            for kk in range(n_paths):
-                count = count_k[kk]
-                for e in range(n_estimators):
-                    for t in range(length_k[kk]):
-                        moved = moved_ekt[e, kk, t]
+        if left == 0 or i == n_episodes - 1:  # read the cells out into reading r, as ``readout`` does
+            for e in range(n_estimators):
+                sumsq_re[r, e] += squares_l[e]
+            for t in range(n_steps):
+                for state in range(n_states):
+                    first = (t * n_states + state) * n_actions
+                    visits = 0.0
+                    for a in range(n_actions):
+                        visits += weights_cl[first + a, visits_lane]
+                    if visits == 0.0:
+                        continue
+                    if not any_running:  # the running sums, a reading at a time
+                        prior_n_t[t] += visits
                         for a in range(n_actions):
-                            sum_red[r, e, param_kta[kk, t, a]] += (
-                                count * at_mean_ekta[e, kk, t, a] + moved * score_kta[kk, t, a]
+                            prior_g_t[t] += weights_cl[first + a, g_lane]
+                            prior_r_t[t] += weights_cl[first + a, r_lane]
+                    for e in range(n_estimators):
+                        summed = 0.0
+                        for a in range(n_actions):
+                            summed += weights_cl[first + a, e]
+                        for a in range(n_actions):
+                            p = probs_tsa[t, state, a]
+                            sum_red[r, e, np.uint64(index_tsa[t, state, a])] += (
+                                weights_cl[first + a, e]
+                                - p * summed
+                                - offsets_etsa[e, t, state, a]
+                                * (weights_cl[first + a, visits_lane] - p * visits)
+                                + direct_tsa[t, state, a] * visits
                             )
-            moved_ekt[:] = 0.0
-            count_k[:] = 0.0
-            r += 1
+            weights_cl[:] = 0.0
+            squares_l[:] = 0.0
+            r += one
             left = per_reading
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pgvar import _kernels
+from pgvar import _kernels, _lanes
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec, ResolvedEstimator, score_scale_t
 from pgvar.exact import (
@@ -316,6 +316,8 @@ class _Paths:
     square_ek: np.ndarray
     cross_ekt: np.ndarray
     score_sq_kt: np.ndarray
+    weight_ekt: np.ndarray  # each estimator's weight w at the mean rewards
+    lane_tables: tuple  # the estimators' coefficients as SIMD lanes (``_lane_tables``)
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +411,9 @@ def _paths(tables: _Tables) -> _Paths | None:
 
     score_kta = per_path(score_tka, 0)
     at_mean_ekta = per_path(fixed_etka * score_tka + direct_tka, 1)
+    square_ek = (at_mean_ekta**2).sum(axis=(2, 3))
+    cross_ekt = (at_mean_ekta * score_kta).sum(axis=3)
+    weight_ekt = np.ascontiguousarray(np.where(alive_tk, weight_etk, 0.0).transpose(0, 2, 1))
 
     return _Paths(
         threshold_k,
@@ -424,9 +429,51 @@ def _paths(tables: _Tables) -> _Paths | None:
         at_mean_ekta,
         decay_e,
         _visits_each_logit_once(param_tka, alive_tk),
-        (at_mean_ekta**2).sum(axis=(2, 3)),
-        (at_mean_ekta * score_kta).sum(axis=3),
+        square_ek,
+        cross_ekt,
         (score_kta**2).sum(axis=2),
+        weight_ekt,
+        _lane_tables(tables, mean_g_tk.T, alive_tk.T, decay_e, square_ek, cross_ekt, weight_ekt),
+    )
+
+
+def _lane_tables(
+    tables: _Tables,
+    paths_mean_g_kt: np.ndarray,
+    alive_kt: np.ndarray,
+    decay_e: np.ndarray,
+    square_ek: np.ndarray,
+    cross_ekt: np.ndarray,
+    weight_ekt: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The coefficients of ``_kernels.paths_readings``'s lanes, lane innermost, padded with zeros to
+    whole SIMD vectors (``_lanes.LANES``): the estimators, then three weights summed the same way, 1
+    (visits), G_t and R. Per lane: the decay of its weight's noise, whether that noise is the full
+    return's, the factor on the running mean of R; per step and lane the score scale (on the noise)
+    and the factor on the running mean of G_t; per path the squared norm at the mean rewards; per path,
+    step and lane twice the cross term and the weight at the mean rewards."""
+    used = decay_e.size + 3
+    lanes = -(-used // _lanes.LANES) * _lanes.LANES
+
+    def padded(array_xe: np.ndarray, *extra) -> np.ndarray:
+        out = np.zeros((*array_xe.shape[:-1], lanes), dtype=array_xe.dtype)
+        out[..., : decay_e.size] = array_xe
+        for lane, value in enumerate(extra, start=decay_e.size):
+            out[..., lane] = value
+        return out
+
+    rtg_e1 = (tables.weight_kind_e == _kernels.WEIGHT_RTG)[:, None]
+    minus_g_et = np.where((tables.running_e == 1)[:, None], np.where(rtg_e1, tables.scale_et, 1.0), 0.0)
+    mean_r_kt = np.where(alive_kt, paths_mean_g_kt[:, :1], 0.0)
+    return (
+        padded(decay_e, 0.0, tables.mdp.gamma, 0.0),
+        padded(tables.weight_kind_e == _kernels.WEIGHT_RETURN, False, False, True),
+        padded((tables.running_e == 2).astype(float), 0.0, 0.0, 0.0),
+        padded(tables.scale_et.T, 0.0, 1.0, 0.0),
+        padded(minus_g_et.T, 0.0, 0.0, 0.0),
+        padded(square_ek.T, 0.0, 0.0, 0.0),
+        padded(2.0 * cross_ekt.transpose(1, 2, 0), 0.0, 0.0, 0.0),
+        padded(weight_ekt.transpose(1, 2, 0), alive_kt.astype(float), paths_mean_g_kt, mean_r_kt),
     )
 
 
@@ -525,14 +572,13 @@ def _episode_readings(
     first_batch: int,
     sums: _Sums,
 ) -> None:
-    """As :func:`_episode_gradients` with N = 1, through sums per path (``_kernels.paths_readings``);
+    """As :func:`_episode_gradients` with N = 1, through sums per cell (``_kernels.paths_readings``);
     ``count_ts`` and ``sum_g_ts`` are not kept."""
     _kernels.paths_readings(
-        uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.scale_kt, paths.mean_g_kt,
-        tables.mdp.gamma, paths.param_kta, paths.score_kta, paths.at_mean_ekta, paths.square_ek,
-        paths.cross_ekt, paths.score_sq_kt, paths.decay_e, tables.scale_et, tables.weight_kind_e,
-        tables.running_e, running.sum_g_t, running.sum_r_t, running.count_t, first_batch, sums.per_reading,
-        sums.sum_red, sums.sumsq_re,
+        uniforms, normals, paths.threshold_k, paths.alias_k, paths.length_k, paths.cell_kt, paths.scale_kt,
+        paths.mean_g_kt, tables.mdp.gamma, paths.score_sq_kt, paths.lane_tables, len(tables.specs),
+        tables.probs_tsa, tables.direct_tsa, tables.index_tsa, tables.offsets_etsa, running.sum_g_t,
+        running.sum_r_t, running.count_t, first_batch, sums.per_reading, sums.sum_red, sums.sumsq_re,
     )  # fmt: skip
 
 
@@ -741,14 +787,15 @@ class Sampler:
             running.count_t += stats.per_step(_kernels.COUNT)
             if progress is not None:
                 progress(warmup)
-        per_block = int(max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // math.prod(shape))))
-        starts = list(range(0, batches, per_block))
-
         by_episode = self.paths is not None and n <= EPISODE_READOUT_MAX_N
-        # one-episode batches in readings longer than the paths are many: sums per path, read out per reading
-        by_path_sums = (
-            by_episode and n == 1 and self.paths.distinct_params and per_reading >= self.paths.length_k.size
-        )
+        # a block is one random stream; its per-cell statistics, where kept, are bounded in size
+        per_block = -(-STREAM_EPISODES // n)
+        if not by_episode:
+            per_block = max(1, min(per_block, BLOCK_CELLS // math.prod(shape)))
+        starts = list(range(0, batches, per_block))
+        # one-episode batches in readings of at least as many batches as there are states: sums per
+        # cell, read out once a reading (as cheap as reading out its episodes one by one, or cheaper)
+        by_cell_sums = by_episode and n == 1 and self.paths.distinct_params and per_reading >= mdp.n_states
 
         def rows(index: int) -> slice:
             return slice(starts[index], min(starts[index] + per_block, batches))
@@ -768,7 +815,7 @@ class Sampler:
         def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
             block_rows = rows(index)
-            if by_path_sums:
+            if by_cell_sums:
                 _episode_readings(tables, self.paths, *block, running, block_rows.start, sums)
             elif by_episode:
                 _episode_gradients(

@@ -27,15 +27,11 @@ float dtypes in float64.
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
-from numba.core.errors import RequireLiteralValue, TypingError
-from numba.extending import intrinsic, models, overload, register_model
+from numba.extending import overload
 
+from pgvar._lanes import LANES, first, fma, load, load_or, no_lanes, select, shift, splat, store
 from pgvar.errors import SpecError
 
 # Below this many streams a row is too short to pay for the vectorised row loop's set-up: the kernels
@@ -91,234 +87,38 @@ def _gae_step(reward, value, next_value, next_advantage, episode_end, gamma, gam
     return reward + gamma * _bootstrap(next_value, episode_end, zero) - value + gamma_lam * next_advantage
 
 
-# --- Explicit SIMD ---------------------------------------------------------------------------------------
-# LLVM vectorises nothing in the narrow cases by itself: numba turns off its SLP vectoriser, and the loop
-# vectoriser's body (16 floats times an interleave) never runs on rows of 8. So the narrow kernels hold
-# _LANES values in one LLVM vector, a numba type of its own (``_Lanes``), and compute with it through the
-# intrinsics below; ``+``, ``-`` and ``*`` work on it (a float on the left is broadcast). Arrays are
-# read and written _LANES elements at a time at a flat index, so they must be C-contiguous.
+# --- Explicit SIMD (see pgvar._lanes) ---------------------------------------------------------------
 
-_LANES = 8
 _NARROW = 32  # from this many streams on, the generic row sweep is as fast (it reads whole rows at once)
-
-
-class _Lanes(types.Type):
-    """_LANES values of one float type in one SIMD register."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-        super().__init__(name=f"Lanes{_LANES}[{dtype}]")
-
-
-class _Mask(types.Type):
-    """_LANES booleans, one per lane: the flags of a vector's steps."""
-
-    def __init__(self):
-        super().__init__(name=f"Mask{_LANES}")
-
-
-_MASK = _Mask()
-
-
-@register_model(_Lanes)
-class _LanesModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), _LANES))
-
-
-@register_model(_Mask)
-class _MaskModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(1), _LANES))
-
-
-def _lane_pointer(context, builder, array_type, array, index, element):
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.bitcast(builder.gep(data, [index]), ir.VectorType(element, _LANES).as_pointer())
-
-
-def _require_c_contiguous(array_type):
-    if not (isinstance(array_type, types.Array) and array_type.layout == "C"):
-        raise TypingError(f"SIMD lanes need a C-contiguous array, got {array_type}")
-
-
-@intrinsic
-def _load(typingctx, array, index):
-    """``array.flat[index : index + _LANES]``: _Lanes, or a _Mask for a bool array."""
-    _require_c_contiguous(array)
-    is_mask = array.dtype == types.boolean
-
-    def codegen(context, builder, sig, args):
-        if is_mask:  # numba keeps booleans as bytes
-            bytes_ = builder.load(_lane_pointer(context, builder, array, *args, ir.IntType(8)), align=1)
-            return builder.icmp_unsigned("!=", bytes_, ir.Constant(bytes_.type, None))
-        element = context.get_value_type(array.dtype)
-        pointer = _lane_pointer(context, builder, array, *args, element)
-        return builder.load(pointer, align=context.get_abi_sizeof(element))
-
-    return (_MASK if is_mask else _Lanes(array.dtype))(array, types.intp), codegen
-
-
-@intrinsic
-def _store(typingctx, array, index, lanes):
-    """``array.flat[index : index + _LANES] = lanes``."""
-    _require_c_contiguous(array)
-
-    def codegen(context, builder, sig, args):
-        array_value, index_value, lanes_value = args
-        element = context.get_value_type(array.dtype)
-        pointer = _lane_pointer(context, builder, array, array_value, index_value, element)
-        builder.store(lanes_value, pointer, align=context.get_abi_sizeof(element))
-        return context.get_dummy_value()
-
-    return types.none(array, types.intp, _Lanes(array.dtype)), codegen
-
-
-@intrinsic
-def _splat(typingctx, scalar):
-    """The float ``scalar`` in every lane."""
-
-    def codegen(context, builder, sig, args):
-        one = builder.insert_element(
-            ir.Constant(context.get_value_type(sig.return_type), None),
-            args[0],
-            ir.Constant(ir.IntType(32), 0),
-        )
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), None))
-
-    return _Lanes(scalar)(scalar), codegen
-
-
-@intrinsic
-def _first(typingctx, lanes):
-    """Lane 0 as a scalar."""
-
-    def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], ir.Constant(ir.IntType(32), 0))
-
-    return lanes.dtype(lanes), codegen
-
-
-@intrinsic
-def _shift(typingctx, lanes, k, fill):
-    """Lane i gets lane i + k (k a constant); the last k lanes get the scalar ``fill``."""
-    if not isinstance(k, types.IntegerLiteral):
-        raise RequireLiteralValue("_shift: k must be a constant")
-    order = [min(i + k.literal_value, _LANES) for i in range(_LANES)]  # index _LANES: lane 0 of the fill
-
-    def codegen(context, builder, sig, args):
-        lanes_value, _, fill_value = args
-        fill_value = context.cast(builder, fill_value, fill, lanes.dtype)
-        filled = builder.insert_element(
-            ir.Constant(lanes_value.type, None), fill_value, ir.Constant(ir.IntType(32), 0)
-        )
-        return builder.shuffle_vector(
-            lanes_value, filled, ir.Constant(ir.VectorType(ir.IntType(32), _LANES), order)
-        )
-
-    return lanes(lanes, k, fill), codegen
-
-
-@intrinsic
-def _select(typingctx, mask, if_true, if_false):
-    """Lane by lane, ``if_true`` where ``mask`` is set, else ``if_false``."""
-    return if_true(mask, if_true, if_false), lambda context, builder, sig, args: builder.select(*args)
-
-
-@intrinsic
-def _no_lanes(typingctx):
-    """A _Mask with no lane set: the flags of an absent flag array."""
-    return _MASK(), lambda context, builder, sig, args: ir.Constant(
-        ir.VectorType(ir.IntType(1), _LANES), None
-    )
-
-
-def _lanes_op(instruction):
-    @intrinsic
-    def lanes_op(typingctx, a, b):
-        return a(a, b), lambda context, builder, sig, args: getattr(builder, instruction)(*args)
-
-    return lanes_op
-
-
-_lanes_add, _lanes_sub, _lanes_mul, _mask_or = (_lanes_op(i) for i in ("fadd", "fsub", "fmul", "or_"))
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """a * b + c rounded once: one instruction where the running value waits for it (4 cycles, not 6)."""
-
-    def codegen(context, builder, sig, args):
-        vector = args[0].type
-        bits = 32 if isinstance(vector.element, ir.FloatType) else 64
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{_LANES}f{bits}"
-        )
-        return builder.call(fma, args)
-
-    return c(a, b, c), codegen
-
-
-def _overload_lanes(operation, lanes_op):
-    @overload(operation)
-    def lanes_operation(a, b):
-        if isinstance(a, _Lanes) and isinstance(b, _Lanes):
-            return lambda a, b: lanes_op(a, b)
-        if isinstance(a, types.Float) and isinstance(b, _Lanes):
-            return lambda a, b: lanes_op(_splat(a), b)
-        return None
-
-
-for _operation, _op in ((operator.add, _lanes_add), (operator.sub, _lanes_sub), (operator.mul, _lanes_mul)):
-    _overload_lanes(_operation, _op)
-
-
-@overload(operator.or_)
-def _mask_or_overload(a, b):
-    if isinstance(a, _Mask) and isinstance(b, _Mask):
-        return lambda a, b: _mask_or(a, b)
-    return None
-
-
-def _load_or(array, index, default):
-    """``_load(array, index)``, or ``default`` when the optional array is None (decided at compile time)."""
-    return default if array is None else _load(array, index)
-
-
-@overload(_load_or, inline="always")
-def _load_or_overload(array, index, default):
-    if isinstance(array, types.NoneType):
-        return lambda array, index, default: default
-    return lambda array, index, default: _load(array, index)
 
 
 @njit(inline="always")
 def _lanes_terms(
     i, value, next_value, rewards_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t
 ):
-    """(d, k) of A_t = d_t + k_t A_{t+1} for the _LANES steps at flat index i, given V(s_t) and V(s_{t+1}):
+    """(d, k) of A_t = d_t + k_t A_{t+1} for the LANES steps at flat index i, given V(s_t) and V(s_{t+1}):
     d_t = r_t + gamma * V(s_{t+1}) - V(s_t), with V(s_{t+1}) 0 after a termination and the cut state's
     value after a truncation, and k_t = gamma * lam, or 0 where an episode ended. With V = 0 and
     lam = 1 this is the reward-to-go."""
-    zero = _splat(gamma - gamma)
-    terminated = _load_or(terminated_t, i, _no_lanes())
-    truncated = _load_or(truncated_t, i, _no_lanes())
-    next_value = _select(truncated, _load_or(truncation_values_t, i, zero), next_value)
-    d = _load(rewards_t, i) + gamma * _select(terminated, zero, next_value) - value
-    return d, _select(terminated | truncated, zero, _splat(gamma_lam))
+    zero = splat(gamma - gamma)
+    terminated = load_or(terminated_t, i, no_lanes())
+    truncated = load_or(truncated_t, i, no_lanes())
+    next_value = select(truncated, load_or(truncation_values_t, i, zero), next_value)
+    d = load(rewards_t, i) + gamma * select(terminated, zero, next_value) - value
+    return d, select(terminated | truncated, zero, splat(gamma_lam))
 
 
 @njit(inline="always")
 def _scan_lanes(d, k, carry):
     """y_i = d_i + k_i y_{i+1} for lanes i of consecutive steps, the last lane following the scalar
     ``carry``: three doubling steps (Hillis and Steele) compose each (d_i, k_i) up to the vector's end."""
-    d = d + k * _shift(d, 1, 0.0)
-    k = k * _shift(k, 1, 1.0)
-    d = d + k * _shift(d, 2, 0.0)
-    k = k * _shift(k, 2, 1.0)
-    d = d + k * _shift(d, 4, 0.0)
-    k = k * _shift(k, 4, 1.0)
-    return _fma(k, _splat(carry), d)
+    d = d + k * shift(d, 1, 0.0)
+    k = k * shift(k, 1, 1.0)
+    d = d + k * shift(d, 2, 0.0)
+    k = k * shift(k, 2, 1.0)
+    d = d + k * shift(d, 4, 0.0)
+    k = k * shift(k, 4, 1.0)
+    return fma(k, splat(carry), d)
 
 
 # The two kernels below take the generic GAE kernel's arguments, C-contiguous, with ``values_t`` None
@@ -329,44 +129,44 @@ def _scan_lanes(d, k, carry):
 def _gae_stream_kernel(
     rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
 ):
-    """One stream, (T, 1): _LANES consecutive steps per vector, the running value handed from vector to
-    vector as a scalar. The last T % _LANES steps go first, one at a time."""
+    """One stream, (T, 1): LANES consecutive steps per vector, the running value handed from vector to
+    vector as a scalar. The last T % LANES steps go first, one at a time."""
     T = rewards_t.shape[0]
     zero = gamma - gamma
     next_value, next_advantage = bootstrap_b[0], zero
-    whole = T - T % _LANES
+    whole = T - T % LANES
     for s in range(T - 1, whole - 1, -1):
         end = _episode_end(s, 0, terminated_t, truncated_t, truncation_values_t, zero)
         value = _get(values_t, s, 0, zero)
         next_advantage = _gae_step(rewards_t[s, 0], value, next_value, next_advantage, end, gamma, gamma_lam)
         out_t[s, 0] = next_advantage
         next_value = value
-    for t in range(whole - _LANES, -1, -_LANES):
-        value = _load_or(values_t, t, _splat(zero))
-        following = _shift(value, 1, next_value)  # V(s_{t+1}): the next lane's, the last from the next vector
+    for t in range(whole - LANES, -1, -LANES):
+        value = load_or(values_t, t, splat(zero))
+        following = shift(value, 1, next_value)  # V(s_{t+1}): the next lane's, the last from the next vector
         d, k = _lanes_terms(
             t, value, following, rewards_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t
         )
         advantages = _scan_lanes(d, k, next_advantage)
-        _store(out_t, t, advantages)
-        next_value, next_advantage = _first(value), _first(advantages)
+        store(out_t, t, advantages)
+        next_value, next_advantage = first(value), first(advantages)
 
 
 @njit
 def _gae_narrow_kernel(
     rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
 ):
-    """_LANES <= B < _NARROW streams, (T, B): _LANES streams per vector, one group of streams at a time
-    down the whole time axis with the running value in a register. When B is not a multiple of _LANES
+    """LANES <= B < _NARROW streams, (T, B): LANES streams per vector, one group of streams at a time
+    down the whole time axis with the running value in a register. When B is not a multiple of LANES
     the last group overlaps the one before; both write the same numbers there."""
     T, B = rewards_t.shape
-    zero = _splat(gamma - gamma)
-    for group in range(0, B, _LANES):
-        b = min(group, B - _LANES)
-        next_value, next_advantage = _load(bootstrap_b, b), zero
+    zero = splat(gamma - gamma)
+    for group in range(0, B, LANES):
+        b = min(group, B - LANES)
+        next_value, next_advantage = load(bootstrap_b, b), zero
         for s in range(T - 1, -1, -1):
             i = s * B + b
-            value = _load_or(values_t, i, zero)
+            value = load_or(values_t, i, zero)
             d, k = _lanes_terms(
                 i,
                 value,
@@ -378,8 +178,8 @@ def _gae_narrow_kernel(
                 truncated_t,
                 truncation_values_t,
             )
-            next_advantage = _fma(k, next_advantage, d)
-            _store(out_t, i, next_advantage)
+            next_advantage = fma(k, next_advantage, d)
+            store(out_t, i, next_advantage)
             next_value = value
 
 
@@ -387,12 +187,12 @@ def _simd_gae(
     rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
 ):
     """Run the SIMD kernel that fits these (T, B) arrays and return True, or return False: B is not 1 nor
-    in [_LANES, _NARROW), or an array is not C-contiguous (known when numba compiles)."""
+    in [LANES, _NARROW), or an array is not C-contiguous (known when numba compiles)."""
     B = rewards_t.shape[1]
     args = (rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t)
     if B == 1:
         _gae_stream_kernel(*args, bootstrap_b, out_t)
-    elif _LANES <= B < _NARROW:
+    elif LANES <= B < _NARROW:
         _gae_narrow_kernel(*args, bootstrap_b, out_t)
     else:
         return False
