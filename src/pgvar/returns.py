@@ -215,6 +215,17 @@ def _simd_gae_overload(
     return _no_simd
 
 
+def _in_dtype_of(value, array):
+    """``value`` as ``array``'s float type: float32 or float64 (decided when numba compiles)."""
+
+
+@overload(_in_dtype_of, inline="always")
+def _in_dtype_of_overload(value, array):
+    if array.dtype == types.float32:
+        return lambda value, array: np.float32(value)
+    return lambda value, array: np.float64(value)
+
+
 # Both kernels take (T, B) arrays and None for absent flags (numba compiles a version without them);
 # ``gamma - gamma`` is a zero of the arrays' own float type, so float32 stays float32 throughout.
 # Time is indexed by unsigned integers, walked through an index array in the row sweep: with a signed
@@ -297,6 +308,34 @@ def _gae_kernel(
             )
 
 
+# The public functions call these with the discount factors as Python floats, cast in the kernel:
+# making NumPy scalars of them costs more than the whole kernel on small arrays.
+
+
+@njit(cache=True)
+def _reward_to_go_entry(rewards_t, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t):
+    gamma = _in_dtype_of(gamma, out_t)
+    _reward_to_go_kernel(rewards_t, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t)
+
+
+@njit(cache=True)
+def _gae_entry(
+    rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
+):
+    gamma, gamma_lam = _in_dtype_of(gamma, out_t), _in_dtype_of(gamma_lam, out_t)
+    _gae_kernel(
+        rewards_t,
+        values_t,
+        gamma,
+        gamma_lam,
+        terminated_t,
+        truncated_t,
+        truncation_values_t,
+        bootstrap_b,
+        out_t,
+    )
+
+
 def _float_rewards(rewards_t) -> np.ndarray:
     rewards_t = np.asarray(rewards_t)
     if rewards_t.dtype.kind != "f":
@@ -314,7 +353,8 @@ def _check_unit_interval(name: str, value: float) -> None:
 def _flags(flag_t, shape, name: str) -> np.ndarray | None:
     if flag_t is None:
         return None
-    flag_t = np.asarray(flag_t, dtype=bool)
+    if not (isinstance(flag_t, np.ndarray) and flag_t.dtype.char == "?"):  # cheaper than == np.bool_
+        flag_t = np.asarray(flag_t, dtype=bool)
     if flag_t.shape != shape:
         raise SpecError(f"{name}: shape {flag_t.shape} does not match rewards_t {shape}")
     return flag_t
@@ -345,7 +385,9 @@ def _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, 
     if truncated_t is None or truncation_values_t is None:  # nothing is truncated: compile without them
         truncated_t = truncation_values_t = None
     width = shape[1] if len(shape) == 2 else 1
-    bootstrap_b = np.asarray(0.0 if bootstrap_value is None else bootstrap_value, dtype=dtype)
+    if bootstrap_value is None:
+        return _as_2d(terminated_t), _as_2d(truncated_t), _as_2d(truncation_values_t), np.zeros(width, dtype)
+    bootstrap_b = np.asarray(bootstrap_value, dtype=dtype)
     if bootstrap_b.shape not in ((), (width,)):
         raise SpecError(
             f"bootstrap_value: shape {bootstrap_b.shape} must be () or ({width},) for rewards_t {shape}"
@@ -359,7 +401,7 @@ def _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, 
 
 def _kernel_dtype(dtype: np.dtype) -> np.dtype:
     """float32 and float64 are computed in their own precision, other floats in float64."""
-    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    return dtype if dtype.char in "fd" else np.dtype(np.float64)  # the char test is the cheap one
 
 
 def reward_to_go(
@@ -386,9 +428,9 @@ def reward_to_go(
     _check_unit_interval("gamma", gamma)
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
-    returns_t = np.empty(rewards_t.shape, dtype=dtype)
-    _reward_to_go_kernel(_as_2d(rewards_t, dtype), dtype.type(gamma), *ends, _as_2d(returns_t))
-    return returns_t.astype(rewards_t.dtype, copy=False)
+    returns_t = np.empty_like(rewards_t, dtype=dtype, order="C")
+    _reward_to_go_entry(_as_2d(rewards_t, dtype), float(gamma), *ends, _as_2d(returns_t))
+    return returns_t if returns_t.dtype == rewards_t.dtype else returns_t.astype(rewards_t.dtype)
 
 
 def gae(
@@ -422,13 +464,13 @@ def gae(
     _check_unit_interval("lam", lam)
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
-    advantages_t = np.empty(rewards_t.shape, dtype=dtype)
-    _gae_kernel(
+    advantages_t = np.empty_like(rewards_t, dtype=dtype, order="C")
+    _gae_entry(
         _as_2d(rewards_t, dtype),
         _as_2d(values_t, dtype),
-        dtype.type(gamma),
-        dtype.type(gamma * lam),
+        float(gamma),
+        float(gamma * lam),
         *ends,
         _as_2d(advantages_t),
     )
-    return advantages_t.astype(rewards_t.dtype, copy=False)
+    return advantages_t if advantages_t.dtype == rewards_t.dtype else advantages_t.astype(rewards_t.dtype)
