@@ -311,12 +311,10 @@ class _Paths:
     at_mean_ekta: np.ndarray  # each estimator's visit at the mean rewards: (w - fixed b) score + direct
     decay_e: np.ndarray  # how the noise in its weight decays backwards: gamma (G_t), gamma lambda (GAE)
     distinct_params: bool  # no path visits one logit twice (episodes then need no buffer)
-    # a visit is at_mean + m score, m moving per episode; with distinct logits, an episode's squared
-    # norm is square_ek + sum_t m_t (2 cross_ekt + m_t score_sq_kt) (``_kernels.paths_readings``)
-    square_ek: np.ndarray
-    cross_ekt: np.ndarray
+    # for one-episode batches summed per cell (``_kernels.paths_readings``): a visit is at_mean + m
+    # score, m moving per episode, so with distinct logits an episode's squared norm is
+    # |at_mean|^2 + sum_t m_t (2 at_mean . score + m_t |score|^2) at step t
     score_sq_kt: np.ndarray
-    weight_ekt: np.ndarray  # each estimator's weight w at the mean rewards
     lane_tables: tuple  # the estimators' coefficients as SIMD lanes (``_lane_tables``)
 
 
@@ -429,10 +427,7 @@ def _paths(tables: _Tables) -> _Paths | None:
         at_mean_ekta,
         decay_e,
         _visits_each_logit_once(param_tka, alive_tk),
-        square_ek,
-        cross_ekt,
         (score_kta**2).sum(axis=2),
-        weight_ekt,
         _lane_tables(tables, mean_g_tk.T, alive_tk.T, decay_e, square_ek, cross_ekt, weight_ekt),
     )
 
