@@ -2,7 +2,7 @@
 
 One :class:`ExplorerState` per browser session holds the knobs, the policy, the running baselines
 (kept warm across ticks, as the lesson's widget keeps ``bRtg``), a bounded history and the exact
-values. Every number comes from the core: :func:`pgvar.montecarlo.sample_batch_means` and
+values. Every number comes from the core: :class:`pgvar.montecarlo.Sampler` (one plan per setting) and
 :func:`pgvar.montecarlo.read_sample` for the measured variance and its 95% confidence interval,
 :func:`pgvar.exact.exact_moments` for the exact single-episode variance (divided by N), its split
 into reward noise and action sampling, :func:`pgvar.exact.objective` for J and
@@ -39,10 +39,10 @@ from pgvar.mdpfile import resolve_mdp
 from pgvar.montecarlo import (
     DEFAULT_BATCHES,
     RunningBaselines,
+    Sampler,
     VarianceReading,
     estimate_gradient,
     read_sample,
-    sample_batch_means,
 )
 from pgvar.policy import softmax
 
@@ -362,6 +362,7 @@ class ExplorerState:
         self._future: Future | None = None
         self._exact: ExactValues | None = None
         self._chain_cache: tuple[tuple, object] | None = None
+        self._samplers: dict[tuple, Sampler] = {}  # plans of the current setting, by estimators
         self._failed_key: tuple | None = None
         self._running: RunningBaselines | None = None
         self._curve_key: tuple | None = None
@@ -577,6 +578,16 @@ class ExplorerState:
             raise chain
         return chain
 
+    def _sampler(self, specs: list[EstimatorSpec], chain) -> Sampler:
+        """The Monte-Carlo plan for ``specs`` in the current setting, made once per setting (its
+        policy, path and baseline tables cost about half a millisecond on the lesson)."""
+        key = (self._mdp_version, self.gamma, self.knobs.beta, self.theta.tobytes(), tuple(specs))
+        if key not in self._samplers:
+            if len(self._samplers) >= 8:  # settings change as the knobs move: keep the last few
+                self._samplers.pop(next(iter(self._samplers)))
+            self._samplers[key] = Sampler(self.mdp, self.theta, specs, chain=chain)
+        return self._samplers[key]
+
     def steps_per_tick(self, chain=None) -> float:
         """Expected number of simulated steps in one tick (measurement + vanilla at N = 1)."""
         chain = chain if chain is not None else self._chain()
@@ -596,7 +607,7 @@ class ExplorerState:
         the exact values where known; then, in learn mode, one gradient-ascent step. None (and a
         message) when the setting cannot be measured."""
         start = time.perf_counter()
-        knobs, mdp, theta = self.knobs, self.mdp, self.theta
+        knobs = self.knobs
         try:
             chain = self._chain()
             cost = self.steps_per_tick(chain)
@@ -614,9 +625,7 @@ class ExplorerState:
         exact = self.refresh_exact()
         specs = self.specs()
         seeds = self._seeds.spawn(3)
-        sample = sample_batch_means(
-            mdp, theta, specs, knobs.n, knobs.batches, seeds[0], running=self._running, chain=chain
-        )
+        sample = self._sampler(specs, chain).sample(knobs.n, knobs.batches, seeds[0], running=self._running)
         self._running = sample.running
         traces = exact.traces if exact is not None else None
         grad = exact.grad if exact is not None else None
@@ -624,7 +633,7 @@ class ExplorerState:
         if knobs.n == 1:
             vanilla = readings[0]
         else:
-            sample_n1 = sample_batch_means(mdp, theta, specs[:1], 1, knobs.batches, seeds[1], chain=chain)
+            sample_n1 = self._sampler(specs[:1], chain).sample(1, knobs.batches, seeds[1])
             vanilla = read_sample(sample_n1, grad, traces)[0]
         labels = self.labels()
         configs = tuple(
@@ -709,9 +718,7 @@ class ExplorerState:
         if self.steps_per_tick(chain) / (knobs.n + 1) * sum(N_CHOICES) > MAX_STEPS_PER_TICK:
             raise PgvarError("sweep: too many steps for this MDP and policy; lower the number of batches")
         for n, child in zip(N_CHOICES, self._seeds.spawn(len(N_CHOICES)), strict=True):
-            sample = sample_batch_means(
-                self.mdp, self.theta, [spec], n, knobs.batches, child, running=self._running, chain=chain
-            )
+            sample = self._sampler([spec], chain).sample(n, knobs.batches, child, running=self._running)
             self._running = sample.running
             reading = read_sample(sample, None)[0]
             self.by_n[n] = (float(reading.variance_trace), float(reading.ci95[0]), float(reading.ci95[1]))
