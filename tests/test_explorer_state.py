@@ -207,6 +207,24 @@ def test_measured_variance_agrees_with_exact_within_the_confidence_interval():
         assert hits >= 0.75 * ticks, (spec, hits)
 
 
+def test_measurement_follows_a_new_policy_and_gamma():
+    """Each setting's Monte-Carlo plan is kept from tick to tick: after the policy or gamma moves,
+    the readings must still bracket the new exact variance, not the old one."""
+    state = lesson_state(seed=5)
+    state.set_knobs(n=4)
+    state.tick()
+    for change in (
+        lambda: state.set_theta(np.array([[2.0, -1.0, 0.0], [0.0, 2.5, -1.0], [-1.0, 0.5, 2.0]])),
+        lambda: state.set_knobs(gamma=0.5),
+    ):
+        change()
+        covered = 0
+        for _ in range(12):
+            result = state.tick()
+            covered += sum(c.lo <= c.exact <= c.hi for c in result.configs)
+        assert covered >= 0.75 * 12 * len(LESSON_SPECS)
+
+
 def test_variance_falls_with_each_knob_on_the_lesson_mdp():
     state = lesson_state(seed=3)
     means = {}
