@@ -1,10 +1,13 @@
 """Explicit SIMD for numba kernels: LANES values in one LLVM vector.
 
-LLVM vectorises nothing in the narrow cases by itself: numba turns off its SLP vectoriser, and the loop
-vectoriser's body (16 floats times an interleave) never runs on rows of 8. So the narrow kernels hold
-LANES values in one LLVM vector, a numba type of its own (``Lanes``), and compute with it through the
-intrinsics below; ``+``, ``-`` and ``*`` work on it (a float on the left is broadcast). Arrays are
-read and written LANES elements at a time at a flat index, so they must be C-contiguous.
+LLVM vectorises nothing in some of pgvar's hot loops by itself: numba turns off its SLP vectoriser,
+and the loop vectoriser's body (16 floats times an interleave) never runs on rows of 8 streams or a
+handful of estimators. So those kernels hold LANES values in one LLVM vector, a numba type of its own
+(``Lanes``), and compute with it through the intrinsics below; ``+``, ``-`` and ``*`` work on it (a
+float on the left is broadcast). Arrays are read and written LANES elements at a time at a flat
+index, so they must be C-contiguous. Users: the narrow and one-stream kernels of ``pgvar.returns``
+(8 streams or 8 steps per vector) and ``_kernels.paths_readings`` (8 estimators per vector). Numba's
+global settings are left alone, and ``cache=True`` works for the kernels that use them.
 """
 
 from __future__ import annotations
