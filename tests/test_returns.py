@@ -219,6 +219,29 @@ def test_strided_inputs_give_the_same_numbers():
     np.testing.assert_allclose(stream, _reward_to_go_reference(big[::3, 5], 0.9, flags[::3, 5]), atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arguments_given_ready_or_in_any_other_form_give_the_same_numbers(dtype):
+    """(T, B) arrays of one float dtype with bool flags go straight to the kernels; lists, int flags,
+    a scalar bootstrap or a bootstrap of another dtype go through the checked conversions first."""
+    rng = np.random.default_rng(4)
+    rewards, values, cut_values = (rng.normal(size=(30, 9)).astype(dtype) for _ in range(3))
+    terminated, truncated = rng.random((30, 9)) < 0.1, rng.random((30, 9)) < 0.05
+    bootstrap = np.full(9, 0.5, dtype=dtype)
+    ready = {"terminated_t": terminated, "truncated_t": truncated, "truncation_values_t": cut_values}
+    other = {
+        "terminated_t": terminated.astype(int).tolist(),
+        "truncated_t": truncated.astype(np.int8),
+        "truncation_values_t": cut_values.tolist(),
+    }
+    for function, args in ((gae, (values, 0.9, 0.8)), (reward_to_go, (0.9,))):
+        fast = function(rewards, *args, bootstrap_value=bootstrap, **ready)
+        assert fast.dtype == dtype
+        for bootstrap_other in (0.5, bootstrap.astype(np.float16), [0.5] * 9):
+            checked = function(rewards.tolist(), *args, bootstrap_value=bootstrap_other, **other)
+            tolerance = 1e-5 if dtype == np.float32 else 1e-12  # lists are computed in float64
+            np.testing.assert_allclose(checked.astype(dtype), fast, rtol=tolerance, atol=tolerance)
+
+
 def test_dtypes_and_inputs_left_alone():
     assert reward_to_go(np.arange(4), 0.5).dtype == np.float64
     half = reward_to_go(np.ones(3, dtype=np.float16), 0.5)

@@ -399,6 +399,45 @@ def _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, 
     return _as_2d(terminated_t), _as_2d(truncated_t), _as_2d(truncation_values_t), bootstrap_b
 
 
+def _as_given(rewards_t, same_t, terminated_t, truncated_t, bootstrap_value, truncation_values_t):
+    """The kernel's episode-end arguments when every argument is already what the kernels take, else
+    None (and the checked path converts). That is: ``rewards_t`` a (T, B) float32 or float64 array,
+    ``same_t`` (values, or None) and ``truncation_values_t`` arrays of its dtype and shape, the flags
+    bool arrays of its shape, truncations given with their values or neither, and ``bootstrap_value``
+    a (B,) array of its dtype or None. On small arrays the checked path's conversions cost more than
+    the kernel, more still when other libraries ran in between and left their code cold; so the tests
+    here are identity tests on NumPy's canonical dtypes (anything else takes the checked path)."""
+    if type(rewards_t) is not np.ndarray:
+        return None
+    dtype, shape = rewards_t.dtype, rewards_t.shape
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or len(shape) != 2 or shape[0] == 0:
+        return None
+    if (truncated_t is None) != (truncation_values_t is None):
+        return None
+    for array in (same_t, truncation_values_t):
+        if array is not None and (
+            type(array) is not np.ndarray or array.dtype is not dtype or array.shape != shape
+        ):
+            return None
+    for flag_t in (terminated_t, truncated_t):
+        if flag_t is not None and (
+            type(flag_t) is not np.ndarray or flag_t.dtype is not _BOOL or flag_t.shape != shape
+        ):
+            return None
+    if bootstrap_value is None:
+        return terminated_t, truncated_t, truncation_values_t, np.zeros(shape[1], dtype)
+    if (
+        type(bootstrap_value) is not np.ndarray
+        or bootstrap_value.dtype is not dtype
+        or bootstrap_value.shape != shape[1:]
+    ):
+        return None
+    return terminated_t, truncated_t, truncation_values_t, bootstrap_value
+
+
+_FLOAT32, _FLOAT64, _BOOL = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.bool_)
+
+
 def _kernel_dtype(dtype: np.dtype) -> np.dtype:
     """float32 and float64 are computed in their own precision, other floats in float64."""
     return dtype if dtype.char in "fd" else np.dtype(np.float64)  # the char test is the cheap one
@@ -424,8 +463,13 @@ def reward_to_go(
     Returns:
       returns_t with the shape and dtype of rewards_t (float64 for integer input).
     """
-    rewards_t = _float_rewards(rewards_t)
     _check_unit_interval("gamma", gamma)
+    ends = _as_given(rewards_t, None, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
+    if ends is not None:
+        returns_t = np.empty(rewards_t.shape, rewards_t.dtype)
+        _reward_to_go_entry(rewards_t, float(gamma), *ends, returns_t)
+        return returns_t
+    rewards_t = _float_rewards(rewards_t)
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     returns_t = np.empty_like(rewards_t, dtype=dtype, order="C")
@@ -456,12 +500,17 @@ def gae(
     Returns:
       advantages_t, the shape of rewards_t.
     """
+    _check_unit_interval("gamma", gamma)
+    _check_unit_interval("lam", lam)
+    ends = _as_given(rewards_t, values_t, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
+    if ends is not None:
+        advantages_t = np.empty(rewards_t.shape, rewards_t.dtype)
+        _gae_entry(rewards_t, values_t, float(gamma), float(gamma * lam), *ends, advantages_t)
+        return advantages_t
     rewards_t = _float_rewards(rewards_t)
     values_t = np.asarray(values_t, dtype=rewards_t.dtype)
     if values_t.shape != rewards_t.shape:
         raise SpecError(f"values_t: shape {values_t.shape} does not match rewards_t {rewards_t.shape}")
-    _check_unit_interval("gamma", gamma)
-    _check_unit_interval("lam", lam)
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     advantages_t = np.empty_like(rewards_t, dtype=dtype, order="C")
