@@ -438,7 +438,7 @@ def paths_readings(
         path = column if x - column < threshold_k[column] else alias_k[column]
         k = np.uint64(path)
         length = length_k[k]
-        noise_r = 0.0  # the noise in R = G_0, which the return's lanes and the running sum of R need first
+        noise_r = 0.0  # the noise in R = G_0: the return's lanes and the running sum of R need it first
         discount = 1.0
         for step in range(length):
             t = np.uint64(step)
@@ -463,9 +463,8 @@ def paths_readings(
                 noise_g = noise_t[t] + gamma * noise_g
                 noise_w = fma(decay, noise_w, splat(noise_t[t]))
                 moved = select(is_return, noise_r_l, load(scale_tl, step * n_lanes + lane) * noise_w)
-                if (
-                    any_running
-                ):  # the means before this episode joins them, which it does after the last lanes
+                # the running means before this episode joins them (after the last lanes read them)
+                if any_running:
                     inverse = 1.0 / max(prior_n_t[t], 1.0)  # the sums are 0 while the count is
                     moved = (
                         moved
