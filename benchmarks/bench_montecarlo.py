@@ -51,26 +51,21 @@ def best_time(work, repeats: int, min_seconds: float = 0.5) -> float:
     return min(times)
 
 
-def pgvar_job(mdp, specs_text: str, n: int, batches: int, workers: int = 1, method: str = "auto"):
-    """One reading of every estimator, from a Sampler built once (as the explorer and sweeps do)."""
+def pgvar_job(
+    mdp, specs_text: str, n: int, batches: int, workers: int = 1, method: str = "auto", readings: int = 0
+):
+    """One reading of every estimator, from a Sampler built once (as the explorer and sweeps do); with
+    ``readings``, that many readings in one call (``Sampler.readings``: no batch means kept)."""
     theta = np.zeros(mdp.theta_shape())
     sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta), method=method)
     steps = sampler.tables.steps
 
     def work():
-        sampler.sample(n, batches, seed=1, running=RunningBaselines.empty(steps), workers=workers)
-
-    return work
-
-
-def readings_job(mdp, specs_text: str, n: int, batches: int, count: int):
-    """``count`` readings of the KPI in one call (``Sampler.readings``: no batch means kept)."""
-    theta = np.zeros(mdp.theta_shape())
-    sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta))
-    steps = sampler.tables.steps
-
-    def work():
-        sampler.readings(n, batches, count, seed=1, running=RunningBaselines.empty(steps))
+        running = RunningBaselines.empty(steps)
+        if readings:
+            sampler.readings(n, batches, readings, seed=1, running=running)
+        else:
+            sampler.sample(n, batches, seed=1, running=running, workers=workers)
 
     return work
 
@@ -215,7 +210,7 @@ def main() -> None:
     uniforms_n1 = best_time(draw_only(2 * many, "uniforms"), args.repeats)
     row("draw-only: 2 uniforms per step (N=1, 1000 readings)", uniforms_n1, many)
     for text in ("vanilla", LESSON_FOUR):
-        seconds = best_time(readings_job(lesson, text, 1, 60, 1000), args.repeats)
+        seconds = best_time(pgvar_job(lesson, text, 1, 60, readings=1000), args.repeats)
         row(f"pgvar {text}, N=1, 1000 readings x 60 batches", seconds, many, uniforms_n1)
     seconds = best_time(pgvar_job(lesson, LESSON_FOUR, 1, 60_000), args.repeats)
     row(

@@ -983,6 +983,19 @@ class Study:
     sampled_paths: int | None = None  # episodes drawn as whole paths, out of this many; None: step by step
 
 
+def _with_vanilla(
+    specs: Sequence[EstimatorSpec],
+) -> tuple[list[EstimatorSpec], list[EstimatorSpec], EstimatorSpec]:
+    """(specs, the estimators to measure: specs and vanilla unless it is among them, vanilla), for
+    the ratios to vanilla the lesson shows; vanilla gets the estimators' entropy coefficient."""
+    specs = list(specs)
+    if not specs:
+        raise SpecError("estimators: give at least one")
+    vanilla = EstimatorSpec("return", "none", entropy=specs[0].entropy, label="vanilla")
+    measured = specs if any(s.canonical == vanilla.canonical for s in specs) else [*specs, vanilla]
+    return specs, measured, vanilla
+
+
 def variance_study(
     mdp: TabularMDP,
     theta: np.ndarray,
@@ -999,14 +1012,10 @@ def variance_study(
     Vanilla (return+none) is measured alongside when it is not asked for, at N = 1 too, so that both
     ratios the lesson shows are available.
     """
-    specs = list(specs)
-    if not specs:
-        raise SpecError("estimators: give at least one")
+    specs, measured, vanilla = _with_vanilla(specs)
     for n in ns:
         _check_counts(n, batches)
-    beta = specs[0].entropy
-    vanilla = EstimatorSpec("return", "none", entropy=beta, label="vanilla")
-    measured = specs if any(s.canonical == vanilla.canonical for s in specs) else [*specs, vanilla]
+    beta = vanilla.entropy
     chain = unroll(mdp, theta, beta) if exact else None
     grad = _gradient(chain) if exact else None
     exact_traces = None
@@ -1084,14 +1093,9 @@ def reading_spread(
 ) -> list[ReadingSpread]:
     """Take ``count`` readings of every estimator (and vanilla, for the ordering) in one call and say
     how far one reading strays: the question behind the lesson's bar, which jumps from tick to tick."""
-    specs = list(specs)
-    if not specs:
-        raise SpecError("estimators: give at least one")
+    specs, measured, vanilla = _with_vanilla(specs)
     _check_counts(n, batches, count=count)
-    beta = specs[0].entropy
-    vanilla = EstimatorSpec("return", "none", entropy=beta, label="vanilla")
-    measured = specs if any(s.canonical == vanilla.canonical for s in specs) else [*specs, vanilla]
-    chain = unroll(mdp, theta, beta)
+    chain = unroll(mdp, theta, vanilla.entropy)
     exact_e = np.array([exact_moments(mdp, theta, s, chain=chain).variance_trace / n for s in measured])
     traces_re = Sampler(mdp, theta, measured, chain=chain).readings(n, batches, count, seed).variance_trace_re
     v = next(e for e, s in enumerate(measured) if s.canonical == vanilla.canonical)

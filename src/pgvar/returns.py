@@ -226,8 +226,10 @@ def _in_dtype_of_overload(value, array):
     return lambda value, array: np.float64(value)
 
 
-# Both kernels take (T, B) arrays and None for absent flags (numba compiles a version without them);
-# ``gamma - gamma`` is a zero of the arrays' own float type, so float32 stays float32 throughout.
+# Both kernels take (T, B) arrays and None for absent flags (numba compiles a version without them),
+# and the discount factors as Python floats, cast at once to the arrays' own float type (making NumPy
+# scalars of them costs more than the whole kernel on small arrays); ``gamma - gamma`` is then a zero
+# of that type, so float32 stays float32 throughout.
 # Time is indexed by unsigned integers, walked through an index array in the row sweep: with a signed
 # descending index numba wraps negative indices on every access, and with an index LLVM can follow it
 # hoists the row loop's overlap checks out of the time loop where, for descending rows, they always
@@ -236,8 +238,9 @@ def _in_dtype_of_overload(value, array):
 
 @njit(cache=True)
 def _reward_to_go_kernel(
-    rewards_t, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
+    rewards_t, gamma_given, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
 ):
+    gamma = _in_dtype_of(gamma_given, out_t)
     if _simd_gae(
         rewards_t, None, gamma, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
     ):
@@ -265,8 +268,10 @@ def _reward_to_go_kernel(
 
 @njit(cache=True)
 def _gae_kernel(
-    rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
-):
+    rewards_t, values_t, gamma_given, gamma_lam_given, terminated_t, truncated_t, truncation_values_t,
+    bootstrap_b, out_t,
+):  # fmt: skip
+    gamma, gamma_lam = _in_dtype_of(gamma_given, out_t), _in_dtype_of(gamma_lam_given, out_t)
     if _simd_gae(
         rewards_t,
         values_t,
@@ -306,34 +311,6 @@ def _gae_kernel(
             out_t[t, b] = _gae_step(
                 rewards_t[t, b], values_t[t, b], next_value, next_advantage, end, gamma, gamma_lam
             )
-
-
-# The public functions call these with the discount factors as Python floats, cast in the kernel:
-# making NumPy scalars of them costs more than the whole kernel on small arrays.
-
-
-@njit(cache=True)
-def _reward_to_go_entry(rewards_t, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t):
-    gamma = _in_dtype_of(gamma, out_t)
-    _reward_to_go_kernel(rewards_t, gamma, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t)
-
-
-@njit(cache=True)
-def _gae_entry(
-    rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
-):
-    gamma, gamma_lam = _in_dtype_of(gamma, out_t), _in_dtype_of(gamma_lam, out_t)
-    _gae_kernel(
-        rewards_t,
-        values_t,
-        gamma,
-        gamma_lam,
-        terminated_t,
-        truncated_t,
-        truncation_values_t,
-        bootstrap_b,
-        out_t,
-    )
 
 
 def _float_rewards(rewards_t) -> np.ndarray:
@@ -467,13 +444,13 @@ def reward_to_go(
     ends = _as_given(rewards_t, None, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         returns_t = np.empty(rewards_t.shape, rewards_t.dtype)
-        _reward_to_go_entry(rewards_t, float(gamma), *ends, returns_t)
+        _reward_to_go_kernel(rewards_t, float(gamma), *ends, returns_t)
         return returns_t
     rewards_t = _float_rewards(rewards_t)
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     returns_t = np.empty_like(rewards_t, dtype=dtype, order="C")
-    _reward_to_go_entry(_as_2d(rewards_t, dtype), float(gamma), *ends, _as_2d(returns_t))
+    _reward_to_go_kernel(_as_2d(rewards_t, dtype), float(gamma), *ends, _as_2d(returns_t))
     return returns_t if returns_t.dtype == rewards_t.dtype else returns_t.astype(rewards_t.dtype)
 
 
@@ -505,7 +482,7 @@ def gae(
     ends = _as_given(rewards_t, values_t, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         advantages_t = np.empty(rewards_t.shape, rewards_t.dtype)
-        _gae_entry(rewards_t, values_t, float(gamma), float(gamma * lam), *ends, advantages_t)
+        _gae_kernel(rewards_t, values_t, float(gamma), float(gamma * lam), *ends, advantages_t)
         return advantages_t
     rewards_t = _float_rewards(rewards_t)
     values_t = np.asarray(values_t, dtype=rewards_t.dtype)
@@ -514,7 +491,7 @@ def gae(
     dtype = _kernel_dtype(rewards_t.dtype)
     ends = _episode_ends(rewards_t, dtype, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     advantages_t = np.empty_like(rewards_t, dtype=dtype, order="C")
-    _gae_entry(
+    _gae_kernel(
         _as_2d(rewards_t, dtype),
         _as_2d(values_t, dtype),
         float(gamma),
