@@ -272,6 +272,73 @@ def test_readings_are_the_variance_traces_of_consecutive_batches(
     assert bool(routes) == cell_sums
 
 
+FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"  # no running mean
+
+
+def _small_per_step(noise):
+    """22 paths, some ending early, a logit per step: readings of 30 batches go through path moments."""
+    mdp = random_mdp(7, states=2, actions=2, horizon=3, gamma=0.9, noise=noise, terminal=True)
+    return mdp, np.random.default_rng(2).normal(scale=0.5, size=mdp.theta_shape(True))
+
+
+@pytest.mark.parametrize(
+    ("name", "batches", "moments"),
+    [
+        ("lesson", 60, True),
+        ("lesson", 2, False),  # the dense read-out would cost more than the episodes
+        ("per-step-time-dependent", 30, False),  # 212 paths: likewise
+        ("few-paths-gaussian", 30, False),  # a path may visit one logit twice
+        ("small-gaussian", 30, True),
+        ("small-uniform", 30, True),
+        ("small-none", 30, True),
+    ],
+)
+def test_readings_through_path_moments_are_the_variance_traces(name, batches, moments, monkeypatch):
+    """With no running baseline, one-episode readings come from each path's count, noise sums and the
+    episodes' squared norms: the same readings and running sums as reading every episode out, also
+    when the readings are split into chunks; random-stream blocks start mid-reading here."""
+    mdp, theta = _small_per_step(name.split("-")[1]) if name.startswith("small") else _case(name)
+    specs = parse_estimators(FIXED_SPECS, entropy=0.1)
+    sampler = montecarlo.Sampler(mdp, theta, specs)
+    routes = []
+    monkeypatch.setattr(montecarlo, "_episode_moments", _recording(montecarlo._episode_moments, routes))
+    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 2 * batches + 7)
+    count = 4
+
+    def readings():
+        state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+        return sampler.readings(1, batches, count, seed=9, running=state).variance_trace_re, state
+
+    whole_re, state = readings()
+    assert bool(routes) == moments
+    reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+    sample = sampler.sample(1, batches * count, seed=9, running=reference)
+    expected_re = [
+        [variance_trace(means_md[r * batches : (r + 1) * batches])[0] for means_md in sample.batch_means_emd]
+        for r in range(count)
+    ]
+    np.testing.assert_allclose(whole_re, expected_re, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(state.sum_g_t, reference.sum_g_t, rtol=1e-12)
+    np.testing.assert_allclose(state.sum_r_t, reference.sum_r_t, rtol=1e-12)
+    np.testing.assert_array_equal(state.count_t, reference.count_t)
+    monkeypatch.setattr(montecarlo, "_MOMENT_CHUNK", 1)  # a reading per chunk
+    chunked_re, chunked_state = readings()
+    np.testing.assert_allclose(chunked_re, whole_re, rtol=1e-12)
+    np.testing.assert_allclose(chunked_state.sum_g_t, state.sum_g_t, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("specs_text", "horizon", "has_moments"),
+    [("vanilla,gae0.9+value", 8, True), ("vanilla,rtg+running", 3, False), ("vanilla", 9, False)],
+)
+def test_path_moments_need_fixed_baselines_and_a_short_horizon(specs_text, horizon, has_moments):
+    """A running mean changes from episode to episode (no per-path sums can carry it), and the
+    kernel is compiled per horizon up to MAX_MOMENT_STEPS."""
+    mdp = random_mdp(3, states=1, actions=2, horizon=horizon, noise="uniform")
+    sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape(True)), parse_estimators(specs_text))
+    assert (sampler.paths.moments is not None) == has_moments
+
+
 def _recording(function, calls):
     def wrapper(*args, **kwargs):
         calls.append(1)

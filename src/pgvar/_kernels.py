@@ -3,7 +3,9 @@
 Two ways to draw episodes: ``simulate`` walks any MDP step by step; ``sample_paths`` draws each
 episode's whole path at once when the paths are few (``montecarlo._Paths``) and ``paths_to_stats``
 turns its per-path sums into the same statistics; ``paths_readout`` reads small batches out episode
-by episode instead. ``readout`` turns the statistics into every estimator's batch-mean gradient.
+by episode instead. Readings of one-episode batches keep sums per cell (``paths_readings``) or, where
+no estimator has a running baseline, per path (``path_moments``). ``readout`` turns the statistics
+into every estimator's batch-mean gradient.
 
 ``simulate`` rolls out episodes and adds, per batch, step, state and action, the sufficient
 statistics of every estimator: the visit count, the sum of the reward-to-go G_t, of the return R
@@ -22,7 +24,8 @@ buffer sizes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from pgvar._lanes import LANES, fma, load, select, splat, store
 
@@ -514,6 +517,77 @@ def paths_readings(
             squares_l[:] = 0.0
             r += one
             left = per_reading
+
+
+def _unit(value):
+    """One reward-noise number as the unit noise it stands for: a 32-bit uniform u gives u 2^-32 - 1/2,
+    a standard normal itself (resolved at compile time from the array's type: see ``path_moments``)."""
+    return value * _TO_UNIT - 0.5 if isinstance(value, np.uint32) else float(value)
+
+
+@overload(_unit, inline="always")
+def _unit_for_type(value):
+    if isinstance(value, types.Integer):
+        return lambda value: value * _TO_UNIT - 0.5
+    return lambda value: value
+
+
+@njit(cache=True, nogil=True)
+def path_moments(
+    uniforms, noise_it, steps_witness, estimators_witness, threshold_k, alias_k, coef_ekw, first_batch,
+    per_reading, sums_rkw, squares_rke,
+):  # fmt: skip
+    """Batches of one episode each, where no estimator has a running baseline: per reading and path,
+    the count and the unit reward noise summed per step (``sums_rkw[r, k]`` = n, then sum u_t), and
+    the episodes' squared gradient norms per estimator (``squares_rke``). ``montecarlo._Moments``
+    turns them into the readings.
+
+    Episode i is batch first_batch + i; its reading is the call's r-th (r = 0 for the reading of
+    ``first_batch``). It takes its path from ``uniforms[i, 0]`` (as ``sample_paths``) and its unit
+    noise from ``noise_it[i]`` (32-bit uniforms or standard normals, T columns; none without noise;
+    columns past the end of a shorter path have zero coefficients). With the logits of a path all
+    distinct and no running baseline, an episode's gradient is c + A u for every estimator, so its
+    squared norm is coef . (1, u_0 .. u_{T-1}, then u_t u_j for j <= t, row by row): ``coef_ekw``.
+
+    ``steps_witness`` and ``estimators_witness`` are tuples of T and E zeros: numba compiles the kernel
+    for each length, so the loops over steps and estimators have constant counts and are unrolled
+    (twice as fast as the same loops with counts known only at run time); the noise's type picks its
+    conversion the same way."""
+    n_steps = len(steps_witness)
+    n_estimators = len(estimators_witness)
+    n_paths = threshold_k.shape[0]
+    noisy = noise_it.shape[1] > 0
+    to_column = n_paths * _TO_UNIT
+    one = np.uint64(1)
+    first_pair = np.uint64(1 + n_steps)
+    r = np.uint64(0)
+    left = per_reading - first_batch % per_reading  # batches until reading r is complete
+    for i in range(uniforms.shape[0]):
+        if left == 0:
+            r += one
+            left = per_reading
+        left -= 1
+        x = uniforms[i, 0] * to_column
+        column = int(x)
+        k = np.uint64(column if x - column < threshold_k[column] else alias_k[column])
+        sums_rkw[r, k, 0] += 1.0
+        if noisy:
+            for step in range(n_steps):
+                t = np.uint64(step)
+                sums_rkw[r, k, one + t] += _unit(noise_it[i, t])
+        for estimator in range(n_estimators):
+            e = np.uint64(estimator)
+            square = coef_ekw[e, k, 0]
+            if noisy:
+                w = first_pair
+                for step in range(n_steps):
+                    t = np.uint64(step)
+                    partial = coef_ekw[e, k, one + t]
+                    for before in range(step + 1):
+                        partial += coef_ekw[e, k, w] * _unit(noise_it[i, np.uint64(before)])
+                        w += one
+                    square += partial * _unit(noise_it[i, t])
+            squares_rke[r, k, e] += square
 
 
 @njit(cache=True, nogil=True)

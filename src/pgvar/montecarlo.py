@@ -47,6 +47,10 @@ MAX_SAMPLED_PATHS = 4096  # finite-horizon MDPs with at most this many paths are
 EPISODE_READOUT_MAX_N = 4  # batches of at most this many episodes are read out episode by episode
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
 BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
+MAX_MOMENT_STEPS = 8  # horizons up to this read one-episode batches out through path moments
+MAX_MOMENT_READOUT = 1 << 18  # and paths x (1 + steps) x estimators x parameters up to this
+MOMENT_READOUT_PER_EPISODE = 256  # multiply-adds of that read-out per episode, at most, for it to pay
+_MOMENT_CHUNK = 1 << 17  # path moments held at once (1 MB)
 _WARMUP_STREAM = 1 << 30
 
 
@@ -316,6 +320,7 @@ class _Paths:
     # |at_mean|^2 + sum_t m_t (2 at_mean . score + m_t |score|^2) at step t
     score_sq_kt: np.ndarray
     lane_tables: tuple  # the estimators' coefficients as SIMD lanes (``_lane_tables``)
+    moments: _Moments | None  # for one-episode batches with no running baseline (``_moments``)
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -408,27 +413,37 @@ def _paths(tables: _Tables) -> _Paths | None:
         return np.ascontiguousarray(np.swapaxes(np.where(alive_tka, array, 0), axis_t, axis_t + 1))
 
     score_kta = per_path(score_tka, 0)
+    param_kta = per_path(param_tka, 0)
     at_mean_ekta = per_path(fixed_etka * score_tka + direct_tka, 1)
     square_ek = (at_mean_ekta**2).sum(axis=(2, 3))
     cross_ekt = (at_mean_ekta * score_kta).sum(axis=3)
+    score_sq_kt = (score_kta**2).sum(axis=2)
     weight_ekt = np.ascontiguousarray(np.where(alive_tk, weight_etk, 0.0).transpose(0, 2, 1))
-
+    scale_kt, mean_g_kt = np.ascontiguousarray(scale_tk.T), np.ascontiguousarray(mean_g_tk.T)
+    distinct_params = _visits_each_logit_once(param_tka, alive_tk)
+    moments = None
+    if distinct_params:
+        moments = _moments(
+            tables, scale_kt, mean_g_kt, alive_tk.T, param_kta, score_kta, at_mean_ekta, square_ek, cross_ekt,
+            score_sq_kt, decay_e,
+        )  # fmt: skip
     return _Paths(
         threshold_k,
         alias_k,
         length_k.astype(np.int64),
         np.ascontiguousarray(np.where(alive_tk, cell_tk, 0).T),
-        np.ascontiguousarray(scale_tk.T),
-        np.ascontiguousarray(mean_g_tk.T),
+        scale_kt,
+        mean_g_kt,
         np.ascontiguousarray(mean_adv_gtk.transpose(0, 2, 1)),
         np.ascontiguousarray(states_tk.T),
-        per_path(param_tka, 0),
+        param_kta,
         score_kta,
         at_mean_ekta,
         decay_e,
-        _visits_each_logit_once(param_tka, alive_tk),
-        (score_kta**2).sum(axis=2),
+        distinct_params,
+        score_sq_kt,
         _lane_tables(tables, mean_g_tk.T, alive_tk.T, decay_e, square_ek, cross_ekt, weight_ekt),
+        moments,
     )
 
 
@@ -469,6 +484,91 @@ def _lane_tables(
         padded(square_ek.T, 0.0, 0.0, 0.0),
         padded(2.0 * cross_ekt.transpose(1, 2, 0), 0.0, 0.0, 0.0),
         padded(weight_ekt.transpose(1, 2, 0), alive_kt.astype(float), paths_mean_g_kt, mean_r_kt),
+    )
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """One-episode batches read out through each path's moments (``_kernels.path_moments``): for
+    horizons up to ``MAX_MOMENT_STEPS`` where no estimator has a running baseline and no path visits a
+    logit twice.
+
+    On path k with unit reward noise u (T,), an estimator's weight noise at step t is m_t = B_kt . u:
+    the return's is sum_j gamma^j scale_kj u_j at every step, G_t's or a GAE advantage's is
+    scale_et sum_{j >= t} decay^(j - t) scale_kj u_j. At each visit the episode's gradient is
+    at_mean + m_t score, linear in u. So a reading's summed gradient is linear in each path's count
+    and noise sums (``readout_xf``), and each episode's squared norm is a quadratic in u, whose
+    coefficients (``coef_ekw``) the kernel evaluates as it draws the noise. (A running baseline
+    changes from episode to episode: no per-path sum carries it.)"""
+
+    steps_witness: tuple  # T zeros, E zeros: the kernel is compiled for these lengths
+    estimators_witness: tuple
+    coef_ekw: np.ndarray  # (E, K, 1 + T + T (T + 1) / 2): on 1, on u_t, on u_t u_j (j <= t) row by row
+    readout_xf: np.ndarray  # (K (1 + T), E D): each path's count and noise sums -> the summed gradients
+    running_xf: np.ndarray  # (K (1 + T), 3 T): -> the sums of G_t and of R, and the counts, per step
+
+
+def _moments(
+    tables: _Tables,
+    scale_kt: np.ndarray,
+    mean_g_kt: np.ndarray,
+    alive_kt: np.ndarray,
+    param_kta: np.ndarray,
+    score_kta: np.ndarray,
+    at_mean_ekta: np.ndarray,
+    square_ek: np.ndarray,
+    cross_ekt: np.ndarray,
+    score_sq_kt: np.ndarray,
+    decay_e: np.ndarray,
+) -> _Moments | None:
+    """The tables of :class:`_Moments` from the path tables of ``_paths`` (zero after each path
+    ended; no path visits a logit twice), or None where an estimator has a running baseline, the
+    horizon is too long or the dense read-out map would be larger than ``MAX_MOMENT_READOUT``."""
+    n_paths, steps = scale_kt.shape
+    n_estimators, n_params = len(tables.specs), tables.n_params
+    too_big = n_paths * (1 + steps) * n_estimators * n_params > MAX_MOMENT_READOUT
+    if steps > MAX_MOMENT_STEPS or tables.running_e.any() or too_big:
+        return None
+    gamma = tables.mdp.gamma
+    lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # j - t
+
+    def decaying(decay: float) -> np.ndarray:  # (T, T): decay^(j - t) for j >= t, else 0
+        return np.where(lag_tj >= 0, decay ** np.maximum(lag_tj, 0), 0.0)
+
+    noisy_kj = gamma ** np.arange(steps) * scale_kt  # the noise in R per unit noise of step j
+    noise_ektj = np.empty((n_estimators, n_paths, steps, steps))
+    for e in range(n_estimators):
+        if tables.weight_kind_e[e] == _kernels.WEIGHT_RETURN:
+            noise_ektj[e] = noisy_kj[:, None, :]
+        else:
+            decay_tj = decaying(decay_e[e])
+            noise_ektj[e] = tables.scale_et[e][None, :, None] * decay_tj[None] * scale_kt[:, None, :]
+    # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
+    linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
+    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", score_sq_kt, noise_ektj, noise_ektj)
+    row_p, column_p = np.tril_indices(steps)
+    pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
+    coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
+    # the summed gradients: a visit adds n at_mean + (B s)_t score at its logit (after a path ended, 0)
+    values_ktaxe = np.concatenate(
+        [at_mean_ekta[None], noise_ektj.transpose(3, 0, 1, 2)[..., None] * score_kta]
+    ).transpose(2, 3, 4, 0, 1)
+    readout_kdxe = np.zeros((n_paths, n_params, 1 + steps, n_estimators))
+    path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], param_kta.shape)
+    np.add.at(readout_kdxe, (path_kta, param_kta), values_ktaxe)
+    # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
+    running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
+    running_kxct[:, 0, 0] = mean_g_kt
+    running_kxct[:, 0, 1] = alive_kt * mean_g_kt[:, :1]
+    running_kxct[:, 0, 2] = alive_kt
+    running_kxct[:, 1:, 0] = (decaying(gamma)[None] * scale_kt[:, None, :]).transpose(0, 2, 1)
+    running_kxct[:, 1:, 1] = noisy_kj[:, :, None] * alive_kt[:, None, :]
+    return _Moments(
+        (0,) * steps,
+        (0,) * n_estimators,
+        np.ascontiguousarray(coef_ekw),
+        np.ascontiguousarray(readout_kdxe.transpose(0, 2, 3, 1).reshape(n_paths * (1 + steps), -1)),
+        running_kxct.reshape(n_paths * (1 + steps), 3 * steps),
     )
 
 
@@ -575,6 +675,46 @@ def _episode_readings(
         tables.probs_tsa, tables.direct_tsa, tables.index_tsa, tables.offsets_etsa, running.sum_g_t,
         running.sum_r_t, running.count_t, first_batch, sums.per_reading, sums.sum_red, sums.sumsq_re,
     )  # fmt: skip
+
+
+def _episode_moments(
+    tables: _Tables,
+    paths: _Paths,
+    uniforms: np.ndarray,
+    normals: np.ndarray,
+    running: RunningBaselines,
+    first_batch: int,
+    sums: _Sums,
+) -> None:
+    """As :func:`_episode_readings`, through each path's moments per reading (:class:`_Moments`), a
+    chunk of readings at a time. The running sums are totalled, as no estimator reads them here."""
+    moments = paths.moments
+    per_reading = sums.per_reading
+    n_paths, n_estimators, n_params = paths.threshold_k.size, len(tables.specs), tables.n_params
+    n_rows = moments.readout_xf.shape[0]  # paths x (1 + T)
+    noise_it = normals if normals.shape[0] else uniforms[:, 1:]
+    per_chunk = max(1, _MOMENT_CHUNK // n_rows)  # readings
+    start = 0
+    while start < uniforms.shape[0]:
+        reading = (first_batch + start) // per_reading
+        stop = min(uniforms.shape[0], (reading + per_chunk) * per_reading - first_batch)
+        readings = -(-(first_batch + stop) // per_reading) - reading
+        sums_rkw = np.zeros((readings, n_paths, n_rows // n_paths))
+        squares_rke = np.zeros((readings, n_paths, n_estimators))
+        _kernels.path_moments(
+            uniforms[start:stop], noise_it[start:stop], moments.steps_witness, moments.estimators_witness,
+            paths.threshold_k, paths.alias_k, moments.coef_ekw, first_batch + start, per_reading, sums_rkw,
+            squares_rke,
+        )  # fmt: skip
+        sums_rx = sums_rkw.reshape(readings, n_rows)
+        chunk = slice(reading, reading + readings)
+        sums.sum_red[chunk] += (sums_rx @ moments.readout_xf).reshape(readings, n_estimators, n_params)
+        sums.sumsq_re[chunk] += squares_rke.sum(axis=1)
+        sum_g_t, sum_r_t, count_t = (sums_rx.sum(axis=0) @ moments.running_xf).reshape(3, tables.steps)
+        running.sum_g_t += sum_g_t
+        running.sum_r_t += sum_r_t
+        running.count_t += count_t
+        start = stop
 
 
 _WORDS = 1 << 18  # raw words drawn at a time (2 MB): refills stay rare, memory small
@@ -791,6 +931,11 @@ class Sampler:
         # one-episode batches in readings of at least as many batches as there are states: sums per
         # cell, read out once a reading (as cheap as reading out its episodes one by one, or cheaper)
         by_cell_sums = by_episode and n == 1 and self.paths.distinct_params and per_reading >= mdp.n_states
+        # better still, where no estimator has a running baseline: sums per path (``_Moments``)
+        moments = self.paths.moments if by_episode and n == 1 and per_reading > 1 else None
+        by_moments = (
+            moments is not None and moments.readout_xf.size <= MOMENT_READOUT_PER_EPISODE * per_reading
+        )
 
         def rows(index: int) -> slice:
             return slice(starts[index], min(starts[index] + per_block, batches))
@@ -810,7 +955,9 @@ class Sampler:
         def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
             block_rows = rows(index)
-            if by_cell_sums:
+            if by_moments:
+                _episode_moments(tables, self.paths, *block, running, block_rows.start, sums)
+            elif by_cell_sums:
                 _episode_readings(tables, self.paths, *block, running, block_rows.start, sums)
             elif by_episode:
                 _episode_gradients(
