@@ -336,7 +336,7 @@ def test_path_moments_need_fixed_baselines_and_a_short_horizon(specs_text, horiz
     kernel is compiled per horizon up to MAX_MOMENT_STEPS."""
     mdp = random_mdp(3, states=1, actions=2, horizon=horizon, noise="uniform")
     sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape(True)), parse_estimators(specs_text))
-    assert (sampler.paths.moments is not None) == has_moments
+    assert (sampler._moments is not None) == has_moments
 
 
 def _recording(function, calls):

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -320,7 +321,6 @@ class _Paths:
     # |at_mean|^2 + sum_t m_t (2 at_mean . score + m_t |score|^2) at step t
     score_sq_kt: np.ndarray
     lane_tables: tuple  # the estimators' coefficients as SIMD lanes (``_lane_tables``)
-    moments: _Moments | None  # for one-episode batches with no running baseline (``_moments``)
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -413,37 +413,27 @@ def _paths(tables: _Tables) -> _Paths | None:
         return np.ascontiguousarray(np.swapaxes(np.where(alive_tka, array, 0), axis_t, axis_t + 1))
 
     score_kta = per_path(score_tka, 0)
-    param_kta = per_path(param_tka, 0)
     at_mean_ekta = per_path(fixed_etka * score_tka + direct_tka, 1)
     square_ek = (at_mean_ekta**2).sum(axis=(2, 3))
     cross_ekt = (at_mean_ekta * score_kta).sum(axis=3)
-    score_sq_kt = (score_kta**2).sum(axis=2)
     weight_ekt = np.ascontiguousarray(np.where(alive_tk, weight_etk, 0.0).transpose(0, 2, 1))
-    scale_kt, mean_g_kt = np.ascontiguousarray(scale_tk.T), np.ascontiguousarray(mean_g_tk.T)
-    distinct_params = _visits_each_logit_once(param_tka, alive_tk)
-    moments = None
-    if distinct_params:
-        moments = _moments(
-            tables, scale_kt, mean_g_kt, alive_tk.T, param_kta, score_kta, at_mean_ekta, square_ek, cross_ekt,
-            score_sq_kt, decay_e,
-        )  # fmt: skip
+
     return _Paths(
         threshold_k,
         alias_k,
         length_k.astype(np.int64),
         np.ascontiguousarray(np.where(alive_tk, cell_tk, 0).T),
-        scale_kt,
-        mean_g_kt,
+        np.ascontiguousarray(scale_tk.T),
+        np.ascontiguousarray(mean_g_tk.T),
         np.ascontiguousarray(mean_adv_gtk.transpose(0, 2, 1)),
         np.ascontiguousarray(states_tk.T),
-        param_kta,
+        per_path(param_tka, 0),
         score_kta,
         at_mean_ekta,
         decay_e,
-        distinct_params,
-        score_sq_kt,
+        _visits_each_logit_once(param_tka, alive_tk),
+        (score_kta**2).sum(axis=2),
         _lane_tables(tables, mean_g_tk.T, alive_tk.T, decay_e, square_ek, cross_ekt, weight_ekt),
-        moments,
     )
 
 
@@ -508,26 +498,15 @@ class _Moments:
     running_xf: np.ndarray  # (K (1 + T), 3 T): -> the sums of G_t and of R, and the counts, per step
 
 
-def _moments(
-    tables: _Tables,
-    scale_kt: np.ndarray,
-    mean_g_kt: np.ndarray,
-    alive_kt: np.ndarray,
-    param_kta: np.ndarray,
-    score_kta: np.ndarray,
-    at_mean_ekta: np.ndarray,
-    square_ek: np.ndarray,
-    cross_ekt: np.ndarray,
-    score_sq_kt: np.ndarray,
-    decay_e: np.ndarray,
-) -> _Moments | None:
-    """The tables of :class:`_Moments` from the path tables of ``_paths`` (zero after each path
-    ended; no path visits a logit twice), or None where an estimator has a running baseline, the
-    horizon is too long or the dense read-out map would be larger than ``MAX_MOMENT_READOUT``."""
+def _moments(tables: _Tables, paths: _Paths) -> _Moments | None:
+    """The tables of :class:`_Moments`, or None where a path visits a logit twice, an estimator has a
+    running baseline, the horizon is too long or the dense read-out map would be larger than
+    ``MAX_MOMENT_READOUT``."""
+    scale_kt, score_kta, at_mean_ekta = paths.scale_kt, paths.score_kta, paths.at_mean_ekta
     n_paths, steps = scale_kt.shape
     n_estimators, n_params = len(tables.specs), tables.n_params
     too_big = n_paths * (1 + steps) * n_estimators * n_params > MAX_MOMENT_READOUT
-    if steps > MAX_MOMENT_STEPS or tables.running_e.any() or too_big:
+    if not paths.distinct_params or steps > MAX_MOMENT_STEPS or tables.running_e.any() or too_big:
         return None
     gamma = tables.mdp.gamma
     lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # j - t
@@ -541,11 +520,13 @@ def _moments(
         if tables.weight_kind_e[e] == _kernels.WEIGHT_RETURN:
             noise_ektj[e] = noisy_kj[:, None, :]
         else:
-            decay_tj = decaying(decay_e[e])
+            decay_tj = decaying(paths.decay_e[e])
             noise_ektj[e] = tables.scale_et[e][None, :, None] * decay_tj[None] * scale_kt[:, None, :]
     # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
+    square_ek = np.einsum("ekta,ekta->ek", at_mean_ekta, at_mean_ekta)
+    cross_ekt = np.einsum("ekta,kta->ekt", at_mean_ekta, score_kta)
     linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
-    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", score_sq_kt, noise_ektj, noise_ektj)
+    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", paths.score_sq_kt, noise_ektj, noise_ektj)
     row_p, column_p = np.tril_indices(steps)
     pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
     coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
@@ -554,12 +535,13 @@ def _moments(
         [at_mean_ekta[None], noise_ektj.transpose(3, 0, 1, 2)[..., None] * score_kta]
     ).transpose(2, 3, 4, 0, 1)
     readout_kdxe = np.zeros((n_paths, n_params, 1 + steps, n_estimators))
-    path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], param_kta.shape)
-    np.add.at(readout_kdxe, (path_kta, param_kta), values_ktaxe)
+    path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], paths.param_kta.shape)
+    np.add.at(readout_kdxe, (path_kta, paths.param_kta), values_ktaxe)
     # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
+    alive_kt = np.arange(steps) < paths.length_k[:, None]
     running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
-    running_kxct[:, 0, 0] = mean_g_kt
-    running_kxct[:, 0, 1] = alive_kt * mean_g_kt[:, :1]
+    running_kxct[:, 0, 0] = paths.mean_g_kt
+    running_kxct[:, 0, 1] = alive_kt * paths.mean_g_kt[:, :1]
     running_kxct[:, 0, 2] = alive_kt
     running_kxct[:, 1:, 0] = (decaying(gamma)[None] * scale_kt[:, None, :]).transpose(0, 2, 1)
     running_kxct[:, 1:, 1] = noisy_kj[:, :, None] * alive_kt[:, None, :]
@@ -680,6 +662,7 @@ def _episode_readings(
 def _episode_moments(
     tables: _Tables,
     paths: _Paths,
+    moments: _Moments,
     uniforms: np.ndarray,
     normals: np.ndarray,
     running: RunningBaselines,
@@ -688,7 +671,6 @@ def _episode_moments(
 ) -> None:
     """As :func:`_episode_readings`, through each path's moments per reading (:class:`_Moments`), a
     chunk of readings at a time. The running sums are totalled, as no estimator reads them here."""
-    moments = paths.moments
     per_reading = sums.per_reading
     n_paths, n_estimators, n_params = paths.threshold_k.size, len(tables.specs), tables.n_params
     n_rows = moments.readout_xf.shape[0]  # paths x (1 + T)
@@ -838,6 +820,11 @@ class Sampler:
             )
         self.method = "paths" if self.paths is not None else "steps"
 
+    @cached_property
+    def _moments(self) -> _Moments | None:
+        """The path-moments read-out's tables, made when one-episode readings first need them."""
+        return _moments(self.tables, self.paths) if self.paths is not None else None
+
     def _simulate(
         self, seed: np.random.SeedSequence, n_episodes: int, batch_size: int, stats: BatchStats
     ) -> None:
@@ -932,7 +919,7 @@ class Sampler:
         # cell, read out once a reading (as cheap as reading out its episodes one by one, or cheaper)
         by_cell_sums = by_episode and n == 1 and self.paths.distinct_params and per_reading >= mdp.n_states
         # better still, where no estimator has a running baseline: sums per path (``_Moments``)
-        moments = self.paths.moments if by_episode and n == 1 and per_reading > 1 else None
+        moments = self._moments if by_episode and n == 1 and per_reading > 1 else None
         by_moments = (
             moments is not None and moments.readout_xf.size <= MOMENT_READOUT_PER_EPISODE * per_reading
         )
@@ -956,7 +943,7 @@ class Sampler:
             nonlocal truncated
             block_rows = rows(index)
             if by_moments:
-                _episode_moments(tables, self.paths, *block, running, block_rows.start, sums)
+                _episode_moments(tables, self.paths, moments, *block, running, block_rows.start, sums)
             elif by_cell_sums:
                 _episode_readings(tables, self.paths, *block, running, block_rows.start, sums)
             elif by_episode:
