@@ -11,6 +11,11 @@ Measures, in one process and one run (ratios are what count on a noisy machine):
 - a random MDP (10 states, 4 actions, H = 50, stochastic transitions, Gaussian noise);
 - optionally (--big) 10^8 episodes with the peak memory of the process.
 
+Single-thread figures are single-threaded throughout: NumPy's BLAS (OpenBLAS here), which the
+one-episode readings use for one matrix product, is held to one thread before NumPy loads (its
+second thread, spinning after each product, slowed those readings by 10 to 15% on this machine).
+The two-thread rows split the work with pgvar's own ``workers``.
+
     .venv/bin/python benchmarks/bench_montecarlo.py [--repeats 7] [--big] [--json out.json]
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import resource
@@ -26,6 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads: see the docstring
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numba
 import numpy as np

@@ -233,32 +233,32 @@ def test_the_sampler_draws_paths_where_it_can_and_says_why_not_otherwise():
 
 
 @pytest.mark.parametrize(
-    ("name", "method", "n", "batches", "cell_sums"),
+    ("name", "method", "n", "batches", "route"),
     [
-        ("lesson", "paths", 1, 60, True),  # readings of more batches than states: sums per cell
-        ("lesson", "paths", 1, 2, False),  # fewer: episode by episode
-        ("lesson", "paths", 3, 30, False),
-        ("lesson", "paths", 8, 10, False),  # per-cell statistics
-        ("lesson", "steps", 1, 30, False),
-        ("per-step-time-dependent", "paths", 1, 25, True),  # 212 paths, some ending early
-        ("per-step-time-dependent", "paths", 2, 25, False),
-        ("few-paths-gaussian", "paths", 1, 30, False),  # a path may visit one logit twice
-        ("short-corridor", "steps", 2, 20, False),
+        ("lesson", "paths", 1, 60, "moments"),  # one-episode readings of a short horizon: sums per path
+        ("lesson", "paths", 1, 2, "episodes"),  # too few batches a reading for that: episode by episode
+        ("lesson", "paths", 3, 30, "episodes"),
+        ("lesson", "paths", 8, 10, "statistics"),  # per-cell statistics
+        ("lesson", "steps", 1, 30, "statistics"),
+        ("per-step-time-dependent", "paths", 1, 25, "cell sums"),  # 212 paths, some ending early
+        ("per-step-time-dependent", "paths", 2, 25, "episodes"),
+        ("few-paths-gaussian", "paths", 1, 30, "episodes"),  # a path may visit one logit twice
+        ("short-corridor", "steps", 2, 20, "statistics"),
     ],
 )
 def test_readings_are_the_variance_traces_of_consecutive_batches(
-    name, method, n, batches, cell_sums, monkeypatch
+    name, method, n, batches, route, monkeypatch
 ):
     """Reading r, computed as the episodes are drawn, is variance_trace of batches r M .. (r + 1) M - 1
     of one long sample from the same seed, whichever way the batches are read out."""
     mdp, theta = _case(name)
     specs = parse_estimators(SPECS + ",rtg+running,gae0.9+running", entropy=0.1)
-    routes = []
-    monkeypatch.setattr(montecarlo, "_episode_readings", _recording(montecarlo._episode_readings, routes))
+    routes = _recorded_routes(monkeypatch)
     count = 3
     sampler = montecarlo.Sampler(mdp, theta, specs, method=method)
     state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
     readings = sampler.readings(n, batches, count, seed=9, running=state)
+    assert routes == {route}
     reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
     sample = sampler.sample(n, batches * count, seed=9, running=reference)
     expected_re = [
@@ -269,7 +269,25 @@ def test_readings_are_the_variance_traces_of_consecutive_batches(
     np.testing.assert_allclose(state.sum_g_t, reference.sum_g_t, rtol=1e-12)
     np.testing.assert_array_equal(state.count_t, reference.count_t)
     assert readings.variance_trace_re.shape == (count, len(specs))
-    assert bool(routes) == cell_sums
+
+
+def _recorded_routes(monkeypatch) -> set:
+    """The read-outs that ``Sampler`` calls from now on, by name (filled as it runs)."""
+    routes = set()
+    for name, route in (
+        ("_episode_moments", "moments"),
+        ("_episode_readings", "cell sums"),
+        ("_episode_gradients", "episodes"),
+        ("batch_gradients", "statistics"),
+    ):
+        function = getattr(montecarlo, name)
+
+        def recording(*args, _function=function, _route=route, **kwargs):
+            routes.add(_route)
+            return _function(*args, **kwargs)
+
+        monkeypatch.setattr(montecarlo, name, recording)
+    return routes
 
 
 FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"  # no running mean
@@ -293,12 +311,20 @@ def _small_per_step(noise):
         ("small-none", 30, True),
     ],
 )
-def test_readings_through_path_moments_are_the_variance_traces(name, batches, moments, monkeypatch):
-    """With no running baseline, one-episode readings come from each path's count, noise sums and the
+@pytest.mark.parametrize(
+    "specs_text",
+    [FIXED_SPECS, "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"],
+    ids=["fixed", "running"],
+)
+def test_readings_through_path_moments_are_the_variance_traces(
+    name, batches, moments, specs_text, monkeypatch
+):
+    """One-episode readings come from each path's count, noise sums (and running means) and the
     episodes' squared norms: the same readings and running sums as reading every episode out, also
-    when the readings are split into chunks; random-stream blocks start mid-reading here."""
+    when the readings are split into chunks; random-stream blocks start mid-reading here. Eight
+    estimators with running baselines are two blocks of the kernel's lanes."""
     mdp, theta = _small_per_step(name.split("-")[1]) if name.startswith("small") else _case(name)
-    specs = parse_estimators(FIXED_SPECS, entropy=0.1)
+    specs = parse_estimators(specs_text, entropy=0.1)
     sampler = montecarlo.Sampler(mdp, theta, specs)
     routes = []
     monkeypatch.setattr(montecarlo, "_episode_moments", _recording(montecarlo._episode_moments, routes))
@@ -307,11 +333,15 @@ def test_readings_through_path_moments_are_the_variance_traces(name, batches, mo
 
     def readings():
         state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+        state.sum_g_t += 3.0 * np.arange(sampler.tables.steps)  # a warm start: the baselines move
+        state.count_t += 5.0
         return sampler.readings(1, batches, count, seed=9, running=state).variance_trace_re, state
 
     whole_re, state = readings()
     assert bool(routes) == moments
     reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+    reference.sum_g_t += 3.0 * np.arange(sampler.tables.steps)
+    reference.count_t += 5.0
     sample = sampler.sample(1, batches * count, seed=9, running=reference)
     expected_re = [
         [variance_trace(means_md[r * batches : (r + 1) * batches])[0] for means_md in sample.batch_means_emd]
@@ -328,15 +358,20 @@ def test_readings_through_path_moments_are_the_variance_traces(name, batches, mo
 
 
 @pytest.mark.parametrize(
-    ("specs_text", "horizon", "has_moments"),
-    [("vanilla,gae0.9+value", 8, True), ("vanilla,rtg+running", 3, False), ("vanilla", 9, False)],
+    ("specs_text", "horizon", "kind"),
+    [
+        ("vanilla,gae0.9+value", 8, montecarlo._Moments),
+        ("vanilla", 9, None),
+        ("vanilla,rtg+running", 4, montecarlo._RunningMoments),
+        ("vanilla,rtg+running", 5, None),
+    ],
 )
-def test_path_moments_need_fixed_baselines_and_a_short_horizon(specs_text, horizon, has_moments):
-    """A running mean changes from episode to episode (no per-path sums can carry it), and the
-    kernel is compiled per horizon up to MAX_MOMENT_STEPS."""
+def test_path_moments_need_a_short_horizon(specs_text, horizon, kind):
+    """The kernels are compiled per horizon: up to MAX_MOMENT_STEPS, or with a running baseline up to
+    MAX_RUNNING_MOMENT_STEPS (the running sums of those steps fill one register)."""
     mdp = random_mdp(3, states=1, actions=2, horizon=horizon, noise="uniform")
     sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape(True)), parse_estimators(specs_text))
-    assert (sampler._moments is not None) == has_moments
+    assert type(sampler._moments) is (kind or type(None))
 
 
 def _recording(function, calls):

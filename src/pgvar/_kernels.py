@@ -3,9 +3,9 @@
 Two ways to draw episodes: ``simulate`` walks any MDP step by step; ``sample_paths`` draws each
 episode's whole path at once when the paths are few (``montecarlo._Paths``) and ``paths_to_stats``
 turns its per-path sums into the same statistics; ``paths_readout`` reads small batches out episode
-by episode instead. Readings of one-episode batches keep sums per cell (``paths_readings``) or, where
-no estimator has a running baseline, per path (``path_moments``). ``readout`` turns the statistics
-into every estimator's batch-mean gradient.
+by episode instead. Readings of one-episode batches keep sums per cell (``paths_readings``) or, for
+short horizons, per path (``path_moments``; ``path_moments_running`` with running baselines).
+``readout`` turns the statistics into every estimator's batch-mean gradient.
 
 ``simulate`` rolls out episodes and adds, per batch, step, state and action, the sufficient
 statistics of every estimator: the visit count, the sum of the reward-to-go G_t, of the return R
@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from pgvar._lanes import LANES, fma, load, select, splat, store
+from pgvar._lanes import LANES, QUAD, fma, lane_of, load, load4, maximum, select, splat, splat4, store, store4
 
 NOISE_NONE, NOISE_UNIFORM, NOISE_GAUSSIAN = 0, 1, 2
 COUNT, SUM_G, SUM_R, SUM_ADV = 0, 1, 2, 3  # channels of the statistics; GAE estimator g uses SUM_ADV + g
@@ -588,6 +588,102 @@ def path_moments(
                         w += one
                     square += partial * _unit(noise_it[i, t])
             squares_rke[r, k, e] += square
+
+
+@njit(cache=True, nogil=True)
+def path_moments_running(
+    uniforms, noise_it, steps_witness, blocks_witness, threshold_k, alias_k, scale_kt, gamma_t, decay_bl,
+    weight_btl, return_bl, minus_g_btl, minus_r_bl, cross2_kbtl, score_sq_kt, running_kjl, alive_kl,
+    mean_row_kt, prior_xl, first_batch, per_reading, sums_rx, squares_rbl,
+):  # fmt: skip
+    """Batches of one episode each, with running baselines: per reading, each path's count and unit
+    reward noise summed per step (``sums_rx[r, k (1 + T) + w]`` = n, then sum u_t, as ``path_moments``
+    keeps them), then the running means of G_t and of R summed per visited (step, state, action) cell
+    (``sums_rx[r, mean_row_kt[k, t] + 0 or 1]``; steps after a path ended add into a row of their
+    own); per reading, the squared gradient norms less their part at the mean rewards, QUAD estimators
+    at a time (``squares_rbl``). ``montecarlo._RunningMoments`` turns them into the readings.
+
+    Episode i, its path and its unit noise are as in ``path_moments``. A running mean changes with
+    every episode, so the episode's squared norm is summed as it is drawn: with distinct logits it is
+    its value at the mean rewards plus sum_t y_t (2 cross_t + |score_t|^2 y_t), where y_t = (the
+    weight's noise) - (the running baseline) for each estimator, the estimators being the lanes of
+    4-wide vectors (blocks of ``blocks_witness``) and t walking backwards so that G_t's noise (and a
+    GAE advantage's) is one multiply-add a step. The running sums (``prior_xl``: G_t, R and the count,
+    QUAD steps each; T <= QUAD) stay in registers: the means are read before an episode joins them.
+
+    ``steps_witness`` and ``blocks_witness`` are tuples of T and of ceil(E / 4) zeros (see
+    ``path_moments``)."""
+    n_steps = len(steps_witness)
+    n_blocks = len(blocks_witness)
+    n_paths = threshold_k.shape[0]
+    noisy = noise_it.shape[1] > 0
+    to_column = n_paths * _TO_UNIT
+    one = np.uint64(1)
+    unit_t = np.zeros(n_steps)
+    noise_t = np.zeros(n_steps)  # the episode's scaled reward noise per step
+    ones = splat4(1.0)
+    zero = splat4(0.0)
+    prior_g, prior_r, prior_n = load4(prior_xl, 0), load4(prior_xl, QUAD), load4(prior_xl, 2 * QUAD)
+    row_width = np.uint64(1 + n_steps)  # a path's count and noise sums
+    r = np.uint64(0)
+    left = per_reading - first_batch % per_reading  # batches until reading r is complete
+    for i in range(uniforms.shape[0]):
+        if left == 0:
+            r += one
+            left = per_reading
+        left -= 1
+        x = uniforms[i, 0] * to_column
+        column = int(x)
+        path = column if x - column < threshold_k[column] else alias_k[column]
+        k = np.uint64(path)
+        row = k * row_width
+        sums_rx[r, row] += 1.0
+        noise_r = 0.0  # the noise in R
+        if noisy:
+            for step in range(n_steps):
+                t = np.uint64(step)
+                unit_t[t] = _unit(noise_it[i, t])
+                sums_rx[r, row + one + t] += unit_t[t]
+                noise_t[t] = scale_kt[k, t] * unit_t[t]
+                noise_r += gamma_t[t] * noise_t[t]
+        # the running means before this episode joins them (the sums are 0 while the count is)
+        inverse = ones / maximum(prior_n, ones)
+        mean_g, mean_r = prior_g * inverse, prior_r * inverse
+        for step in range(n_steps):
+            t = np.uint64(step)
+            cell = np.uint64(mean_row_kt[k, t])
+            sums_rx[r, cell] += lane_of(mean_g, step)
+            sums_rx[r, cell + one] += lane_of(mean_r, step)
+        # this episode's G_t and R per step (zero after its path ended): at the mean rewards plus noise
+        at = path * (n_steps + 1) * 2 * QUAD
+        g, total = load4(running_kjl, at), load4(running_kjl, at + QUAD)
+        for step in range(n_steps):
+            unit = splat4(unit_t[np.uint64(step)])
+            at += 2 * QUAD
+            g, total = fma(unit, load4(running_kjl, at), g), fma(unit, load4(running_kjl, at + QUAD), total)
+        prior_g, prior_r = prior_g + g, prior_r + total
+        prior_n = prior_n + load4(alive_kl, path * QUAD)
+        noise_r_l = splat4(noise_r)
+        for block in range(n_blocks):
+            decay = load4(decay_bl, block * QUAD)
+            returned = load4(return_bl, block * QUAD) * noise_r_l  # R's noise, where R is the weight
+            minus_r = load4(minus_r_bl, block * QUAD)
+            noise_w = zero  # G_t's or a GAE advantage's noise, t walking backwards
+            square = zero
+            for step in range(n_steps - 1, -1, -1):
+                t = np.uint64(step)
+                noise_w = fma(decay, noise_w, splat4(noise_t[t]))
+                at = (block * n_steps + step) * QUAD
+                y = fma(load4(weight_btl, at), noise_w, returned)
+                baseline = load4(minus_g_btl, at) * splat4(lane_of(mean_g, step))
+                y = y - baseline - minus_r * splat4(lane_of(mean_r, step))
+                cross2 = load4(cross2_kbtl, ((path * n_blocks + block) * n_steps + step) * QUAD)
+                square = fma(y, fma(splat4(score_sq_kt[k, t]), y, cross2), square)
+            at = (r * n_blocks + block) * QUAD
+            store4(squares_rbl, at, load4(squares_rbl, at) + square)
+    store4(prior_xl, 0, prior_g)
+    store4(prior_xl, QUAD, prior_r)
+    store4(prior_xl, 2 * QUAD, prior_n)
 
 
 @njit(cache=True, nogil=True)

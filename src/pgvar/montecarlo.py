@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
@@ -49,8 +50,10 @@ EPISODE_READOUT_MAX_N = 4  # batches of at most this many episodes are read out 
 STREAM_EPISODES = 1 << 16  # episodes per random stream block (fixed, so chunking never changes results)
 BLOCK_CELLS = 1 << 16  # bound on batches x steps x states x actions per block (stays in cache)
 MAX_MOMENT_STEPS = 8  # horizons up to this read one-episode batches out through path moments
-MAX_MOMENT_READOUT = 1 << 18  # and paths x (1 + steps) x estimators x parameters up to this
+MAX_RUNNING_MOMENT_STEPS = _lanes.QUAD  # with running baselines (their running sums fill a register)
+MAX_MOMENT_READOUT = 1 << 18  # and paths x sums per path x estimators x parameters up to this
 MOMENT_READOUT_PER_EPISODE = 256  # multiply-adds of that read-out per episode, at most, for it to pay
+RUNNING_MOMENT_READOUT_PER_EPISODE = 1024  # with running baselines (the per-cell kernel costs more)
 _MOMENT_CHUNK = 1 << 17  # path moments held at once (1 MB)
 _WARMUP_STREAM = 1 << 30
 
@@ -462,19 +465,27 @@ def _lane_tables(
             out[..., lane] = value
         return out
 
-    rtg_e1 = (tables.weight_kind_e == _kernels.WEIGHT_RTG)[:, None]
-    minus_g_et = np.where((tables.running_e == 1)[:, None], np.where(rtg_e1, tables.scale_et, 1.0), 0.0)
+    minus_g_et, minus_r_e = _running_factors(tables)
     mean_r_kt = np.where(alive_kt, paths_mean_g_kt[:, :1], 0.0)
     return (
         padded(decay_e, 0.0, tables.mdp.gamma, 0.0),
         padded(tables.weight_kind_e == _kernels.WEIGHT_RETURN, False, False, True),
-        padded((tables.running_e == 2).astype(float), 0.0, 0.0, 0.0),
+        padded(minus_r_e, 0.0, 0.0, 0.0),
         padded(tables.scale_et.T, 0.0, 1.0, 0.0),
         padded(minus_g_et.T, 0.0, 0.0, 0.0),
         padded(square_ek.T, 0.0, 0.0, 0.0),
         padded(2.0 * cross_ekt.transpose(1, 2, 0), 0.0, 0.0, 0.0),
         padded(weight_ekt.transpose(1, 2, 0), alive_kt.astype(float), paths_mean_g_kt, mean_r_kt),
     )
+
+
+def _running_factors(tables: _Tables) -> tuple[np.ndarray, np.ndarray]:
+    """What each estimator subtracts per unit of the running mean of G_t at step t (``minus_g_et``,
+    (E, T): the lesson's baseline, scaled as the reward-to-go it is compared with) and of R
+    (``minus_r_e``, (E,): the running mean of the return itself)."""
+    rtg_e1 = (tables.weight_kind_e == _kernels.WEIGHT_RTG)[:, None]
+    minus_g_et = np.where((tables.running_e == 1)[:, None], np.where(rtg_e1, tables.scale_et, 1.0), 0.0)
+    return minus_g_et, (tables.running_e == 2).astype(float)
 
 
 @dataclass(frozen=True)
@@ -488,25 +499,106 @@ class _Moments:
     scale_et sum_{j >= t} decay^(j - t) scale_kj u_j. At each visit the episode's gradient is
     at_mean + m_t score, linear in u. So a reading's summed gradient is linear in each path's count
     and noise sums (``readout_xf``), and each episode's squared norm is a quadratic in u, whose
-    coefficients (``coef_ekw``) the kernel evaluates as it draws the noise. (A running baseline
-    changes from episode to episode: no per-path sum carries it.)"""
+    coefficients (``coef_ekw``) the kernel evaluates as it draws the noise."""
 
     steps_witness: tuple  # T zeros, E zeros: the kernel is compiled for these lengths
     estimators_witness: tuple
     coef_ekw: np.ndarray  # (E, K, 1 + T + T (T + 1) / 2): on 1, on u_t, on u_t u_j (j <= t) row by row
     readout_xf: np.ndarray  # (K (1 + T), E D): each path's count and noise sums -> the summed gradients
     running_xf: np.ndarray  # (K (1 + T), 3 T): -> the sums of G_t and of R, and the counts, per step
+    readout_budget: ClassVar[int] = MOMENT_READOUT_PER_EPISODE
+
+    def sums(
+        self, paths: _Paths, uniforms: np.ndarray, noise_it: np.ndarray, first_batch: int, per_reading: int,
+        readings: int, running: RunningBaselines,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The per-path sums (R, K W) of ``readings`` readings from their episodes' random numbers, and
+        their squared norms summed (R, E); adds the episodes into ``running``."""
+        n_paths, n_estimators = paths.threshold_k.size, len(self.estimators_witness)
+        sums_rkw = np.zeros((readings, n_paths, 1 + len(self.steps_witness)))
+        squares_rke = np.zeros((readings, n_paths, n_estimators))
+        _kernels.path_moments(
+            uniforms, noise_it, self.steps_witness, self.estimators_witness, paths.threshold_k,
+            paths.alias_k, self.coef_ekw, first_batch, per_reading, sums_rkw, squares_rke,
+        )  # fmt: skip
+        sums_rx = sums_rkw.reshape(readings, -1)
+        sum_g_t, sum_r_t, count_t = (sums_rx.sum(axis=0) @ self.running_xf).reshape(3, -1)
+        running.sum_g_t += sum_g_t
+        running.sum_r_t += sum_r_t
+        running.count_t += count_t
+        return sums_rx, squares_rke.sum(axis=1)
 
 
-def _moments(tables: _Tables, paths: _Paths) -> _Moments | None:
-    """The tables of :class:`_Moments`, or None where a path visits a logit twice, an estimator has a
-    running baseline, the horizon is too long or the dense read-out map would be larger than
-    ``MAX_MOMENT_READOUT``."""
+@dataclass(frozen=True)
+class _RunningMoments:
+    """One-episode batches read out through each path's moments (``_kernels.path_moments_running``)
+    when an estimator has a running baseline: for horizons up to ``MAX_RUNNING_MOMENT_STEPS`` where no
+    path visits a logit twice.
+
+    A running baseline b_t changes from episode to episode, but enters the gradient linearly: at each
+    visit the episode's gradient is at_mean + (m_t - b_t) score. So a reading's summed gradient is
+    linear in each path's count and noise sums and in the running means of G_t and of R summed per
+    visited cell (``readout_xf``: per cell, not per path, since the score depends on the cell only
+    and the read-out's product is then 2.5 times smaller on the lesson); the episodes' squared norms
+    are summed by the kernel as it draws them. Tables
+    named ``_bl`` hold the estimators in blocks of ``_lanes.QUAD`` lanes (padded with zeros);
+    ``running_kjl`` gives each path's G_t and R per step: at the mean rewards, then per unit noise of
+    step j."""
+
+    steps_witness: tuple  # T zeros, ceil(E / QUAD) zeros: the kernel is compiled for these lengths
+    blocks_witness: tuple
+    gamma_t: np.ndarray  # (T,) gamma^t: the return's noise
+    decay_bl: np.ndarray  # (B, QUAD) the decay of the weight's noise backwards (see ``_Paths.decay_e``)
+    weight_btl: np.ndarray  # (B, T, QUAD) the score scale on that noise (0 where the weight is R)
+    return_bl: np.ndarray  # (B, QUAD) 1 where the weight is R
+    minus_g_btl: np.ndarray  # (B, T, QUAD) and (B, QUAD): see ``_running_factors``
+    minus_r_bl: np.ndarray
+    cross2_kbtl: np.ndarray  # (K, B, T, QUAD) twice at_mean . score per visit
+    running_kjl: np.ndarray  # (K, 1 + T, 2, QUAD): G_t and R at step t (QUAD lanes), zero after the end
+    alive_kl: np.ndarray  # (K, QUAD) 1 while the path lasts
+    mean_row_kt: np.ndarray  # (K, T) where the running means at step t of path k are summed
+    square_ke: np.ndarray  # (K, E) |at_mean|^2
+    readout_xf: np.ndarray  # (K (1 + T) + 2 cells, E D): the sums of a reading -> its summed gradients
+    readout_budget: ClassVar[int] = RUNNING_MOMENT_READOUT_PER_EPISODE
+
+    def sums(
+        self, paths: _Paths, uniforms: np.ndarray, noise_it: np.ndarray, first_batch: int, per_reading: int,
+        readings: int, running: RunningBaselines,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """As :meth:`_Moments.sums`; the kernel reads and updates ``running`` episode by episode."""
+        quad, steps = _lanes.QUAD, len(self.steps_witness)
+        n_paths, n_estimators = paths.threshold_k.size, self.square_ke.shape[1]
+        sums_rx = np.zeros((readings, self.readout_xf.shape[0]))
+        squares_rbl = np.zeros((readings, len(self.blocks_witness), quad))
+        prior_xl = np.zeros((3, quad))
+        prior_xl[:, :steps] = running.sum_g_t, running.sum_r_t, running.count_t
+        _kernels.path_moments_running(
+            uniforms, noise_it, self.steps_witness, self.blocks_witness, paths.threshold_k, paths.alias_k,
+            paths.scale_kt, self.gamma_t, self.decay_bl, self.weight_btl, self.return_bl, self.minus_g_btl,
+            self.minus_r_bl, self.cross2_kbtl, paths.score_sq_kt, self.running_kjl, self.alive_kl,
+            self.mean_row_kt, prior_xl, first_batch, per_reading, sums_rx, squares_rbl,
+        )  # fmt: skip
+        running.sum_g_t[:], running.sum_r_t[:], running.count_t[:] = prior_xl[:, :steps]
+        counts_rk = sums_rx[:, : n_paths * (1 + steps) : 1 + steps]
+        squares_re = squares_rbl.reshape(readings, -1)[:, :n_estimators] + counts_rk @ self.square_ke
+        return sums_rx, squares_re
+
+
+def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | None:
+    """The tables of :class:`_Moments` or, where an estimator has a running baseline, of
+    :class:`_RunningMoments`; None where a path visits a logit twice, the horizon is too long or the
+    dense read-out map would be larger than ``MAX_MOMENT_READOUT``."""
     scale_kt, score_kta, at_mean_ekta = paths.scale_kt, paths.score_kta, paths.at_mean_ekta
     n_paths, steps = scale_kt.shape
     n_estimators, n_params = len(tables.specs), tables.n_params
-    too_big = n_paths * (1 + steps) * n_estimators * n_params > MAX_MOMENT_READOUT
-    if not paths.distinct_params or steps > MAX_MOMENT_STEPS or tables.running_e.any() or too_big:
+    has_running = bool(tables.running_e.any())
+    alive_kt = np.arange(steps) < paths.length_k[:, None]
+    # with running baselines, their means summed per visited cell: a row pair each, one more for the rest
+    cells, cell_kt = np.unique(np.where(alive_kt, paths.cell_kt, -1), return_inverse=True)
+    mean_rows = 2 * cells.size if has_running else 0
+    too_big = (n_paths * (1 + steps) + mean_rows) * n_estimators * n_params > MAX_MOMENT_READOUT
+    too_long = steps > (MAX_RUNNING_MOMENT_STEPS if has_running else MAX_MOMENT_STEPS)
+    if not paths.distinct_params or too_long or too_big:
         return None
     gamma = tables.mdp.gamma
     lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # j - t
@@ -522,14 +614,8 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | None:
         else:
             decay_tj = decaying(paths.decay_e[e])
             noise_ektj[e] = tables.scale_et[e][None, :, None] * decay_tj[None] * scale_kt[:, None, :]
-    # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
     square_ek = np.einsum("ekta,ekta->ek", at_mean_ekta, at_mean_ekta)
     cross_ekt = np.einsum("ekta,kta->ekt", at_mean_ekta, score_kta)
-    linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
-    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", paths.score_sq_kt, noise_ektj, noise_ektj)
-    row_p, column_p = np.tril_indices(steps)
-    pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
-    coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
     # the summed gradients: a visit adds n at_mean + (B s)_t score at its logit (after a path ended, 0)
     values_ktaxe = np.concatenate(
         [at_mean_ekta[None], noise_ektj.transpose(3, 0, 1, 2)[..., None] * score_kta]
@@ -537,8 +623,31 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | None:
     readout_kdxe = np.zeros((n_paths, n_params, 1 + steps, n_estimators))
     path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], paths.param_kta.shape)
     np.add.at(readout_kdxe, (path_kta, paths.param_kta), values_ktaxe)
+    readout_xf = readout_kdxe.transpose(0, 2, 3, 1).reshape(n_paths * (1 + steps), -1)
+    if has_running:
+        # and - (minus_g_t mean_g_t + minus_r mean_r_t) score per visit, summed per cell (the score
+        # depends on the cell only): row 2 c takes the means of G_t, row 2 c + 1 those of R
+        minus_g_et, minus_r_e = _running_factors(tables)
+        cell_kt = cell_kt.reshape(n_paths, steps)
+        mean_rcde = np.zeros((2, cells.size, n_params, n_estimators))
+        for k, t in zip(*np.nonzero(alive_kt), strict=True):
+            c, params = cell_kt[k, t], paths.param_kta[k, t]
+            mean_rcde[0, c, params] = -minus_g_et[:, t] * score_kta[k, t][:, None]
+            mean_rcde[1, c, params] = -minus_r_e * score_kta[k, t][:, None]
+        mean_xf = mean_rcde.transpose(1, 0, 3, 2).reshape(mean_rows, -1)
+        readout_xf = np.concatenate([readout_xf, mean_xf])
+        mean_row_kt = n_paths * (1 + steps) + 2 * cell_kt
+        return _running_moments(
+            tables, paths, noise_ektj, square_ek, cross_ekt, alive_kt, mean_row_kt, readout_xf
+        )
+    readout_xf = np.ascontiguousarray(readout_xf)
+    # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
+    linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
+    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", paths.score_sq_kt, noise_ektj, noise_ektj)
+    row_p, column_p = np.tril_indices(steps)
+    pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
+    coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
     # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
-    alive_kt = np.arange(steps) < paths.length_k[:, None]
     running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
     running_kxct[:, 0, 0] = paths.mean_g_kt
     running_kxct[:, 0, 1] = alive_kt * paths.mean_g_kt[:, :1]
@@ -549,8 +658,59 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | None:
         (0,) * steps,
         (0,) * n_estimators,
         np.ascontiguousarray(coef_ekw),
-        np.ascontiguousarray(readout_kdxe.transpose(0, 2, 3, 1).reshape(n_paths * (1 + steps), -1)),
+        readout_xf,
         running_kxct.reshape(n_paths * (1 + steps), 3 * steps),
+    )
+
+
+def _running_moments(
+    tables: _Tables,
+    paths: _Paths,
+    noise_ektj: np.ndarray,
+    square_ek: np.ndarray,
+    cross_ekt: np.ndarray,
+    alive_kt: np.ndarray,
+    mean_row_kt: np.ndarray,
+    readout_xf: np.ndarray,
+) -> _RunningMoments:
+    """The kernel's tables of :class:`_RunningMoments` (see :func:`_moments` for the arguments)."""
+    quad = _lanes.QUAD
+    n_estimators, n_paths, steps, _ = noise_ektj.shape
+    blocks = -(-n_estimators // quad)
+
+    def in_blocks(array_ex: np.ndarray) -> np.ndarray:  # (E, ...) -> (B, ..., QUAD), padded with zeros
+        padded = np.zeros((blocks * quad, *array_ex.shape[1:]))
+        padded[:n_estimators] = array_ex
+        return np.ascontiguousarray(np.moveaxis(padded.reshape(blocks, quad, *array_ex.shape[1:]), 1, -1))
+
+    is_return_e = tables.weight_kind_e == _kernels.WEIGHT_RETURN
+    minus_g_et, minus_r_e = _running_factors(tables)
+    # G_t = mean_g + sum_j G_tj u_j and R = mean_r + sum_j R_j u_j while the path lasts (lanes: t)
+    running_kjcl = np.zeros((n_paths, 1 + steps, 2, quad))
+    running_kjcl[:, 0, 0, :steps] = paths.mean_g_kt
+    running_kjcl[:, 0, 1, :steps] = alive_kt * paths.mean_g_kt[:, :1]
+    lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # j - t
+    g_noise_tj = np.where(lag_tj >= 0, tables.mdp.gamma ** np.maximum(lag_tj, 0), 0.0)
+    running_kjcl[:, 1:, 0, :steps] = (g_noise_tj[None] * paths.scale_kt[:, None, :]).transpose(0, 2, 1)
+    r_noise_kj = tables.mdp.gamma ** np.arange(steps) * paths.scale_kt
+    running_kjcl[:, 1:, 1, :steps] = r_noise_kj[:, :, None] * alive_kt[:, None, :]
+    alive_kl = np.zeros((n_paths, quad))
+    alive_kl[:, :steps] = alive_kt
+    return _RunningMoments(
+        (0,) * steps,
+        (0,) * blocks,
+        tables.mdp.gamma ** np.arange(steps),
+        in_blocks(paths.decay_e),
+        in_blocks(np.where(is_return_e[:, None], 0.0, tables.scale_et)),
+        in_blocks(is_return_e.astype(float)),
+        in_blocks(minus_g_et),
+        in_blocks(minus_r_e),
+        np.ascontiguousarray(in_blocks(2.0 * cross_ekt).transpose(1, 0, 2, 3)),
+        running_kjcl,
+        alive_kl,
+        mean_row_kt,
+        np.ascontiguousarray(square_ek.T),
+        np.ascontiguousarray(readout_xf),
     )
 
 
@@ -662,40 +822,31 @@ def _episode_readings(
 def _episode_moments(
     tables: _Tables,
     paths: _Paths,
-    moments: _Moments,
+    moments: _Moments | _RunningMoments,
     uniforms: np.ndarray,
     normals: np.ndarray,
     running: RunningBaselines,
     first_batch: int,
     sums: _Sums,
 ) -> None:
-    """As :func:`_episode_readings`, through each path's moments per reading (:class:`_Moments`), a
-    chunk of readings at a time. The running sums are totalled, as no estimator reads them here."""
+    """As :func:`_episode_readings`, through each path's moments per reading (:class:`_Moments`,
+    :class:`_RunningMoments`), a chunk of readings at a time."""
     per_reading = sums.per_reading
-    n_paths, n_estimators, n_params = paths.threshold_k.size, len(tables.specs), tables.n_params
-    n_rows = moments.readout_xf.shape[0]  # paths x (1 + T)
+    n_estimators, n_params = len(tables.specs), tables.n_params
     noise_it = normals if normals.shape[0] else uniforms[:, 1:]
-    per_chunk = max(1, _MOMENT_CHUNK // n_rows)  # readings
+    per_chunk = max(1, _MOMENT_CHUNK // moments.readout_xf.shape[0])  # readings
     start = 0
     while start < uniforms.shape[0]:
         reading = (first_batch + start) // per_reading
         stop = min(uniforms.shape[0], (reading + per_chunk) * per_reading - first_batch)
         readings = -(-(first_batch + stop) // per_reading) - reading
-        sums_rkw = np.zeros((readings, n_paths, n_rows // n_paths))
-        squares_rke = np.zeros((readings, n_paths, n_estimators))
-        _kernels.path_moments(
-            uniforms[start:stop], noise_it[start:stop], moments.steps_witness, moments.estimators_witness,
-            paths.threshold_k, paths.alias_k, moments.coef_ekw, first_batch + start, per_reading, sums_rkw,
-            squares_rke,
+        sums_rx, squares_re = moments.sums(
+            paths, uniforms[start:stop], noise_it[start:stop], first_batch + start, per_reading, readings,
+            running,
         )  # fmt: skip
-        sums_rx = sums_rkw.reshape(readings, n_rows)
         chunk = slice(reading, reading + readings)
         sums.sum_red[chunk] += (sums_rx @ moments.readout_xf).reshape(readings, n_estimators, n_params)
-        sums.sumsq_re[chunk] += squares_rke.sum(axis=1)
-        sum_g_t, sum_r_t, count_t = (sums_rx.sum(axis=0) @ moments.running_xf).reshape(3, tables.steps)
-        running.sum_g_t += sum_g_t
-        running.sum_r_t += sum_r_t
-        running.count_t += count_t
+        sums.sumsq_re[chunk] += squares_re
         start = stop
 
 
@@ -821,7 +972,7 @@ class Sampler:
         self.method = "paths" if self.paths is not None else "steps"
 
     @cached_property
-    def _moments(self) -> _Moments | None:
+    def _moments(self) -> _Moments | _RunningMoments | None:
         """The path-moments read-out's tables, made when one-episode readings first need them."""
         return _moments(self.tables, self.paths) if self.paths is not None else None
 
@@ -918,11 +1069,9 @@ class Sampler:
         # one-episode batches in readings of at least as many batches as there are states: sums per
         # cell, read out once a reading (as cheap as reading out its episodes one by one, or cheaper)
         by_cell_sums = by_episode and n == 1 and self.paths.distinct_params and per_reading >= mdp.n_states
-        # better still, where no estimator has a running baseline: sums per path (``_Moments``)
+        # better still, for short horizons: sums per path (``_Moments``, ``_RunningMoments``)
         moments = self._moments if by_episode and n == 1 and per_reading > 1 else None
-        by_moments = (
-            moments is not None and moments.readout_xf.size <= MOMENT_READOUT_PER_EPISODE * per_reading
-        )
+        by_moments = moments is not None and moments.readout_xf.size <= moments.readout_budget * per_reading
 
         def rows(index: int) -> slice:
             return slice(starts[index], min(starts[index] + per_block, batches))
