@@ -238,7 +238,7 @@ def test_the_sampler_draws_paths_where_it_can_and_says_why_not_otherwise():
         ("lesson", "paths", 1, 60, "moments"),  # one-episode readings of a short horizon: sums per path
         ("lesson", "paths", 1, 2, "episodes"),  # too few batches a reading for that: episode by episode
         ("lesson", "paths", 3, 30, "episodes"),
-        ("lesson", "paths", 8, 10, "statistics"),  # per-cell statistics
+        ("lesson", "paths", 8, 10, "statistics"),  # per-cell statistics (running baselines here)
         ("lesson", "steps", 1, 30, "statistics"),
         ("per-step-time-dependent", "paths", 1, 25, "cell sums"),  # 212 paths, some ending early
         ("per-step-time-dependent", "paths", 2, 25, "episodes"),
@@ -274,23 +274,25 @@ def test_readings_are_the_variance_traces_of_consecutive_batches(
 def _recorded_routes(monkeypatch) -> set:
     """The read-outs that ``Sampler`` calls from now on, by name (filled as it runs)."""
     routes = set()
-    for name, route in (
-        ("_episode_moments", "moments"),
-        ("_episode_readings", "cell sums"),
-        ("_episode_gradients", "episodes"),
-        ("batch_gradients", "statistics"),
+    for owner, name, route in (
+        (montecarlo._Moments, "batch_means", "path sums"),
+        (montecarlo, "_episode_moments", "moments"),
+        (montecarlo, "_episode_readings", "cell sums"),
+        (montecarlo, "_episode_gradients", "episodes"),
+        (montecarlo, "batch_gradients", "statistics"),
     ):
-        function = getattr(montecarlo, name)
+        function = getattr(owner, name)
 
         def recording(*args, _function=function, _route=route, **kwargs):
             routes.add(_route)
             return _function(*args, **kwargs)
 
-        monkeypatch.setattr(montecarlo, name, recording)
+        monkeypatch.setattr(owner, name, recording)
     return routes
 
 
 FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"  # no running mean
+RUNNING_SPECS = "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"  # two blocks
 
 
 def _small_per_step(noise):
@@ -313,7 +315,7 @@ def _small_per_step(noise):
 )
 @pytest.mark.parametrize(
     "specs_text",
-    [FIXED_SPECS, "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"],
+    [FIXED_SPECS, RUNNING_SPECS],
     ids=["fixed", "running"],
 )
 def test_readings_through_path_moments_are_the_variance_traces(
@@ -355,6 +357,39 @@ def test_readings_through_path_moments_are_the_variance_traces(
     chunked_re, chunked_state = readings()
     np.testing.assert_allclose(chunked_re, whole_re, rtol=1e-12)
     np.testing.assert_allclose(chunked_state.sum_g_t, state.sum_g_t, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "n"),
+    [("lesson", 8), ("lesson", 256), ("small-gaussian", 5), ("small-uniform", 7), ("small-none", 9)],
+)
+def test_batches_through_path_sums_are_those_of_the_per_cell_statistics(name, n, monkeypatch):
+    """Batches of more than a few episodes on a short horizon, without running baselines, are read
+    out from each path's count and noise sums per batch (one dense product): the same batch means,
+    running sums and per-(step, state) totals as the per-cell statistics of the same episodes."""
+    mdp, theta = _small_per_step(name.split("-")[1]) if name.startswith("small") else _case(name)
+    specs = parse_estimators(FIXED_SPECS, entropy=0.1)
+    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 3 * n + 1)  # several blocks, hence streams
+    samples = []
+    for route in ("path sums", "statistics"):
+        if route == "statistics":
+            monkeypatch.setattr(montecarlo.Sampler, "_moments", None)
+        routes = _recorded_routes(monkeypatch)
+        sampler = montecarlo.Sampler(mdp, theta, specs)
+        running = montecarlo.RunningBaselines.empty(sampler.tables.steps)
+        running.sum_g_t += 2.0
+        running.count_t += 3.0
+        samples.append(sampler.sample(n, 20, seed=4, running=running))
+        assert routes == {route}
+    via_sums, via_statistics = samples
+    np.testing.assert_allclose(
+        via_sums.batch_means_emd, via_statistics.batch_means_emd, rtol=1e-10, atol=1e-13
+    )
+    for total in ("sum_g_t", "sum_r_t", "count_t"):
+        expected = getattr(via_statistics.running, total)
+        np.testing.assert_allclose(getattr(via_sums.running, total), expected, rtol=1e-12)
+    np.testing.assert_allclose(via_sums.count_ts, via_statistics.count_ts, rtol=1e-12)
+    np.testing.assert_allclose(via_sums.sum_g_ts, via_statistics.sum_g_ts, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -490,30 +490,55 @@ def _running_factors(tables: _Tables) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class _Moments:
-    """One-episode batches read out through each path's moments (``_kernels.path_moments``): for
-    horizons up to ``MAX_MOMENT_STEPS`` where no estimator has a running baseline and no path visits a
-    logit twice.
+    """Batches read out through each path's moments, where no estimator has a running baseline, no
+    path visits a logit twice and the horizon is at most ``MAX_MOMENT_STEPS``.
 
     On path k with unit reward noise u (T,), an estimator's weight noise at step t is m_t = B_kt . u:
     the return's is sum_j gamma^j scale_kj u_j at every step, G_t's or a GAE advantage's is
     scale_et sum_{j >= t} decay^(j - t) scale_kj u_j. At each visit the episode's gradient is
-    at_mean + m_t score, linear in u. So a reading's summed gradient is linear in each path's count
-    and noise sums (``readout_xf``), and each episode's squared norm is a quadratic in u, whose
-    coefficients (``coef_ekw``) the kernel evaluates as it draws the noise."""
+    at_mean + m_t score, linear in u. So a batch's (or a reading's) summed gradient is linear in each
+    path's count and noise sums, K (1 + T) numbers (``readout_xf``), and so are the running sums that
+    later batches see and the visits and sums of G_t per (step, state). For one-episode readings,
+    each episode's squared norm is a quadratic in u, whose coefficients (``coef_ekw``)
+    ``_kernels.path_moments`` evaluates as it draws the noise."""
 
     steps_witness: tuple  # T zeros, E zeros: the kernel is compiled for these lengths
     estimators_witness: tuple
     coef_ekw: np.ndarray  # (E, K, 1 + T + T (T + 1) / 2): on 1, on u_t, on u_t u_j (j <= t) row by row
     readout_xf: np.ndarray  # (K (1 + T), E D): each path's count and noise sums -> the summed gradients
     running_xf: np.ndarray  # (K (1 + T), 3 T): -> the sums of G_t and of R, and the counts, per step
+    visits_xf: np.ndarray  # (K (1 + T), 2 T S): -> the visits, then the sums of G_t, per (step, state)
     readout_budget: ClassVar[int] = MOMENT_READOUT_PER_EPISODE
+
+    def _path_rows(self, path_stats_bkw: np.ndarray) -> np.ndarray:
+        """(B, K (1 + T)) from (B, K, W) path sums (W = 1 without reward noise: no noise sums)."""
+        batches, _, width = path_stats_bkw.shape
+        steps = self.running_xf.shape[1] // 3
+        if width < 1 + steps:
+            path_stats_bkw = np.pad(path_stats_bkw, ((0, 0), (0, 0), (0, 1 + steps - width)))
+        return path_stats_bkw.reshape(batches, -1)
+
+    def _add_totals(
+        self, rows_bx: np.ndarray, running: RunningBaselines, count_ts: np.ndarray | None = None,
+        sum_g_ts: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """Add the episodes of the path-sum rows into ``running`` (and ``count_ts``, ``sum_g_ts``)."""
+        total_x = rows_bx.sum(axis=0)
+        sum_g_t, sum_r_t, count_t = (total_x @ self.running_xf).reshape(3, -1)
+        running.sum_g_t += sum_g_t
+        running.sum_r_t += sum_r_t
+        running.count_t += count_t
+        if count_ts is not None:
+            visits_ts, sums_ts = (total_x @ self.visits_xf).reshape(2, *count_ts.shape)
+            count_ts += visits_ts
+            sum_g_ts += sums_ts
 
     def sums(
         self, paths: _Paths, uniforms: np.ndarray, noise_it: np.ndarray, first_batch: int, per_reading: int,
         readings: int, running: RunningBaselines,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """The per-path sums (R, K W) of ``readings`` readings from their episodes' random numbers, and
-        their squared norms summed (R, E); adds the episodes into ``running``."""
+        """The per-path sums (R, K W) of ``readings`` one-episode readings from their episodes' random
+        numbers, and their squared norms summed (R, E); adds the episodes into ``running``."""
         n_paths, n_estimators = paths.threshold_k.size, len(self.estimators_witness)
         sums_rkw = np.zeros((readings, n_paths, 1 + len(self.steps_witness)))
         squares_rke = np.zeros((readings, n_paths, n_estimators))
@@ -522,28 +547,36 @@ class _Moments:
             paths.alias_k, self.coef_ekw, first_batch, per_reading, sums_rkw, squares_rke,
         )  # fmt: skip
         sums_rx = sums_rkw.reshape(readings, -1)
-        sum_g_t, sum_r_t, count_t = (sums_rx.sum(axis=0) @ self.running_xf).reshape(3, -1)
-        running.sum_g_t += sum_g_t
-        running.sum_r_t += sum_r_t
-        running.count_t += count_t
+        self._add_totals(sums_rx, running)
         return sums_rx, squares_rke.sum(axis=1)
+
+    def batch_means(
+        self, path_stats_bkw: np.ndarray, n: int, running: RunningBaselines, count_ts: np.ndarray,
+        sum_g_ts: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        """(B, E, D) batch means of n episodes each from their path sums (see :func:`_path_sums`); the
+        contract of :func:`batch_gradients` otherwise."""
+        rows_bx = self._path_rows(path_stats_bkw)
+        self._add_totals(rows_bx, running, count_ts, sum_g_ts)
+        return (rows_bx @ self.readout_xf).reshape(rows_bx.shape[0], len(self.estimators_witness), -1) / n
 
 
 @dataclass(frozen=True)
 class _RunningMoments:
-    """One-episode batches read out through each path's moments (``_kernels.path_moments_running``)
-    when an estimator has a running baseline: for horizons up to ``MAX_RUNNING_MOMENT_STEPS`` where no
-    path visits a logit twice.
+    """One-episode batches read out through each path's moments when an estimator has a running
+    baseline: where no path visits a logit twice and the horizon is at most
+    ``MAX_RUNNING_MOMENT_STEPS``.
 
     A running baseline b_t changes from episode to episode, but enters the gradient linearly: at each
     visit the episode's gradient is at_mean + (m_t - b_t) score. So a reading's summed gradient is
     linear in each path's count and noise sums and in the running means of G_t and of R summed per
     visited cell (``readout_xf``: per cell, not per path, since the score depends on the cell only
-    and the read-out's product is then 2.5 times smaller on the lesson); the episodes' squared norms
-    are summed by the kernel as it draws them. Tables
-    named ``_bl`` hold the estimators in blocks of ``_lanes.QUAD`` lanes (padded with zeros);
-    ``running_kjl`` gives each path's G_t and R per step: at the mean rewards, then per unit noise of
-    step j."""
+    and the read-out's product is then 2.5 times smaller on the lesson). For one-episode readings
+    ``_kernels.path_moments_running`` sums those means and the episodes' squared norms as it draws
+    the episodes. (Larger batches keep the per-cell statistics: read out from path sums, their
+    running means per batch cost more NumPy calls than they save.) Tables named ``_bl`` hold the
+    estimators in blocks of ``_lanes.QUAD`` lanes (padded with zeros); ``running_kjl`` gives each
+    path's G_t and R per step: at the mean rewards, then per unit noise of step j."""
 
     steps_witness: tuple  # T zeros, ceil(E / QUAD) zeros: the kernel is compiled for these lengths
     blocks_witness: tuple
@@ -593,8 +626,10 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | Non
     n_estimators, n_params = len(tables.specs), tables.n_params
     has_running = bool(tables.running_e.any())
     alive_kt = np.arange(steps) < paths.length_k[:, None]
-    # with running baselines, their means summed per visited cell: a row pair each, one more for the rest
+    # with running baselines, their means summed per visited cell: a row pair each (one more pair for
+    # the steps after a path ended, where there are such)
     cells, cell_kt = np.unique(np.where(alive_kt, paths.cell_kt, -1), return_inverse=True)
+    cell_kt = cell_kt.reshape(n_paths, steps)
     mean_rows = 2 * cells.size if has_running else 0
     too_big = (n_paths * (1 + steps) + mean_rows) * n_estimators * n_params > MAX_MOMENT_READOUT
     too_long = steps > (MAX_RUNNING_MOMENT_STEPS if has_running else MAX_MOMENT_STEPS)
@@ -624,29 +659,22 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | Non
     path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], paths.param_kta.shape)
     np.add.at(readout_kdxe, (path_kta, paths.param_kta), values_ktaxe)
     readout_xf = readout_kdxe.transpose(0, 2, 3, 1).reshape(n_paths * (1 + steps), -1)
+    path_i, step_i = np.nonzero(alive_kt)  # the visits (k, t)
     if has_running:
         # and - (minus_g_t mean_g_t + minus_r mean_r_t) score per visit, summed per cell (the score
         # depends on the cell only): row 2 c takes the means of G_t, row 2 c + 1 those of R
         minus_g_et, minus_r_e = _running_factors(tables)
-        cell_kt = cell_kt.reshape(n_paths, steps)
         mean_rcde = np.zeros((2, cells.size, n_params, n_estimators))
-        for k, t in zip(*np.nonzero(alive_kt), strict=True):
-            c, params = cell_kt[k, t], paths.param_kta[k, t]
-            mean_rcde[0, c, params] = -minus_g_et[:, t] * score_kta[k, t][:, None]
-            mean_rcde[1, c, params] = -minus_r_e * score_kta[k, t][:, None]
+        cell_i, params_ia = cell_kt[path_i, step_i], paths.param_kta[path_i, step_i]
+        score_ia1 = score_kta[path_i, step_i, :, None]
+        mean_rcde[0, cell_i[:, None], params_ia] = -minus_g_et[:, step_i].T[:, None] * score_ia1
+        mean_rcde[1, cell_i[:, None], params_ia] = -minus_r_e * score_ia1
         mean_xf = mean_rcde.transpose(1, 0, 3, 2).reshape(mean_rows, -1)
-        readout_xf = np.concatenate([readout_xf, mean_xf])
         mean_row_kt = n_paths * (1 + steps) + 2 * cell_kt
+        readout_xf = np.ascontiguousarray(np.concatenate([readout_xf, mean_xf]))
         return _running_moments(
             tables, paths, noise_ektj, square_ek, cross_ekt, alive_kt, mean_row_kt, readout_xf
         )
-    readout_xf = np.ascontiguousarray(readout_xf)
-    # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
-    linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
-    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", paths.score_sq_kt, noise_ektj, noise_ektj)
-    row_p, column_p = np.tril_indices(steps)
-    pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
-    coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
     # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
     running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
     running_kxct[:, 0, 0] = paths.mean_g_kt
@@ -654,12 +682,23 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | Non
     running_kxct[:, 0, 2] = alive_kt
     running_kxct[:, 1:, 0] = (decaying(gamma)[None] * scale_kt[:, None, :]).transpose(0, 2, 1)
     running_kxct[:, 1:, 1] = noisy_kj[:, :, None] * alive_kt[:, None, :]
+    # and per (step, state): the visits and the sums of G_t
+    visits_kxcts = np.zeros((n_paths, 1 + steps, 2, steps, tables.mdp.n_states))
+    state_i = paths.state_kt[path_i, step_i]
+    visits_kxcts[path_i, :, :, step_i, state_i] = running_kxct[path_i, :, 2::-2, step_i]  # count, G_t
+    # |at_mean + sum_t m_t score_t|^2 over the visits: the squared norm's coefficients on 1, u, u u^T
+    linear_ekj = np.einsum("ekt,ektj->ekj", 2.0 * cross_ekt, noise_ektj)
+    quadratic_ekjl = np.einsum("kt,ektj,ektl->ekjl", paths.score_sq_kt, noise_ektj, noise_ektj)
+    row_p, column_p = np.tril_indices(steps)
+    pairs_ekp = np.where(row_p == column_p, 1.0, 2.0) * quadratic_ekjl[..., row_p, column_p]
+    coef_ekw = np.concatenate([square_ek[..., None], linear_ekj, pairs_ekp], axis=2)
     return _Moments(
-        (0,) * steps,
-        (0,) * n_estimators,
-        np.ascontiguousarray(coef_ekw),
-        readout_xf,
-        running_kxct.reshape(n_paths * (1 + steps), 3 * steps),
+        readout_xf=np.ascontiguousarray(readout_xf),
+        steps_witness=(0,) * steps,
+        estimators_witness=(0,) * n_estimators,
+        coef_ekw=np.ascontiguousarray(coef_ekw),
+        running_xf=running_kxct.reshape(n_paths * (1 + steps), 3 * steps),
+        visits_xf=visits_kxcts.reshape(n_paths * (1 + steps), -1),
     )
 
 
@@ -697,20 +736,20 @@ def _running_moments(
     alive_kl = np.zeros((n_paths, quad))
     alive_kl[:, :steps] = alive_kt
     return _RunningMoments(
-        (0,) * steps,
-        (0,) * blocks,
-        tables.mdp.gamma ** np.arange(steps),
-        in_blocks(paths.decay_e),
-        in_blocks(np.where(is_return_e[:, None], 0.0, tables.scale_et)),
-        in_blocks(is_return_e.astype(float)),
-        in_blocks(minus_g_et),
-        in_blocks(minus_r_e),
-        np.ascontiguousarray(in_blocks(2.0 * cross_ekt).transpose(1, 0, 2, 3)),
-        running_kjcl,
-        alive_kl,
-        mean_row_kt,
-        np.ascontiguousarray(square_ek.T),
-        np.ascontiguousarray(readout_xf),
+        steps_witness=(0,) * steps,
+        blocks_witness=(0,) * blocks,
+        gamma_t=tables.mdp.gamma ** np.arange(steps),
+        decay_bl=in_blocks(paths.decay_e),
+        weight_btl=in_blocks(np.where(is_return_e[:, None], 0.0, tables.scale_et)),
+        return_bl=in_blocks(is_return_e.astype(float)),
+        minus_g_btl=in_blocks(minus_g_et),
+        minus_r_bl=in_blocks(minus_r_e),
+        cross2_kbtl=np.ascontiguousarray(in_blocks(2.0 * cross_ekt).transpose(1, 0, 2, 3)),
+        running_kjl=running_kjcl,
+        alive_kl=alive_kl,
+        mean_row_kt=mean_row_kt,
+        square_ke=np.ascontiguousarray(square_ek.T),
+        readout_xf=readout_xf,
     )
 
 
@@ -740,11 +779,23 @@ def _simulate_paths(
     stats: BatchStats,
 ) -> None:  # fmt: skip
     """Sample ``n_episodes`` episodes a path at a time (see :class:`_Paths`) into ``stats``."""
+    path_stats_bkw = _path_sums(tables, paths, seed, n_episodes, batch_size, stats.batches)
+    _kernels.paths_to_stats(
+        path_stats_bkw, paths.cell_kt, paths.length_k, paths.scale_kt, paths.mean_g_kt, tables.mdp.gamma,
+        paths.mean_adv_gkt, tables.gae_rho_g, stats.stats_btsak,
+    )  # fmt: skip
+
+
+def _path_sums(
+    tables: _Tables, paths: _Paths, seed: np.random.SeedSequence, n_episodes: int, batch_size: int,
+    batches: int,
+) -> np.ndarray:  # fmt: skip
+    """Sample ``n_episodes`` episodes a path at a time: per (batch, path), the count and the unit noise
+    summed per step, (B, K, 1 + T) (no noise columns without reward noise)."""
     mdp = tables.mdp
     bits = np.random.PCG64(seed)  # the Gaussian sums, if any, come from a child stream
     slots = _path_slots(tables)
-    # per (batch, path): the count, then the unit noise summed per step
-    path_stats_bkw = np.zeros((stats.batches, paths.length_k.size, slots))
+    path_stats_bkw = np.zeros((batches, paths.length_k.size, slots))
     chunk = max(2, 2 * _WORDS // slots // 2 * 2)  # episodes per draw, even: no half word is skipped
     for first in range(0, n_episodes, chunk):
         uniforms = _path_uniforms(bits, min(chunk, n_episodes - first), slots)
@@ -757,10 +808,7 @@ def _simulate_paths(
         batch_i, path_i = np.nonzero(counts_bk1[..., 0])
         normals = np.random.default_rng(seed.spawn(1)[0]).standard_normal((batch_i.size, tables.steps))
         path_stats_bkw[batch_i, path_i, 1:] = np.sqrt(counts_bk1[batch_i, path_i]) * normals
-    _kernels.paths_to_stats(
-        path_stats_bkw, paths.cell_kt, paths.length_k, paths.scale_kt, paths.mean_g_kt, mdp.gamma,
-        paths.mean_adv_gkt, tables.gae_rho_g, stats.stats_btsak,
-    )  # fmt: skip
+    return path_stats_bkw
 
 
 def _path_numbers(
@@ -973,7 +1021,7 @@ class Sampler:
 
     @cached_property
     def _moments(self) -> _Moments | _RunningMoments | None:
-        """The path-moments read-out's tables, made when one-episode readings first need them."""
+        """The path-moments read-out's tables, made when a read-out through path sums first needs them."""
         return _moments(self.tables, self.paths) if self.paths is not None else None
 
     def _simulate(
@@ -1069,17 +1117,28 @@ class Sampler:
         # one-episode batches in readings of at least as many batches as there are states: sums per
         # cell, read out once a reading (as cheap as reading out its episodes one by one, or cheaper)
         by_cell_sums = by_episode and n == 1 and self.paths.distinct_params and per_reading >= mdp.n_states
-        # better still, for short horizons: sums per path (``_Moments``, ``_RunningMoments``)
-        moments = self._moments if by_episode and n == 1 and per_reading > 1 else None
-        by_moments = moments is not None and moments.readout_xf.size <= moments.readout_budget * per_reading
+        # better still, for short horizons: sums per path (``_Moments``, ``_RunningMoments``); also for
+        # larger batches without running baselines (each path's count and noise sums per batch, read
+        # out by one dense product: fewer steps than the per-cell statistics)
+        one_episode_readings = by_episode and n == 1 and per_reading > 1
+        wanted = self.paths is not None and (one_episode_readings or not by_episode)
+        moments = self._moments if wanted else None
+        by_moments = (
+            one_episode_readings
+            and moments is not None
+            and moments.readout_xf.size <= moments.readout_budget * per_reading
+        )
+        by_path_sums = not by_episode and isinstance(moments, _Moments)  # (running means: per cell)
 
         def rows(index: int) -> slice:
             return slice(starts[index], min(starts[index] + per_block, batches))
 
-        def run_block(index: int) -> BatchStats | tuple[np.ndarray, np.ndarray]:
+        def run_block(index: int) -> BatchStats | np.ndarray | tuple[np.ndarray, np.ndarray]:
             size = rows(index).stop - starts[index]
             if by_episode:  # only the random numbers here: the read-out simulates as it goes
                 return _path_numbers(tables, stream(index), size * n)
+            if by_path_sums:
+                return _path_sums(tables, self.paths, stream(index), size * n, n, size)
             stats = BatchStats.zeros(size, *shape, n_gae)
             self._simulate(stream(index), size * n, n, stats)
             return stats
@@ -1088,10 +1147,12 @@ class Sampler:
         count_ts = np.zeros(shape[:2])
         sum_g_ts = np.zeros(shape[:2])
 
-        def read(index: int, block: BatchStats | tuple[np.ndarray, np.ndarray]) -> None:
+        def read(index: int, block: BatchStats | np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
             nonlocal truncated
             block_rows = rows(index)
-            if by_moments:
+            if by_path_sums:
+                sums.add(block_rows.start, moments.batch_means(block, n, running, count_ts, sum_g_ts))
+            elif by_moments:
                 _episode_moments(tables, self.paths, moments, *block, running, block_rows.start, sums)
             elif by_cell_sums:
                 _episode_readings(tables, self.paths, *block, running, block_rows.start, sums)
