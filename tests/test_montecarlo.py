@@ -295,9 +295,11 @@ FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,ga
 RUNNING_SPECS = "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"  # two blocks
 
 
-def _small_per_step(noise):
-    """22 paths, some ending early, a logit per step: readings of 30 batches go through path moments."""
-    mdp = random_mdp(7, states=2, actions=2, horizon=3, gamma=0.9, noise=noise, terminal=True)
+def _small_per_step(name):
+    """``small-NOISE``: 22 paths, some ending early, a logit per step: readings of 30 batches go
+    through path moments; ``small4-NOISE``: the same over 4 steps (46 paths)."""
+    noise, horizon = name.split("-")[1], 4 if name.startswith("small4") else 3
+    mdp = random_mdp(7, states=2, actions=2, horizon=horizon, gamma=0.9, noise=noise, terminal=True)
     return mdp, np.random.default_rng(2).normal(scale=0.5, size=mdp.theta_shape(True))
 
 
@@ -311,6 +313,7 @@ def _small_per_step(noise):
         ("small-gaussian", 30, True),
         ("small-uniform", 30, True),
         ("small-none", 30, True),
+        ("small4-uniform", 100, True),  # as many steps as a 4-wide register holds
     ],
 )
 @pytest.mark.parametrize(
@@ -325,7 +328,7 @@ def test_readings_through_path_moments_are_the_variance_traces(
     episodes' squared norms: the same readings and running sums as reading every episode out, also
     when the readings are split into chunks; random-stream blocks start mid-reading here. Eight
     estimators with running baselines are two blocks of the kernel's lanes."""
-    mdp, theta = _small_per_step(name.split("-")[1]) if name.startswith("small") else _case(name)
+    mdp, theta = _small_per_step(name) if name.startswith("small") else _case(name)
     specs = parse_estimators(specs_text, entropy=0.1)
     sampler = montecarlo.Sampler(mdp, theta, specs)
     routes = []
@@ -367,7 +370,7 @@ def test_batches_through_path_sums_are_those_of_the_per_cell_statistics(name, n,
     """Batches of more than a few episodes on a short horizon, without running baselines, are read
     out from each path's count and noise sums per batch (one dense product): the same batch means,
     running sums and per-(step, state) totals as the per-cell statistics of the same episodes."""
-    mdp, theta = _small_per_step(name.split("-")[1]) if name.startswith("small") else _case(name)
+    mdp, theta = _small_per_step(name) if name.startswith("small") else _case(name)
     specs = parse_estimators(FIXED_SPECS, entropy=0.1)
     monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 3 * n + 1)  # several blocks, hence streams
     samples = []
