@@ -513,7 +513,7 @@ class _Moments:
     def _path_rows(self, path_stats_bkw: np.ndarray) -> np.ndarray:
         """(B, K (1 + T)) from (B, K, W) path sums (W = 1 without reward noise: no noise sums)."""
         batches, _, width = path_stats_bkw.shape
-        steps = self.running_xf.shape[1] // 3
+        steps = len(self.steps_witness)
         if width < 1 + steps:
             path_stats_bkw = np.pad(path_stats_bkw, ((0, 0), (0, 0), (0, 1 + steps - width)))
         return path_stats_bkw.reshape(batches, -1)
@@ -659,6 +659,13 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | Non
     path_kta = np.broadcast_to(np.arange(n_paths)[:, None, None], paths.param_kta.shape)
     np.add.at(readout_kdxe, (path_kta, paths.param_kta), values_ktaxe)
     readout_xf = readout_kdxe.transpose(0, 2, 3, 1).reshape(n_paths * (1 + steps), -1)
+    # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
+    running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
+    running_kxct[:, 0, 0] = paths.mean_g_kt
+    running_kxct[:, 0, 1] = alive_kt * paths.mean_g_kt[:, :1]
+    running_kxct[:, 0, 2] = alive_kt
+    running_kxct[:, 1:, 0] = (decaying(gamma)[None] * scale_kt[:, None, :]).transpose(0, 2, 1)
+    running_kxct[:, 1:, 1] = noisy_kj[:, :, None] * alive_kt[:, None, :]
     path_i, step_i = np.nonzero(alive_kt)  # the visits (k, t)
     if has_running:
         # and - (minus_g_t mean_g_t + minus_r mean_r_t) score per visit, summed per cell (the score
@@ -673,15 +680,8 @@ def _moments(tables: _Tables, paths: _Paths) -> _Moments | _RunningMoments | Non
         mean_row_kt = n_paths * (1 + steps) + 2 * cell_kt
         readout_xf = np.ascontiguousarray(np.concatenate([readout_xf, mean_xf]))
         return _running_moments(
-            tables, paths, noise_ektj, square_ek, cross_ekt, alive_kt, mean_row_kt, readout_xf
+            tables, paths, noise_ektj, square_ek, cross_ekt, running_kxct, mean_row_kt, readout_xf
         )
-    # the running sums: n mean G_t + the noise in G_t, n R + the noise in R, n, per step alive
-    running_kxct = np.zeros((n_paths, 1 + steps, 3, steps))
-    running_kxct[:, 0, 0] = paths.mean_g_kt
-    running_kxct[:, 0, 1] = alive_kt * paths.mean_g_kt[:, :1]
-    running_kxct[:, 0, 2] = alive_kt
-    running_kxct[:, 1:, 0] = (decaying(gamma)[None] * scale_kt[:, None, :]).transpose(0, 2, 1)
-    running_kxct[:, 1:, 1] = noisy_kj[:, :, None] * alive_kt[:, None, :]
     # and per (step, state): the visits and the sums of G_t
     visits_kxcts = np.zeros((n_paths, 1 + steps, 2, steps, tables.mdp.n_states))
     state_i = paths.state_kt[path_i, step_i]
@@ -708,7 +708,7 @@ def _running_moments(
     noise_ektj: np.ndarray,
     square_ek: np.ndarray,
     cross_ekt: np.ndarray,
-    alive_kt: np.ndarray,
+    running_kxct: np.ndarray,
     mean_row_kt: np.ndarray,
     readout_xf: np.ndarray,
 ) -> _RunningMoments:
@@ -724,17 +724,11 @@ def _running_moments(
 
     is_return_e = tables.weight_kind_e == _kernels.WEIGHT_RETURN
     minus_g_et, minus_r_e = _running_factors(tables)
-    # G_t = mean_g + sum_j G_tj u_j and R = mean_r + sum_j R_j u_j while the path lasts (lanes: t)
+    # G_t and R, at the mean rewards and per unit noise u_j, as the running sums add them (lanes: t)
     running_kjcl = np.zeros((n_paths, 1 + steps, 2, quad))
-    running_kjcl[:, 0, 0, :steps] = paths.mean_g_kt
-    running_kjcl[:, 0, 1, :steps] = alive_kt * paths.mean_g_kt[:, :1]
-    lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]  # j - t
-    g_noise_tj = np.where(lag_tj >= 0, tables.mdp.gamma ** np.maximum(lag_tj, 0), 0.0)
-    running_kjcl[:, 1:, 0, :steps] = (g_noise_tj[None] * paths.scale_kt[:, None, :]).transpose(0, 2, 1)
-    r_noise_kj = tables.mdp.gamma ** np.arange(steps) * paths.scale_kt
-    running_kjcl[:, 1:, 1, :steps] = r_noise_kj[:, :, None] * alive_kt[:, None, :]
+    running_kjcl[..., :steps] = running_kxct[:, :, :2]
     alive_kl = np.zeros((n_paths, quad))
-    alive_kl[:, :steps] = alive_kt
+    alive_kl[:, :steps] = running_kxct[:, 0, 2]
     return _RunningMoments(
         steps_witness=(0,) * steps,
         blocks_witness=(0,) * blocks,
