@@ -15,7 +15,7 @@ from pgvar.claims import finite_difference
 from pgvar.errors import PgvarError
 from pgvar.estimators import BASELINES, parse_estimator
 from pgvar.exact import (
-    _gradient,
+    chain_gradient,
     _recursion_moments,
     count_paths,
     exact_gradient,
@@ -214,7 +214,7 @@ def test_linear_solves_for_unbounded_episodes_match_the_unrolled_chain(seed, bet
     theta = np.random.default_rng(seed).normal(size=mdp.theta_shape())
     chain = unroll(mdp, theta, beta)  # backward induction, truncated where P(still running) < 1e-14
     assert objective(mdp, theta, beta) == pytest.approx(float(mdp.initial_s @ values(chain)[0][0]), rel=1e-10)
-    np.testing.assert_allclose(exact_gradient(mdp, theta, beta).ravel(), _gradient(chain), atol=1e-10)
+    np.testing.assert_allclose(exact_gradient(mdp, theta, beta).ravel(), chain_gradient(chain), atol=1e-10)
     visits = state_distribution(chain)[:-1].sum(axis=0) * ~mdp.terminal_s
     np.testing.assert_allclose(expected_visits(mdp, theta), visits, rtol=1e-10)
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pgvar import envs
-from pgvar.estimators import LESSON_NAMES, parse_estimator
+from pgvar.estimators import parse_estimator
+from pgvar.vocabulary import LESSON_LABELS as LESSON_NAMES
 from pgvar.exact import exact_moments, objective
 from pgvar.explorer.state import (
     CONFIGS,

@@ -8,11 +8,18 @@ from helpers import random_mdp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgvar import envs, montecarlo
-from pgvar.errors import SpecError
-from pgvar.estimators import parse_estimator, parse_estimators
+from pgvar import envs, kpi
+from pgvar.baselines import RunningBaselines, add_episodes, running_offsets_tsa
+from pgvar.errors import PgvarError, SpecError
+from pgvar.estimators import ResolvedEstimator, episode_gradients, parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments
-from pgvar.montecarlo import estimate_gradient, sample_batch_means, variance_study, variance_trace
+from pgvar.montecarlo import Sampler, estimate_gradient, sample_batch_means
+from pgvar.montecarlo import cells, path_moments, path_source, step_source
+from pgvar.montecarlo.path_source import alias_tables
+from pgvar.montecarlo.plan import pad_steps
+from pgvar.policy import entropy_table
+from pgvar.returns import reward_to_go
+from pgvar.studies import reading_spread, variance_study
 
 Z_MAX = 4.5  # per-parameter z-scores; with at most ~40 parameters a false alarm has probability < 1e-3
 
@@ -98,7 +105,7 @@ def test_monte_carlo_variance_matches_exact_variance_over_n(name, method, n):
     specs = parse_estimators("vanilla,rtg+base,rtg+value,gae0.5+value")
     sample = sample_batch_means(mdp, theta, specs, n, batches=1500, seed=3, method=method)
     for spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
-        measured, (low, high) = variance_trace(means_md)
+        measured, (low, high) = kpi.variance_trace(means_md), kpi.variance_trace_ci(means_md)
         expected = exact_moments(mdp, theta, spec).variance_trace / n
         standard_error = (high - low) / (2 * 1.959963984540054)
         assert abs(measured - expected) < 4 * standard_error, (spec.name, measured, expected)
@@ -136,10 +143,12 @@ def test_same_seed_same_numbers_whatever_the_chunking(name, method, monkeypatch)
         return sample_batch_means(mdp, theta, specs, 7, 9, seed=seed, workers=workers, method=method)
 
     first, again, threaded = sample(), sample(), sample(workers=2)
-    monkeypatch.setattr(montecarlo, "_WORDS", 16)  # tiny buffers: many refills and kernel calls
-    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 14)  # many stream blocks, two batches each
+    monkeypatch.setattr(step_source, "_WORDS", 16)  # tiny buffers: many refills and kernel calls
+    monkeypatch.setattr(path_source, "_DRAW_WORDS", 16)
+    monkeypatch.setattr(cells, "STREAM_EPISODES", 14)  # many stream blocks, two batches each
     blocks, blocks_threaded = sample(), sample(workers=2)
-    monkeypatch.setattr(montecarlo, "_WORDS", 1 << 15)
+    monkeypatch.setattr(step_source, "_WORDS", 1 << 15)
+    monkeypatch.setattr(path_source, "_DRAW_WORDS", 1 << 15)
     refilled, other = sample(), sample(seed=43)
     np.testing.assert_array_equal(first.batch_means_emd, again.batch_means_emd)
     np.testing.assert_array_equal(first.batch_means_emd, threaded.batch_means_emd)
@@ -164,42 +173,17 @@ def test_running_baselines_stay_unbiased_without_warm_up():
 def test_estimate_gradient_has_theta_shape_and_keeps_running_state():
     mdp = envs.lesson()
     theta = np.zeros(mdp.theta_shape())
-    running = montecarlo.RunningBaselines.empty(mdp.horizon)
+    running = RunningBaselines.empty(mdp.horizon)
     grad = estimate_gradient(mdp, theta, parse_estimator("rtg+base"), 32, seed=1, running=running)
     assert grad.shape == theta.shape
     assert running.count_t[0] == 32
 
 
-@pytest.mark.parametrize(("n", "batches", "message"), [(0, 60, "N: batch size"), (4, 1, "batches")])
+@pytest.mark.parametrize(("n", "batches", "message"), [(0, 60, "N: must be"), (4, 1, "batches")])
 def test_bad_counts_are_refused(n, batches, message):
     mdp = envs.lesson()
     with pytest.raises(SpecError, match=message):
         variance_study(mdp, np.zeros((3, 3)), parse_estimators("vanilla"), ns=[n], batches=batches)
-
-
-@pytest.mark.parametrize(
-    ("name", "n"),
-    [
-        ("lesson", 1),
-        ("lesson", 3),
-        ("per-step-time-dependent", 1),
-        ("per-step-time-dependent", 3),
-        ("few-paths-gaussian", 1),
-    ],
-)
-def test_reading_out_episode_by_episode_equals_summing_per_path(name, n, monkeypatch):
-    """Small batches are read out per episode, larger ones from per-path sums: on the same random
-    numbers (Gaussian noise: at N = 1 only) both give the same estimates and running state."""
-    mdp, theta = _case(name)
-    specs = parse_estimators(SPECS + ",rtg+running", entropy=0.1)
-    results = []
-    for limit in (0, n):
-        monkeypatch.setattr(montecarlo, "EPISODE_READOUT_MAX_N", limit)
-        running = montecarlo.RunningBaselines.empty(mdp.horizon)
-        sample = sample_batch_means(mdp, theta, specs, n, 40, seed=4, running=running, method="paths")
-        results.append((sample.batch_means_emd, running.sum_g_t, running.count_t, sample.sum_g_ts))
-    for by_sums, by_episode in zip(*results, strict=True):
-        np.testing.assert_allclose(by_episode, by_sums, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=200, deadline=None)
@@ -210,7 +194,7 @@ def test_alias_tables_give_every_index_its_probability(weights):
     """Column i is kept with probability threshold_i and otherwise gives alias_i: summed over the
     columns, each index must get exactly its share."""
     prob_k = np.array(weights) / sum(weights)
-    threshold_k, alias_k = montecarlo.alias_tables(prob_k)
+    threshold_k, alias_k = alias_tables(prob_k)
     assert np.all((threshold_k >= 0) & (threshold_k <= 1 + 1e-12))
     got_k = threshold_k + np.bincount(alias_k, weights=1.0 - threshold_k, minlength=prob_k.size)
     np.testing.assert_allclose(got_k / prob_k.size, prob_k, atol=1e-12)
@@ -219,205 +203,216 @@ def test_alias_tables_give_every_index_its_probability(weights):
 def test_the_sampler_draws_paths_where_it_can_and_says_why_not_otherwise():
     lesson = envs.lesson()
     specs = parse_estimators("vanilla")
-    assert montecarlo.Sampler(lesson, np.zeros(lesson.theta_shape()), specs).method == "paths"
+    assert Sampler(lesson, np.zeros(lesson.theta_shape()), specs).method == "paths"
     big = envs.make("random:states=10,actions=4,horizon=50")
-    assert montecarlo.Sampler(big, np.zeros(big.theta_shape()), specs).method == "steps"
+    assert Sampler(big, np.zeros(big.theta_shape()), specs).method == "steps"
     corridor = envs.short_corridor()
     with pytest.raises(SpecError, match="paths needs a finite horizon"):
-        montecarlo.Sampler(corridor, np.zeros(corridor.theta_shape()), specs, method="paths")
+        Sampler(corridor, np.zeros(corridor.theta_shape()), specs, method="paths")
     with pytest.raises(SpecError, match="method: unknown 'fast'"):
-        montecarlo.Sampler(lesson, np.zeros(lesson.theta_shape()), specs, method="fast")
+        Sampler(lesson, np.zeros(lesson.theta_shape()), specs, method="fast")
 
 
-# -- many readings in one call ------------------------------------------------------------------
+# -- every read-out against the reference estimator ---------------------------------------------
+
+
+def reference_batch_means(
+    sampler: Sampler, n: int, batches: int, seed: int, running, per_reading=1, route="auto"
+):
+    """(E, M, D) batch means from the reference code on the episodes the sampler reads:
+    ``estimators.episode_gradients`` per episode, running baselines from ``baselines.running_offsets_tsa``
+    of the batches before (``running`` is moved as the sampler moves it)."""
+    plan = sampler.plan
+    mdp, theta = plan.mdp, plan.theta
+    episodes = sampler.episodes(n, batches, seed, per_reading=per_reading, route=route)
+    steps = episodes.states_tb.shape[0]
+    entropy_tb = np.stack(
+        [entropy_table(theta, mdp, t)[0][episodes.states_tb[t]] for t in range(steps)]
+    ).reshape(episodes.states_tb.shape)
+    bonus_tb = np.where(episodes.alive_tb, plan.entropy * entropy_tb, 0.0)
+    means_emd = np.zeros((plan.n_estimators, batches, plan.n_params))
+    for b in range(batches):
+        batch = slice(b * n, (b + 1) * n)
+        states, actions = episodes.states_tb[:, batch], episodes.actions_tb[:, batch]
+        rewards, alive = episodes.rewards_tb[:, batch], episodes.alive_tb[:, batch]
+        for e, spec in enumerate(plan.specs):
+            offsets_tsa = plan.offsets_etsa[e]
+            if plan.mean_e[e]:
+                offsets_tsa = running_offsets_tsa(spec, running, plan.scale_et[e], mdp.n_actions)
+            values_ts = plan.gae_values_gts[plan.gae_e[e]] if spec.weight == "gae" else np.zeros((1, 1))
+            resolved = ResolvedEstimator(spec, pad_steps(offsets_tsa, steps), pad_steps(values_ts, steps + 1))
+            grads_nD = episode_gradients(mdp, theta, resolved, states, actions, rewards, alive)
+            means_emd[e, b] = grads_nD.mean(axis=0)
+        returns = reward_to_go(np.where(alive, rewards, 0.0) + bonus_tb[:, batch], mdp.gamma)
+        add_episodes(running, states, returns, alive)
+    return means_emd
+
+
+ALL_SPECS = (
+    "vanilla", "rtg", "base", "rtg+base", "return+running", "rtg+running", "rtg+running-value",
+    "return+running-value", "rtg+value", "return+optimal", "rtg+optimal-per-parameter", "gae0.8+value",
+    "gae0.5+lesson", "gae0.9+none", "rtg+learned", "rtg+value:common", "gae0.7+running-value",
+)  # fmt: skip
+
+
+@st.composite
+def measurement(draw, methods=("auto", "steps")):
+    """A small random MDP and policy, a random subset of every weight and baseline, an entropy bonus,
+    and a warm running state."""
+    seed = draw(st.integers(0, 10_000))
+    horizon = draw(st.integers(1, 4))
+    mdp = random_mdp(
+        seed,
+        states=draw(st.integers(2, 3)),
+        actions=draw(st.integers(2, 3)),
+        horizon=horizon,
+        gamma=draw(st.sampled_from([1.0, 0.8])),
+        time_dependent=draw(st.booleans()),
+        sas_rewards=draw(st.booleans()),
+        noise=draw(st.sampled_from(["none", "uniform", "gaussian"])),
+        terminal=draw(st.booleans()),
+    )
+    theta = np.random.default_rng(seed).normal(size=mdp.theta_shape(draw(st.booleans())))
+    names = draw(st.lists(st.sampled_from(ALL_SPECS), min_size=1, max_size=6, unique=True))
+    specs = parse_estimators(",".join(names), entropy=draw(st.sampled_from([0.0, 0.2])))
+    learned_ts = np.random.default_rng(seed + 1).normal(size=(horizon, mdp.n_states))
+    method = draw(st.sampled_from(methods))
+    return Sampler(mdp, theta, specs, learned_ts=learned_ts, method=method)
+
+
+def warm_state(sampler: Sampler) -> RunningBaselines:
+    plan = sampler.plan
+    state = RunningBaselines.empty(plan.steps, plan.mdp.n_states)
+    state.sum_g_t += 3.0 * np.arange(plan.steps) - 1.0
+    state.sum_r_t += 2.0
+    state.count_t += 5.0
+    state.sum_g_ts += np.arange(plan.mdp.n_states) - 0.5
+    state.count_ts += 2.0
+    return state
+
+
+def assert_same_state(state: RunningBaselines, reference: RunningBaselines) -> None:
+    for name in ("sum_g_t", "sum_r_t", "count_t", "sum_g_ts", "count_ts"):
+        np.testing.assert_allclose(getattr(state, name), getattr(reference, name), rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(measurement(), st.integers(1, 3))
+def test_batch_means_are_those_of_the_reference_estimator(sampler, n):
+    """Every weight, every baseline, both sources: the batch means the sampler reads out are the
+    reference code's on the same episodes, and the running state moves the same way."""
+    state, reference = warm_state(sampler), warm_state(sampler)
+    sample = sampler.sample(n, 7, seed=3, running=state)
+    assert sample.route == "cells"
+    expected = reference_batch_means(sampler, n, 7, 3, reference)
+    scale = max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(sample.batch_means_emd, expected, rtol=1e-9, atol=1e-10 * scale)
+    assert_same_state(state, reference)
+
+
+@settings(max_examples=40, deadline=None)
+@given(measurement(methods=("auto",)), st.sampled_from(["auto", "auto", "cells"]))
+def test_readings_are_the_kpi_of_the_reference_batch_means(sampler, route):
+    """Many one-episode readings in one call, through whichever read-out serves them (``path-moments``
+    where it applies) or forced through ``cells``: each is the KPI of the reference's batch means."""
+    batches, count = 12, 5
+    state, reference = warm_state(sampler), warm_state(sampler)
+    readings = sampler.readings(1, batches, count, seed=5, running=state, route=route)
+    assert readings.route == sampler.route(1, batches, batches) if route == "auto" else "cells"
+    means_emd = reference_batch_means(sampler, 1, batches * count, 5, reference, batches, readings.route)
+    expected_re = np.array(
+        [
+            [kpi.variance_trace(m_md[r * batches : (r + 1) * batches]) for m_md in means_emd]
+            for r in range(count)
+        ]
+    )
+    np.testing.assert_allclose(readings.variance_trace_re, expected_re, rtol=1e-8, atol=1e-10)
+    assert_same_state(state, reference)
+
+
+FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"
+RUNNING_SPECS = (
+    "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"  # two lane blocks
+)
 
 
 @pytest.mark.parametrize(
-    ("name", "method", "n", "batches", "route"),
+    ("name", "specs_text", "batches", "route"),
     [
-        ("lesson", "paths", 1, 60, "moments"),  # one-episode readings of a short horizon: sums per path
-        ("lesson", "paths", 1, 2, "episodes"),  # too few batches a reading for that: episode by episode
-        ("lesson", "paths", 3, 30, "episodes"),
-        ("lesson", "paths", 8, 10, "statistics"),  # per-cell statistics (running baselines here)
-        ("lesson", "steps", 1, 30, "statistics"),
-        ("per-step-time-dependent", "paths", 1, 25, "cell sums"),  # 212 paths, some ending early
-        ("per-step-time-dependent", "paths", 2, 25, "episodes"),
-        ("few-paths-gaussian", "paths", 1, 30, "episodes"),  # a path may visit one logit twice
-        ("short-corridor", "steps", 2, 20, "statistics"),
+        ("lesson", RUNNING_SPECS, 60, "path-moments"),
+        ("lesson", FIXED_SPECS, 60, "path-moments"),
+        ("lesson", "vanilla", 2, "path-moments"),  # the read-out map of one estimator is small
+        ("lesson", RUNNING_SPECS, 2, "cells"),  # the dense read-out would cost more than the episodes
+        ("lesson", "vanilla,rtg+running-value", 60, "cells"),  # a running mean per state
+        ("per-step-time-dependent", FIXED_SPECS, 4, "cells"),  # 212 paths: the read-out costs too much
+        ("few-paths-gaussian", FIXED_SPECS, 30, "cells"),  # a path may visit one logit twice
+        ("short-corridor", "vanilla", 30, "cells"),  # walked step by step
     ],
 )
-def test_readings_are_the_variance_traces_of_consecutive_batches(
-    name, method, n, batches, route, monkeypatch
-):
-    """Reading r, computed as the episodes are drawn, is variance_trace of batches r M .. (r + 1) M - 1
-    of one long sample from the same seed, whichever way the batches are read out."""
+def test_readings_take_the_first_read_out_that_applies(name, specs_text, batches, route):
     mdp, theta = _case(name)
-    specs = parse_estimators(SPECS + ",rtg+running,gae0.9+running", entropy=0.1)
-    routes = _recorded_routes(monkeypatch)
-    count = 3
-    sampler = montecarlo.Sampler(mdp, theta, specs, method=method)
-    state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
-    readings = sampler.readings(n, batches, count, seed=9, running=state)
-    assert routes == {route}
-    reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
-    sample = sampler.sample(n, batches * count, seed=9, running=reference)
-    expected_re = [
-        [variance_trace(means_md[r * batches : (r + 1) * batches])[0] for means_md in sample.batch_means_emd]
-        for r in range(count)
-    ]
-    np.testing.assert_allclose(readings.variance_trace_re, expected_re, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(state.sum_g_t, reference.sum_g_t, rtol=1e-12)
-    np.testing.assert_array_equal(state.count_t, reference.count_t)
-    assert readings.variance_trace_re.shape == (count, len(specs))
+    sampler = Sampler(mdp, theta, parse_estimators(specs_text))
+    assert sampler.route(1, batches, batches) == route
+    assert sampler.readings(1, batches, 2, seed=1).route == route
+    assert sampler.sample(1, batches, seed=1).route == "cells"  # batch means are kept: no readings
 
 
-def _recorded_routes(monkeypatch) -> set:
-    """The read-outs that ``Sampler`` calls from now on, by name (filled as it runs)."""
-    routes = set()
-    for owner, name, route in (
-        (montecarlo._Moments, "batch_means", "path sums"),
-        (montecarlo, "_episode_moments", "moments"),
-        (montecarlo, "_episode_readings", "cell sums"),
-        (montecarlo, "_episode_gradients", "episodes"),
-        (montecarlo, "batch_gradients", "statistics"),
-    ):
-        function = getattr(owner, name)
-
-        def recording(*args, _function=function, _route=route, **kwargs):
-            routes.add(_route)
-            return _function(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, recording)
-    return routes
+def test_a_forced_read_out_must_apply():
+    mdp, theta = _case("short-corridor")
+    sampler = Sampler(mdp, theta, parse_estimators("vanilla"))
+    with pytest.raises(SpecError, match="route: path-moments does not apply"):
+        sampler.readings(1, 20, 2, route="path-moments")
+    with pytest.raises(SpecError, match="route: unknown 'fast'"):
+        sampler.sample(1, 20, route="fast")
 
 
-FIXED_SPECS = "vanilla,rtg,rtg+value,return+optimal,rtg+optimal-per-parameter,gae0.8+value"  # no running mean
-RUNNING_SPECS = "vanilla,rtg,base,rtg+base,return+running,rtg+running,gae0.9+lesson,rtg+value"  # two blocks
+@pytest.mark.parametrize("horizon", [8, 9])
+def test_path_moments_take_horizons_up_to_their_limit(horizon):
+    mdp = random_mdp(3, states=1, actions=2, horizon=horizon, noise="uniform")
+    sampler = Sampler(mdp, np.zeros(mdp.theta_shape(True)), parse_estimators("vanilla,rtg+running"))
+    expected = "path-moments" if horizon <= path_moments.MAX_STEPS else "cells"
+    assert sampler.route(1, 100, 100) == expected
 
 
-def _small_per_step(name):
-    """``small-NOISE``: 22 paths, some ending early, a logit per step: readings of 30 batches go
-    through path moments; ``small4-NOISE``: the same over 4 steps (46 paths)."""
-    noise, horizon = name.split("-")[1], 4 if name.startswith("small4") else 3
-    mdp = random_mdp(7, states=2, actions=2, horizon=horizon, gamma=0.9, noise=noise, terminal=True)
-    return mdp, np.random.default_rng(2).normal(scale=0.5, size=mdp.theta_shape(True))
-
-
-@pytest.mark.parametrize(
-    ("name", "batches", "moments"),
-    [
-        ("lesson", 60, True),
-        ("lesson", 2, False),  # the dense read-out would cost more than the episodes
-        ("per-step-time-dependent", 30, False),  # 212 paths: likewise
-        ("few-paths-gaussian", 30, False),  # a path may visit one logit twice
-        ("small-gaussian", 30, True),
-        ("small-uniform", 30, True),
-        ("small-none", 30, True),
-        ("small4-uniform", 100, True),  # as many steps as a 4-wide register holds
-    ],
-)
-@pytest.mark.parametrize(
-    "specs_text",
-    [FIXED_SPECS, RUNNING_SPECS],
-    ids=["fixed", "running"],
-)
-def test_readings_through_path_moments_are_the_variance_traces(
-    name, batches, moments, specs_text, monkeypatch
-):
-    """One-episode readings come from each path's count, noise sums (and running means) and the
-    episodes' squared norms: the same readings and running sums as reading every episode out, also
-    when the readings are split into chunks; random-stream blocks start mid-reading here. Eight
-    estimators with running baselines are two blocks of the kernel's lanes."""
-    mdp, theta = _small_per_step(name) if name.startswith("small") else _case(name)
-    specs = parse_estimators(specs_text, entropy=0.1)
-    sampler = montecarlo.Sampler(mdp, theta, specs)
-    routes = []
-    monkeypatch.setattr(montecarlo, "_episode_moments", _recording(montecarlo._episode_moments, routes))
-    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 2 * batches + 7)
-    count = 4
+def test_path_moments_give_the_same_readings_in_chunks(monkeypatch):
+    """A chunk of readings per kernel call, and random-stream blocks that start mid-reading, change
+    nothing but rounding."""
+    mdp, theta = _case("lesson")
+    sampler = Sampler(mdp, theta, parse_estimators(RUNNING_SPECS, entropy=0.1))
 
     def readings():
-        state = montecarlo.RunningBaselines.empty(sampler.tables.steps)
-        state.sum_g_t += 3.0 * np.arange(sampler.tables.steps)  # a warm start: the baselines move
-        state.count_t += 5.0
-        return sampler.readings(1, batches, count, seed=9, running=state).variance_trace_re, state
+        state = warm_state(sampler)
+        return sampler.readings(1, 30, 6, seed=2, running=state).variance_trace_re, state
 
-    whole_re, state = readings()
-    assert bool(routes) == moments
-    reference = montecarlo.RunningBaselines.empty(sampler.tables.steps)
-    reference.sum_g_t += 3.0 * np.arange(sampler.tables.steps)
-    reference.count_t += 5.0
-    sample = sampler.sample(1, batches * count, seed=9, running=reference)
-    expected_re = [
-        [variance_trace(means_md[r * batches : (r + 1) * batches])[0] for means_md in sample.batch_means_emd]
-        for r in range(count)
-    ]
-    np.testing.assert_allclose(whole_re, expected_re, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(state.sum_g_t, reference.sum_g_t, rtol=1e-12)
-    np.testing.assert_allclose(state.sum_r_t, reference.sum_r_t, rtol=1e-12)
-    np.testing.assert_array_equal(state.count_t, reference.count_t)
-    monkeypatch.setattr(montecarlo, "_MOMENT_CHUNK", 1)  # a reading per chunk
+    whole_re, whole_state = readings()
+    monkeypatch.setattr(path_moments, "_CHUNK", 1)  # a reading per chunk
     chunked_re, chunked_state = readings()
     np.testing.assert_allclose(chunked_re, whole_re, rtol=1e-12)
-    np.testing.assert_allclose(chunked_state.sum_g_t, state.sum_g_t, rtol=1e-12)
+    assert_same_state(chunked_state, whole_state)
 
 
-@pytest.mark.parametrize(
-    ("name", "n"),
-    [("lesson", 8), ("lesson", 256), ("small-gaussian", 5), ("small-uniform", 7), ("small-none", 9)],
-)
-def test_batches_through_path_sums_are_those_of_the_per_cell_statistics(name, n, monkeypatch):
-    """Batches of more than a few episodes on a short horizon, without running baselines, are read
-    out from each path's count and noise sums per batch (one dense product): the same batch means,
-    running sums and per-(step, state) totals as the per-cell statistics of the same episodes."""
-    mdp, theta = _small_per_step(name) if name.startswith("small") else _case(name)
-    specs = parse_estimators(FIXED_SPECS, entropy=0.1)
-    monkeypatch.setattr(montecarlo, "STREAM_EPISODES", 3 * n + 1)  # several blocks, hence streams
-    samples = []
-    for route in ("path sums", "statistics"):
-        if route == "statistics":
-            monkeypatch.setattr(montecarlo.Sampler, "_moments", None)
-        routes = _recorded_routes(monkeypatch)
-        sampler = montecarlo.Sampler(mdp, theta, specs)
-        running = montecarlo.RunningBaselines.empty(sampler.tables.steps)
-        running.sum_g_t += 2.0
-        running.count_t += 3.0
-        samples.append(sampler.sample(n, 20, seed=4, running=running))
-        assert routes == {route}
-    via_sums, via_statistics = samples
-    np.testing.assert_allclose(
-        via_sums.batch_means_emd, via_statistics.batch_means_emd, rtol=1e-10, atol=1e-13
-    )
-    for total in ("sum_g_t", "sum_r_t", "count_t"):
-        expected = getattr(via_statistics.running, total)
-        np.testing.assert_allclose(getattr(via_sums.running, total), expected, rtol=1e-12)
-    np.testing.assert_allclose(via_sums.count_ts, via_statistics.count_ts, rtol=1e-12)
-    np.testing.assert_allclose(via_sums.sum_g_ts, via_statistics.sum_g_ts, rtol=1e-12, atol=1e-12)
+def test_episodes_longer_than_asked_are_refused():
+    corridor = envs.short_corridor()
+    source = Sampler(corridor, np.zeros(corridor.theta_shape()), parse_estimators("vanilla")).source
+    with pytest.raises(PgvarError, match="episodes: an episode ran"):
+        source.episodes(np.random.SeedSequence(0), 200, max_length=1)
 
 
-@pytest.mark.parametrize(
-    ("specs_text", "horizon", "kind"),
-    [
-        ("vanilla,gae0.9+value", 8, montecarlo._Moments),
-        ("vanilla", 9, None),
-        ("vanilla,rtg+running", 4, montecarlo._RunningMoments),
-        ("vanilla,rtg+running", 5, None),
-    ],
-)
-def test_path_moments_need_a_short_horizon(specs_text, horizon, kind):
-    """The kernels are compiled per horizon: up to MAX_MOMENT_STEPS, or with a running baseline up to
-    MAX_RUNNING_MOMENT_STEPS (the running sums of those steps fill one register)."""
-    mdp = random_mdp(3, states=1, actions=2, horizon=horizon, noise="uniform")
-    sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape(True)), parse_estimators(specs_text))
-    assert type(sampler._moments) is (kind or type(None))
-
-
-def _recording(function, calls):
-    def wrapper(*args, **kwargs):
-        calls.append(1)
-        return function(*args, **kwargs)
-
-    return wrapper
+def test_a_running_value_baseline_is_unbiased_and_tends_to_the_value_baseline():
+    """Subtracting the running mean of G_t per (step, state) keeps the estimate unbiased even from
+    b = 0; once it has seen many episodes its variance is that of the exact V(s_t) baseline."""
+    mdp = envs.lesson()
+    theta = np.random.default_rng(4).normal(size=mdp.theta_shape())
+    spec = parse_estimator("rtg+running-value")
+    n, batches = 10, 2000
+    sample = sample_batch_means(mdp, theta, [spec], n, batches, seed=6, warmup=0)
+    means_md = sample.batch_means_emd[0]
+    standard_error = means_md.std(axis=0, ddof=1) / np.sqrt(batches)
+    assert np.abs((means_md.mean(axis=0) - exact_gradient(mdp, theta).ravel()) / standard_error).max() < Z_MAX
+    warm = sample_batch_means(mdp, theta, [spec], 1, 3000, seed=7, warmup=100_000).batch_means_emd[0]
+    measured, (low, high) = kpi.variance_trace(warm), kpi.variance_trace_ci(warm)
+    exact = exact_moments(mdp, theta, parse_estimator("rtg+value")).variance_trace
+    assert abs(measured - exact) < 4 * (high - low) / (2 * kpi.Z95), (measured, exact)
 
 
 @pytest.mark.parametrize("batches", [20, 60])
@@ -428,7 +423,8 @@ def test_readings_at_n1_average_to_the_exact_variance(batches):
     mdp = envs.lesson()
     theta = np.random.default_rng(3).normal(scale=0.5, size=mdp.theta_shape())
     specs = parse_estimators("vanilla,rtg,rtg+value,gae0.9+value", entropy=0.05)
-    readings = montecarlo.Sampler(mdp, theta, specs).readings(1, batches, 1500, seed=5)
+    readings = Sampler(mdp, theta, specs).readings(1, batches, 1500, seed=5)
+    assert readings.route == "path-moments"
     for spec, traces_r in zip(specs, readings.variance_trace_re.T, strict=True):
         exact = exact_moments(mdp, theta, spec).variance_trace
         z = (traces_r.mean() - exact) / (traces_r.std(ddof=1) / np.sqrt(traces_r.size))
@@ -438,15 +434,15 @@ def test_readings_at_n1_average_to_the_exact_variance(batches):
 @pytest.mark.parametrize(
     ("n", "batches", "count", "message"),
     [
-        (0, 60, 3, "N: batch size"),
+        (0, 60, 3, "N: must be a whole number"),
         (1, 1, 3, "batches"),
-        (1, 60, 0, "count: the number"),
+        (1, 60, 0, "count: must be"),
         (1, 60, 2.5, "count"),
     ],
 )
 def test_bad_reading_counts_are_refused(n, batches, count, message):
     mdp = envs.lesson()
-    sampler = montecarlo.Sampler(mdp, np.zeros(mdp.theta_shape()), parse_estimators("vanilla"))
+    sampler = Sampler(mdp, np.zeros(mdp.theta_shape()), parse_estimators("vanilla"))
     with pytest.raises(SpecError, match=message):
         sampler.readings(n, batches, count)
 
@@ -456,7 +452,7 @@ def test_reading_spread_says_how_far_one_reading_strays():
     it, and vanilla against itself has no ordering to report."""
     mdp = envs.lesson()
     specs = parse_estimators("vanilla,rtg+base,return+optimal")
-    spreads = montecarlo.reading_spread(mdp, np.zeros(mdp.theta_shape()), specs, 2, 40, 600, seed=1)
+    spreads = reading_spread(mdp, np.zeros(mdp.theta_shape()), specs, 2, 40, 600, seed=1)
     assert [s.spec.canonical for s in spreads] == [s.canonical for s in specs]
     for spread in spreads:
         standard_error = spread.relative_std * spread.mean / np.sqrt(600)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pgvar.estimators import EstimatorSpec, parse_estimator
-from pgvar.exact import Chain, ExactMoments, _gradient, exact_moments, optimal_constants, unroll
+from pgvar.exact import Chain, ExactMoments, chain_gradient, exact_moments, optimal_constants, unroll
 from pgvar.mdp import TabularMDP
-from pgvar.montecarlo import sample_batch_means, variance_study
+from pgvar.montecarlo import sample_batch_means
 from pgvar.policy import entropy_gradient, log_softmax, logits_table, parameter_index, policy_table, softmax
+from pgvar.studies import variance_study
 
 Z_LIMIT = 4.0  # |z| above this for a Monte-Carlo comparison fails (two-sided p ~ 6e-5)
 CANDIDATES = (
@@ -124,7 +125,7 @@ def check_unbiased(
     batches: int = 50,
 ) -> Claim:
     """Exact mean equals grad J, and the Monte-Carlo mean agrees within Z_LIMIT standard errors."""
-    grad = _gradient(chain)
+    grad = chain_gradient(chain)
     moments = exact_moments(mdp, theta, spec, chain=chain)
     exact_bias = float(np.abs(moments.mean - grad).max())
     sample = sample_batch_means(mdp, theta, [spec], n, batches, seed, chain=chain)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pgvar.commands.train import train as train_command
 from pgvar.errors import PgvarError, SpecError
-from pgvar.estimators import LESSON_NAMES, EstimatorSpec, parse_estimators
+from pgvar.estimators import EstimatorSpec, parse_estimators
 from pgvar.mdp import TabularMDP
 
 app = typer.Typer(
@@ -89,7 +89,7 @@ def _parse_ns(text: str) -> list[int]:
 
 def display_name(spec: EstimatorSpec) -> str:
     """The lesson's name for its four configurations, else the spec itself."""
-    return LESSON_NAMES.get(spec.canonical, spec.name) if spec.label else spec.name
+    return spec.name
 
 
 def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
@@ -131,12 +131,12 @@ def exact(
     as_json: JsonOption = False,
 ) -> None:
     """Exact J, grad J and each estimator's single-episode mean and variance (no sampling)."""
-    from pgvar.exact import _gradient, exact_moments, unroll, values
+    from pgvar.exact import chain_gradient, exact_moments, unroll, values
 
     model, logits = _load(mdp, theta)
     specs = parse_estimators(estimators, entropy=entropy)
     chain = unroll(model, logits, entropy)
-    grad = _gradient(chain)
+    grad = chain_gradient(chain)
     objective = float(model.initial_s @ values(chain)[0][0])
     results = [exact_moments(model, logits, spec, method=method, chain=chain) for spec in specs]
     scale = max(1.0, float(np.abs(grad).max()))
@@ -220,7 +220,8 @@ def variance(
     with the exact value beside it."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pgvar.montecarlo import DEFAULT_WARMUP, variance_study
+    from pgvar.montecarlo import DEFAULT_WARMUP
+    from pgvar.studies import variance_study
 
     model, logits = _load(mdp, theta)
     specs = parse_estimators(estimators, entropy=entropy)
@@ -337,7 +338,7 @@ def readings(
     spread, and how often each estimator is ordered against vanilla as the exact variances are."""
     import time
 
-    from pgvar.montecarlo import reading_spread
+    from pgvar.studies import reading_spread
 
     model, logits = _load(mdp, theta)
     specs = parse_estimators(estimators, entropy=entropy)

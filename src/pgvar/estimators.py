@@ -6,15 +6,17 @@ weights
   ``return``   the full return R(tau) on every score (vanilla REINFORCE, Williams 1992);
   ``rtg``      the reward-to-go, gamma^t * G_t (causality: the past cannot be changed);
   ``gae<lam>`` gamma^t * A_t^GAE(lam) (Schulman et al. 2016) with the baseline as its value function.
-baselines
+baselines (``pgvar.baselines`` keeps their running state)
   ``none``; ``lesson`` (per-step running mean of the reward-to-go, subtracted from whichever weight
   is used: the lesson widget's ``bRtg``); ``running`` (per-step running mean of the weight itself);
+  ``running-value`` (running mean of G_t per step and state: a Monte-Carlo estimate of V(s_t));
   ``value`` (exact V(s_t)); ``optimal`` (variance-minimising constant per step, Greensmith, Bartlett
   & Baxter 2004); ``optimal-per-parameter`` (one constant per step and parameter, Peters & Schaal 2008);
   ``learned`` (a value table V(t, s) the caller supplies, e.g. one learned from earlier batches).
 
 Presets named as in the lesson: ``vanilla`` = return+none, ``rtg`` = rtg+none, ``base`` =
-return+lesson, ``rtg+base`` = rtg+lesson.
+return+lesson, ``rtg+base`` = rtg+lesson. A spec keeps the spelling it was parsed from (its
+``name``); ``canonical`` is the ``WEIGHT+BASELINE`` form and ``label`` the lesson's name for it.
 
 With gamma < 1 the objective J = E[sum_t gamma^t r_t] needs the factor gamma^t on the reward-to-go
 for an unbiased gradient. Most libraries drop it; the result is not the gradient of any objective
@@ -22,6 +24,9 @@ for an unbiased gradient. Most libraries drop it; the result is not the gradient
 
 Running baselines are estimated only from earlier batches (or warm-up episodes), never from the batch
 they are used in, so every estimator here stays unbiased.
+
+The functions below are the reference: the estimator's formula written once, in NumPy, on explicit
+(T, B) arrays of episodes. Every compiled read-out of ``pgvar.montecarlo`` is tested against them.
 """
 
 from __future__ import annotations
@@ -35,35 +40,31 @@ from pgvar.errors import SpecError
 from pgvar.mdp import TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 from pgvar.returns import gae, reward_to_go
+from pgvar.vocabulary import BASELINE_KINDS, PRESETS, label
 
 WEIGHTS = ("return", "rtg", "gae")
-BASELINES = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter", "learned")
-PRESETS = {"vanilla": "return+none", "rtg": "rtg+none", "base": "return+lesson", "rtg+base": "rtg+lesson"}
-LESSON_NAMES = {
-    "return+none": "vanilla",
-    "rtg+none": "reward-to-go",
-    "return+lesson": "baseline",
-    "rtg+lesson": "rtg + baseline",
-}
-BIAS_FREE_FOR_GAE = ("none", "lesson", "running", "value", "learned")
+BASELINES = tuple(BASELINE_KINDS)
+BIAS_FREE_FOR_GAE = ("none", "lesson", "running", "running-value", "value", "learned")
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A parsed estimator: weight, baseline, GAE lambda, gamma^t convention and entropy bonus."""
+    """A parsed estimator: weight, baseline, GAE lambda, gamma^t convention and entropy bonus.
+
+    ``name`` is the spelling it was parsed from (``rtg``, ``vanilla``, ``gae0.95``); empty means the
+    canonical form. Outputs key an estimator by its name.
+    """
 
     weight: str
     baseline: str = "none"
     lam: float = 1.0
     discount_scores: bool = True
     entropy: float = 0.0
-    label: str = ""
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        weight = f"gae{self.lam:g}" if self.weight == "gae" else self.weight
-        text = f"{weight}+{self.baseline}" + ("" if self.discount_scores else ":common")
-        return self.label or text
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.canonical)
 
     @property
     def canonical(self) -> str:
@@ -71,15 +72,9 @@ class EstimatorSpec:
         return f"{weight}+{self.baseline}" + ("" if self.discount_scores else ":common")
 
     @property
-    def weight_kind(self) -> int:
-        return WEIGHTS.index(self.weight)
-
-    @property
-    def running(self) -> int:
-        """0: fixed baseline table; 1: running mean of G_t (lesson); 2: running mean of the weight."""
-        if self.baseline == "lesson" or (self.baseline == "running" and self.weight != "return"):
-            return 1
-        return 2 if self.baseline == "running" else 0
+    def label(self) -> str:
+        """The lesson's name of this configuration (``vanilla``, ``reward-to-go``, ...), else canonical."""
+        return label(self.canonical)
 
 
 _GAE = re.compile(r"^gae(?P<lam>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
@@ -87,13 +82,14 @@ _GAE = re.compile(r"^gae(?P<lam>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
 
 def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
     """Parse ``WEIGHT+BASELINE[:common]`` or a preset into an :class:`EstimatorSpec`."""
-    if not isinstance(entropy, (int, float)) or not np.isfinite(entropy) or entropy < 0:
-        raise SpecError(f"entropy: coefficient beta must be a finite number >= 0, got {entropy}")
+    if isinstance(entropy, bool) or not isinstance(entropy, (int, float)) or not np.isfinite(entropy):
+        raise SpecError(f"entropy: must be a finite number >= 0, got {entropy!r}")
+    if entropy < 0:
+        raise SpecError(f"entropy: must be a finite number >= 0, got {entropy!r}")
     raw = text.strip()
     body, _, convention = raw.partition(":")
     if convention not in ("", "common"):
         raise SpecError(f"estimator {raw!r}: unknown suffix ':{convention}' (only ':common' exists)")
-    label = raw if body in PRESETS else ""
     body = PRESETS.get(body, body)
     weight, _, baseline = body.partition("+")
     baseline = baseline or ("value" if weight.startswith("gae") else "none")
@@ -120,14 +116,18 @@ def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
         )
     if weight == "return" and convention:
         raise SpecError(f"estimator {raw!r}: ':common' changes reward-to-go weights only")
-    return EstimatorSpec(weight, baseline, lam, convention != "common", float(entropy), label)
+    return EstimatorSpec(weight, baseline, lam, convention != "common", float(entropy), raw)
 
 
 def parse_estimators(text: str, *, entropy: float = 0.0) -> list[EstimatorSpec]:
-    """Parse a comma-separated list of specs."""
+    """Parse a comma-separated list of specs; a spelling given twice is refused."""
     specs = [parse_estimator(item, entropy=entropy) for item in text.split(",") if item.strip()]
     if not specs:
         raise SpecError("estimators: give at least one, e.g. vanilla,rtg,base,rtg+base")
+    names = [spec.name for spec in specs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SpecError(f"estimators: {', '.join(twice)} given twice")
     return specs
 
 
@@ -149,10 +149,56 @@ class ResolvedEstimator:
 
 
 def score_scale_t(spec: EstimatorSpec, gamma: float, horizon: int) -> np.ndarray:
-    """(T,) factor c_t on the weight of step t: gamma^t for rtg/GAE, 1 for the full return."""
+    """(T,) factor c_t on the weight of step t: gamma^t for rtg/GAE, 1 for the full return
+    (Nota & Thomas 2020 on dropping it: ``:common``)."""
     if spec.weight == "return" or not spec.discount_scores:
         return np.ones(horizon)
     return gamma ** np.arange(horizon, dtype=float)
+
+
+def weights(
+    spec: EstimatorSpec,
+    rewards_tb: np.ndarray,
+    gamma: float,
+    values_tb: np.ndarray | None = None,
+) -> np.ndarray:
+    """Psi_t before its baseline, (T, B): the full return R(tau) at every step (Williams 1992), the
+    reward-to-go c_t G_t (causality), or c_t A_t^GAE(lambda) (Schulman et al. 2016) with the value
+    function ``values_tb`` (zero after an episode's end, so the last TD error has no bootstrap).
+
+    Args:
+      rewards_tb: (T, B) rewards, entropy bonus included, zero after the episode's end.
+      values_tb: (T, B) V(s_t) for GAE, else ignored.
+    """
+    n_steps, n_episodes = rewards_tb.shape
+    returns_tb = reward_to_go(rewards_tb, gamma)
+    if spec.weight == "return":
+        return np.broadcast_to(returns_tb[0], (n_steps, n_episodes))
+    scale_t1 = score_scale_t(spec, gamma, n_steps)[:, None]
+    if spec.weight == "rtg":
+        return scale_t1 * returns_tb
+    return scale_t1 * gae(rewards_tb, values_tb, gamma, spec.lam)
+
+
+def visit_terms(
+    weights_tb: np.ndarray,
+    offsets_tbA: np.ndarray,
+    scores_tbA: np.ndarray,
+    entropy_terms_tbA: np.ndarray,
+    alive_tb: np.ndarray,
+) -> np.ndarray:
+    """What each step adds to the gradient in the logits of its state, (T, B, A):
+    (Psi_t - b_t) (e_a - pi) plus the entropy bonus's direct term, zero after the episode's end.
+
+    Args:
+      weights_tb: (T, B) from :func:`weights`.
+      offsets_tbA: (T, B, A) the baseline subtracted from the weight of each score component.
+      scores_tbA: (T, B, A) the score e_a - pi(.|s_t) (``pgvar.policy.score``).
+      entropy_terms_tbA: (T, B, A) entropy * gamma^t * grad H[pi(.|s_t)] (Williams & Peng 1991).
+      alive_tb: (T, B) True while the episode runs.
+    """
+    alive_tb1 = alive_tb[..., None]
+    return ((weights_tb[..., None] - offsets_tbA) * scores_tbA + entropy_terms_tbA) * alive_tb1
 
 
 def episode_gradients(
@@ -164,13 +210,13 @@ def episode_gradients(
     rewards_tb: np.ndarray,
     alive_tb: np.ndarray,
 ) -> np.ndarray:
-    """The single-episode estimate g = sum_t Psi_t * score_t for B padded episodes (reference code).
+    """The single-episode estimate g = sum_t Psi_t * score_t for B padded episodes.
 
     Args:
       mdp, theta: the environment and the logits.
       estimator: a resolved estimator (its tables cover at least T steps).
       states_tb, actions_tb: (T, B) int, the state and action at each step (anything after the end).
-      rewards_tb: (T, B) rewards (zero after the end).
+      rewards_tb: (T, B) rewards (anything after the end), without the entropy bonus.
       alive_tb: (T, B) bool, True while the episode runs.
     Returns:
       (B, D) estimates, D = theta.size.
@@ -178,32 +224,25 @@ def episode_gradients(
     spec = estimator.spec
     n_steps, n_episodes = states_tb.shape
     gamma = mdp.gamma
+    steps_t1 = np.arange(n_steps)[:, None]
     probs_tbA = np.stack([policy_table(theta, mdp, t)[states_tb[t]] for t in range(n_steps)])
-    rewards_tb = np.where(alive_tb, rewards_tb, 0.0)
-    if spec.entropy > 0:
-        entropy_tb = np.stack([entropy_table(theta, mdp, t)[0][states_tb[t]] for t in range(n_steps)])
-        rewards_tb = rewards_tb + spec.entropy * np.where(alive_tb, entropy_tb, 0.0)
-    returns_tb = reward_to_go(rewards_tb, gamma)
-    scale_t = score_scale_t(spec, gamma, n_steps)[:, None]
-    if spec.weight == "return":
-        weights_tb = np.broadcast_to(returns_tb[0], (n_steps, n_episodes))
-    elif spec.weight == "rtg":
-        weights_tb = scale_t * returns_tb
-    else:
-        values_tb = np.where(alive_tb, np.take_along_axis(estimator.values_ts[:n_steps], states_tb, 1), 0.0)
-        weights_tb = scale_t * gae(rewards_tb, values_tb, gamma, spec.lam)
-    steps = np.arange(n_steps)[:, None]
-    offsets_tbA = estimator.offsets_tsa[steps, states_tb]
-    psi_tbA = (weights_tb[..., None] - offsets_tbA) * alive_tb[..., None]
+    entropy_pairs = [entropy_table(theta, mdp, t) for t in range(n_steps)]
+    entropy_tb = np.stack([pair[0][states_tb[t]] for t, pair in enumerate(entropy_pairs)])
+    grad_h_tbA = np.stack([pair[1][states_tb[t]] for t, pair in enumerate(entropy_pairs)])
+    rewards_tb = np.where(alive_tb, rewards_tb + spec.entropy * entropy_tb, 0.0)
+    values_tb = None
+    if spec.weight == "gae":
+        values_tb = np.where(alive_tb, estimator.values_ts[steps_t1, states_tb], 0.0)
     scores_tbA = np.eye(mdp.n_actions)[actions_tb] - probs_tbA
-    contrib_tbA = psi_tbA * scores_tbA
-    if spec.entropy > 0:
-        grad_h_tbA = np.stack([entropy_table(theta, mdp, t)[1][states_tb[t]] for t in range(n_steps)])
-        contrib_tbA = (
-            contrib_tbA + spec.entropy * (gamma**steps)[..., None] * grad_h_tbA * alive_tb[..., None]
-        )
+    terms_tbA = visit_terms(
+        weights(spec, rewards_tb, gamma, values_tb),
+        estimator.offsets_tsa[steps_t1, states_tb],
+        scores_tbA,
+        spec.entropy * (gamma**steps_t1)[..., None] * grad_h_tbA,
+        alive_tb,
+    )
     index_tbA = np.stack([parameter_index(mdp, theta.shape, t)[states_tb[t]] for t in range(n_steps)])
     grads_bD = np.zeros((n_episodes, theta.size))
     episode_tbA = np.broadcast_to(np.arange(n_episodes)[None, :, None], index_tbA.shape)
-    np.add.at(grads_bD, (episode_tbA, index_tbA), contrib_tbA)
+    np.add.at(grads_bD, (episode_tbA, index_tbA), terms_tbA)
     return grads_bD

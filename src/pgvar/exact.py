@@ -28,6 +28,7 @@ import numpy as np
 from pgvar.errors import PgvarError
 from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, score_scale_t
 from pgvar.mdp import TabularMDP
+from pgvar.paths import count_flow_paths, enumerate_flow_paths
 from pgvar.policy import entropy_table, parameter_index, policy_table
 
 MAX_ENUMERATED_PATHS = 20_000
@@ -214,10 +215,11 @@ def exact_gradient(mdp: TabularMDP, theta: np.ndarray, entropy: float = 0.0) -> 
     if _stationary(mdp, theta):
         return _Stationary(mdp, theta, entropy).gradient.reshape(theta.shape)
     chain = unroll(mdp, theta, entropy)
-    return _gradient(chain).reshape(theta.shape)
+    return chain_gradient(chain).reshape(theta.shape)
 
 
-def _gradient(chain: Chain) -> np.ndarray:
+def chain_gradient(chain: Chain) -> np.ndarray:
+    """grad J from an unrolled chain (see :func:`exact_gradient`), flat (D,)."""
     dist_ts = state_distribution(chain)
     value_ts, q_tsa = values(chain)
     advantage_tsa = q_tsa - value_ts[:-1, :, None]
@@ -248,7 +250,7 @@ def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = N
             values_ts[:n_steps] = baseline_t[:, None] * ~mdp.terminal_s  # nothing follows a terminal state
         else:
             offsets_tsa[:] = (scale_t * baseline_t)[:, None, None]
-    elif spec.baseline == "value":
+    elif spec.baseline in ("value", "running-value"):  # a running V per state tends to V itself
         return value_baseline(mdp, spec, values(chain)[0])
     elif spec.baseline == "learned":
         return value_baseline(mdp, spec, learned_table(mdp, learned_ts, n_steps))
@@ -514,7 +516,7 @@ def _recursion_moments(chain: Chain, estimator: ResolvedEstimator, noise: bool):
 def optimal_constants(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
     """(T,) the variance-minimising constant baseline b*_t for ``spec``'s weight, in the units of G_t
     (or R for the full return): b*_t = E[|score_t|^2 Psi_t] / E[|score_t|^2] plus cross-step terms."""
-    optimal = replace(spec, baseline="optimal", label="")
+    optimal = replace(spec, baseline="optimal", name="")
     scale_t = score_scale_t(optimal, chain.mdp.gamma, chain.steps)
     return _optimal_coefficients(chain, optimal)[:, 0] / scale_t
 
@@ -568,62 +570,11 @@ def count_paths(chain: Chain) -> int:
     return count_flow_paths(chain.mdp.initial_s, chain.flow_tsas, chain.mdp.terminal_s, MAX_ENUMERATED_PATHS)
 
 
-def count_flow_paths(initial_s: np.ndarray, flow_tsas, terminal_s: np.ndarray, limit: int) -> int:
-    """Paths with positive probability through the flow pi(a|s) P(s'|s, a) (zero in terminal
-    states), counted up to ``limit``: a larger count returns ``limit + 1``. ``flow_tsas`` is a (T, S,
-    A, S) array or any sequence of T (S, A, S) arrays (read one step at a time, so it can be lazy)."""
-    count_s = (initial_s > 0).astype(float)
-    total = 0.0
-    for t in range(len(flow_tsas)):
-        branches_sp = (flow_tsas[t] > 0).sum(axis=1)
-        total += (count_s * terminal_s).sum()
-        count_s = count_s @ branches_sp
-        if total + count_s.sum() > limit:
-            return limit + 1
-    return int(total + count_s.sum())
-
-
 def enumerate_paths(chain: Chain):
     """Every path with positive probability, padded to T steps.
 
     Returns (prob_b, states_tb, actions_tb, next_tb, alive_tb)."""
     return enumerate_flow_paths(chain.mdp.initial_s, chain.flow_tsas, chain.mdp.terminal_s)
-
-
-def enumerate_flow_paths(initial_s: np.ndarray, flow_tsas: np.ndarray, terminal_s: np.ndarray):
-    """Every path with positive probability through the (T, S, A, S) flow (see
-    :func:`count_flow_paths`), padded to T steps: a path that ended stays in its terminal state with
-    ``alive`` false.
-
-    Returns (prob_b, states_tb, actions_tb, next_tb, alive_tb)."""
-    start = np.flatnonzero(initial_s > 0)
-    prob = initial_s[start]
-    states = [start]
-    actions, nexts, alive = [], [], []
-    current = start
-    running = ~terminal_s[start]
-    for t in range(len(flow_tsas)):
-        flow = flow_tsas[t]
-        b_idx, a_idx, p_idx = [], [], []
-        for b in range(current.size):
-            if running[b]:
-                a_s, p_s = np.nonzero(flow[current[b]])
-            else:
-                a_s, p_s = np.array([0]), np.array([current[b]])
-            b_idx.append(np.full(a_s.size, b))
-            a_idx.append(a_s)
-            p_idx.append(p_s)
-        b_idx, a_idx, p_idx = map(np.concatenate, (b_idx, a_idx, p_idx))
-        step_prob = np.where(running[b_idx], flow[current[b_idx], a_idx, p_idx], 1.0)
-        prob = prob[b_idx] * step_prob
-        states = [s[b_idx] for s in states]
-        actions = [a[b_idx] for a in actions] + [a_idx]
-        nexts = [n[b_idx] for n in nexts] + [p_idx]
-        alive = [r[b_idx] for r in alive] + [running[b_idx]]
-        running = running[b_idx] & ~terminal_s[p_idx]
-        current = p_idx
-        states.append(p_idx)
-    return prob, np.array(states[:-1]), np.array(actions), np.array(nexts), np.array(alive)
 
 
 def _enumerate_moments(chain: Chain, estimator: ResolvedEstimator):

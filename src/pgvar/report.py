@@ -18,7 +18,7 @@ from pgvar.errors import SpecError
 from pgvar.estimators import parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments, unroll
 from pgvar.mdp import TabularMDP
-from pgvar.montecarlo import variance_study
+from pgvar.studies import variance_study
 
 LESSON_FOUR = ("vanilla", "rtg", "base", "rtg+base")
 BASELINE_KINDS = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter")

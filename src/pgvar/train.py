@@ -42,11 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pgvar.baselines import RunningBaselines
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimator
 from pgvar.exact import exact_gradient, exact_moments, expected_visits, objective, state_distribution, unroll
 from pgvar.mdp import TabularMDP
-from pgvar.montecarlo import UNBOUNDED_CAP, RunningBaselines, sample_batch_means
+from pgvar.montecarlo import UNBOUNDED_CAP, sample_batch_means
 from pgvar.policy import entropy_table, softmax, uniform_theta
 
 LEARNED_BY = ("state", "observation")

@@ -31,20 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from pgvar import envs
+from pgvar.baselines import RunningBaselines
 from pgvar.errors import PgvarError, SpecError
-from pgvar.estimators import BIAS_FREE_FOR_GAE, LESSON_NAMES, EstimatorSpec, parse_estimator
+from pgvar.estimators import BIAS_FREE_FOR_GAE, EstimatorSpec, parse_estimator
+from pgvar.vocabulary import LESSON_LABELS as LESSON_NAMES
 from pgvar.exact import ExactMoments, exact_gradient, exact_moments, objective, state_distribution, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.mdpfile import resolve_mdp
-from pgvar.montecarlo import (
-    DEFAULT_BATCHES,
-    RunningBaselines,
-    Sampler,
-    VarianceReading,
-    estimate_gradient,
-    read_sample,
-)
+from pgvar.montecarlo import DEFAULT_BATCHES, Sampler, estimate_gradient
 from pgvar.policy import softmax
+from pgvar.studies import VarianceReading, read_sample
 
 #: Batch sizes offered by the N slider (a log scale, as in the lesson: 1 to 1024).
 N_CHOICES: tuple[int, ...] = tuple(2**k for k in range(11))

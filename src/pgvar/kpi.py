@@ -1,0 +1,128 @@
+"""The KPI and every statistic pgvar reports, defined once, on plain arrays.
+
+The lesson's KPI is the variance of the batch-mean gradient: M independent batches of N episodes
+each give M estimates g_1 .. g_M in R^D, and the KPI is the trace of their sample covariance, the sum
+over parameters of each parameter's variance (what the lesson's bar shows). Everything else here is
+read off the same arrays: its 95% interval, the ratio to vanilla, the signal-to-noise ratio
+|grad J|^2 / trace, the cosine of each batch estimate to a reference gradient, the slope of
+log-variance against log-N (-1 when the variance falls like 1/N), and the mean over training runs with
+its t-interval. A tabular sampler, a neural-policy sampler or a sweep feeds these functions the same
+arrays, so every surface reports the same numbers.
+
+Shape suffixes follow docs/architecture.md: ``_md`` M batches by D parameters, ``_rd`` R readings by
+D, ``_r`` per reading, ``_rk`` runs by records.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def variance_trace(batch_means_md: np.ndarray) -> float:
+    """Trace of the sample covariance (ddof 1) of M batch means, (M, D) -> float: the KPI."""
+    batch_means_md = np.asarray(batch_means_md, dtype=float)
+    deviations_md = batch_means_md - batch_means_md.mean(axis=0)
+    return float(np.einsum("md,md->", deviations_md, deviations_md) / (batch_means_md.shape[0] - 1))
+
+
+def variance_trace_ci(batch_means_md: np.ndarray) -> tuple[float, float]:
+    """95% interval of :func:`variance_trace`: the normal approximation on the M per-batch squared
+    deviations (each an unbiased estimate of the trace), clipped at 0. Heavy-tailed gradients at small
+    N widen it, and it is right-skewed, so it covers the true value a little less often than 95%."""
+    batch_means_md = np.asarray(batch_means_md, dtype=float)
+    n_batches = batch_means_md.shape[0]
+    deviations_md = batch_means_md - batch_means_md.mean(axis=0)
+    squared_m = np.einsum("md,md->m", deviations_md, deviations_md) * n_batches / (n_batches - 1)
+    estimate = float(squared_m.mean())
+    half = Z95 * float(squared_m.std(ddof=1)) / math.sqrt(n_batches)
+    return max(estimate - half, 0.0), estimate + half
+
+
+def variance_traces(sum_rd: np.ndarray, sum_squares_r: np.ndarray, batches: int) -> np.ndarray:
+    """(R,) the KPI of R readings from their sums alone: ``sum_rd`` the sum of each reading's
+    ``batches`` batch means, ``sum_squares_r`` the sum of their squared norms. The one-pass form of
+    :func:`variance_trace` (rounding error about 1e-16 |mean|^2 / variance), for readings whose batch
+    means are never kept."""
+    return (sum_squares_r - np.einsum("rd,rd->r", sum_rd, sum_rd) / batches) / (batches - 1)
+
+
+def ratio(value: float, reference: float) -> float | None:
+    """value / reference, None where the reference is not positive (e.g. the ratio to vanilla)."""
+    return value / reference if reference > 0 else None
+
+
+def signal_to_noise(signal_d: np.ndarray, trace: float) -> float:
+    """|signal|^2 / trace: how many times the squared gradient exceeds the estimate's variance."""
+    signal_d = np.asarray(signal_d, dtype=float)
+    return float(signal_d @ signal_d / trace) if trace > 0 else math.inf
+
+
+def mean_cosine(batch_means_md: np.ndarray, reference_d: np.ndarray) -> float | None:
+    """Mean over batches of cos(batch estimate, reference); a zero estimate counts as 0. None when the
+    reference is zero."""
+    reference_d = np.asarray(reference_d, dtype=float)
+    if not np.linalg.norm(reference_d) > 0:
+        return None
+    norms_m = np.linalg.norm(batch_means_md, axis=1) * np.linalg.norm(reference_d)
+    cosines_m = np.divide(
+        batch_means_md @ reference_d, norms_m, out=np.zeros(len(norms_m)), where=norms_m > 0
+    )
+    return float(cosines_m.mean())
+
+
+def loglog_slope(ns: Sequence[float], traces: Sequence[float]) -> float | None:
+    """Least-squares slope of log(trace) on log(N) over the positive traces (-1: falls like 1/N);
+    None with fewer than two distinct N."""
+    points = [(math.log(n), math.log(v)) for n, v in zip(ns, traces, strict=True) if v > 0]
+    if len({x for x, _ in points}) < 2:
+        return None
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# -- across independent runs ----------------------------------------------------------------------
+
+_T975 = (
+    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+    2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+    2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+    2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+    2.045229642, 2.042272456,
+)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (exact table to 30, then the
+    Cornish-Fisher expansion, error < 1e-6)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = Z95
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+def mean_ci(values_rk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs (axis 0) and its 95% t-interval; with one run the interval is the mean itself.
+
+    NaN entries (records not computed) are left out."""
+    values_rk = np.asarray(values_rk, dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        count = np.sum(~np.isnan(values_rk), axis=0)
+        mean = np.nanmean(values_rk, axis=0) if values_rk.size else np.zeros(values_rk.shape[1:])
+        spread = np.nanstd(values_rk, axis=0, ddof=1) if values_rk.shape[0] > 1 else np.zeros_like(mean)
+        quantile = np.array([t_quantile_975(int(n) - 1) if n > 1 else 0.0 for n in np.ravel(count)])
+        half = quantile.reshape(mean.shape) * np.nan_to_num(spread) / np.sqrt(np.maximum(count, 1))
+    return mean, mean - half, mean + half
