@@ -33,10 +33,11 @@ def _timed(fn, ticks: int) -> tuple[float, float, float]:
 
 
 def bench_ticks(mdp: str, ticks: int) -> dict[int, float]:
-    from pgvar.explorer.state import ExplorerState
+    from pgvar.explorer.state import ExplorerState, Knobs
 
     results = {}
-    print(f"tick cost on {mdp!r}, 60 batches, four configurations + vanilla at N=1 (ms):")
+    batches = Knobs().batches
+    print(f"tick cost on {mdp!r}, {batches} batches, four configurations + vanilla at N=1 (ms):")
     print(f"  {'N':>5} {'state wall':>11} {'p90':>7} {'state CPU':>10} {'page wall':>10} {'page CPU':>9}")
     for n in (1, 1024):
         state = ExplorerState(mdp, seed=0)

@@ -40,9 +40,11 @@ import numba
 import numpy as np
 
 from pgvar import envs
+from pgvar.baselines import RunningBaselines
 from pgvar.estimators import parse_estimators
 from pgvar.exact import unroll
-from pgvar.montecarlo import RunningBaselines, Sampler, sample_batch_means
+from pgvar.montecarlo import Sampler, sample_batch_means
+from pgvar.studies import variance_study
 
 LESSON_FOUR = "vanilla,rtg,base,rtg+base"
 
@@ -61,22 +63,84 @@ def best_time(work, repeats: int, min_seconds: float = 0.5) -> float:
 
 
 def pgvar_job(
-    mdp, specs_text: str, n: int, batches: int, workers: int = 1, method: str = "auto", readings: int = 0
+    mdp,
+    specs_text: str,
+    n: int,
+    batches: int,
+    workers: int = 1,
+    method: str = "auto",
+    readings: int = 0,
+    route: str = "auto",
 ):
     """One reading of every estimator, from a Sampler built once (as the explorer and sweeps do); with
-    ``readings``, that many readings in one call (``Sampler.readings``: no batch means kept)."""
+    ``readings``, that many readings in one call (``Sampler.readings``: no batch means kept); ``route``
+    forces a read-out by name."""
     theta = np.zeros(mdp.theta_shape())
     sampler = Sampler(mdp, theta, parse_estimators(specs_text), chain=unroll(mdp, theta), method=method)
-    steps = sampler.tables.steps
+    plan = sampler.plan
 
     def work():
-        running = RunningBaselines.empty(steps)
+        running = RunningBaselines.empty(plan.steps, plan.mdp.n_states)
         if readings:
-            sampler.readings(n, batches, readings, seed=1, running=running)
+            sampler.readings(n, batches, readings, seed=1, running=running, route=route)
         else:
-            sampler.sample(n, batches, seed=1, running=running, workers=workers)
+            sampler.sample(n, batches, seed=1, running=running, workers=workers, route=route)
 
     return work
+
+
+def tick_job(n: int, route: str = "auto"):
+    """What one explorer tick measures: the four configurations at N on 60 batches with warm running
+    baselines, and vanilla at N = 1 for the ratio (the page's redraw: bench_explorer.py)."""
+    lesson = envs.lesson()
+    theta = np.zeros(lesson.theta_shape())
+    chain = unroll(lesson, theta)
+    four = Sampler(lesson, theta, parse_estimators(LESSON_FOUR), chain=chain)
+    vanilla = Sampler(lesson, theta, parse_estimators("vanilla"), chain=chain)
+    running = RunningBaselines.empty(lesson.horizon, lesson.n_states)
+
+    def work():
+        four.sample(n, 60, seed=1, running=running, route=route)
+        vanilla.sample(1, 60, seed=2, route=route)
+
+    return work
+
+
+def route_table(repeats: int) -> list[str]:
+    """Each point a user feels, through the read-out the sampler picks and through ``cells``, the
+    general one: a fast route is kept only where it is at least 1.3x faster on one of these points."""
+    lesson = envs.lesson()
+    theta = np.zeros(lesson.theta_shape())
+    four = parse_estimators(LESSON_FOUR)
+    points = [
+        ("explorer tick, N=1", lambda route: tick_job(1, route)),
+        ("explorer tick, N=1024", lambda route: tick_job(1024, route)),
+        (
+            "pgvar variance (defaults: N=1,4,16, 60 batches)",
+            lambda route: lambda: variance_study(lesson, theta, four, [1, 4, 16], 60, 0),
+        ),
+        (
+            "pgvar readings --count 1000 (N=1, 60 batches)",
+            lambda route: pgvar_job(lesson, LESSON_FOUR, 1, 60, readings=1000, route=route),
+        ),
+        ("N=256, 60 batches", lambda route: pgvar_job(lesson, LESSON_FOUR, 256, 60, route=route)),
+    ]
+    sampler = Sampler(lesson, theta, four)
+    picked = {
+        "explorer tick, N=1": sampler.route(1),
+        "explorer tick, N=1024": sampler.route(1024),
+        "pgvar variance (defaults: N=1,4,16, 60 batches)": sampler.route(1),
+        "pgvar readings --count 1000 (N=1, 60 batches)": sampler.route(1, 60, 60),
+        "N=256, 60 batches": sampler.route(256),
+    }
+    lines = ["| point (lesson, the four configurations) | route | ms | through cells, ms | cells / route |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    for name, job in points:
+        chosen = best_time(job("auto"), repeats)
+        general = chosen if picked[name] == "cells" else best_time(job("cells"), repeats)
+        figures = f"{chosen * 1e3:.3f} | {general * 1e3:.3f} | {general / chosen:.2f}x"
+        lines.append(f"| {name} | {picked[name]} | {figures} |")
+    return lines
 
 
 def draw_only(count: int, kind: str):
@@ -289,6 +353,8 @@ def main() -> None:
     print("| job | steps/s | ms | vs draw-only | note |")
     print("|---|---:|---:|---:|---|")
     print("\n".join(rows))
+    print()
+    print("\n".join(route_table(args.repeats)))
     print()
     print(
         f"time for the same readings, pure-Python port / pgvar: N=256 vanilla {speedup:,.0f}x, "

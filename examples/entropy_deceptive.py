@@ -3,10 +3,11 @@ policy, too much never commits (lesson 07, "The entropy bonus"; the MDP is docum
 
     .venv/bin/python examples/entropy_deceptive.py [--runs 5] [--updates 150] [--seed 0] [--out DIR]
 
-Stochastic gradient ascent with ``rtg+learned`` (batch N = 16, lr 1) for beta = 0, 0.3 and 3, each
-beside ascent on the exact gradient of J + beta * H. Prints the final J (expected return, without the
-entropy term), the regularised objective J + beta * H, the mean policy entropy and the probability of
-walking on in the start state, and compares with the exact optimum of the regularised objective.
+Stochastic gradient ascent with ``rtg+learned`` (batch N = 16, lr 1) for the entropy bonuses 0, 0.3
+and 3 (``TrainConfig(entropy=...)``, β in the labels), each beside ascent on the exact gradient of
+J + entropy * H. Prints the final J (expected return, without the entropy term), the regularised
+objective J + entropy * H, the mean policy entropy and the probability of walking on in the start
+state, and compares with the exact optimum of the regularised objective.
 """
 
 from __future__ import annotations
@@ -16,21 +17,23 @@ import time
 
 import numpy as np
 
-from pgvar.commands.train import default_out
+from pgvar.curves import default_out, save
 from pgvar.envs import make
-from pgvar.train import TrainConfig, combine, evaluate, mean_ci, save, train
+from pgvar.kpi import mean_ci
+from pgvar.train import TrainConfig, combine, evaluate, train
 
-BETAS = (0.0, 0.3, 3.0)
+ENTROPIES = (0.0, 0.3, 3.0)
 
 
-def soft_optimum(mdp, beta: float) -> np.ndarray:
-    """Logits of the policy that maximises J + beta * H (soft value iteration; beta > 0)."""
+def soft_optimum(mdp, entropy: float) -> np.ndarray:
+    """Logits of the policy that maximises J + entropy * H (soft value iteration; entropy > 0)."""
     value = np.zeros(mdp.n_states)
     for _ in range(mdp.horizon):  # the corridor is acyclic: horizon sweeps are exact
         q = mdp.rewards + mdp.transitions @ value
         top = q.max(axis=1)
-        value = np.where(mdp.terminal_s, 0.0, top + beta * np.log(np.exp((q - top[:, None]) / beta).sum(1)))
-    return (q / beta)[~mdp.terminal_s]
+        soft_max = top + entropy * np.log(np.exp((q - top[:, None]) / entropy).sum(1))
+        value = np.where(mdp.terminal_s, 0.0, soft_max)
+    return (q / entropy)[~mdp.terminal_s]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,18 +48,18 @@ def main(argv: list[str] | None = None) -> None:
     mdp = make("deceptive")
     print(
         f"Entropy bonus on 'deceptive': rtg+learned, N = 16, lr 1, {args.updates} updates "
-        f"({16 * args.updates} episodes), {args.runs} runs per beta; J(uniform) = "
+        f"({16 * args.updates} episodes), {args.runs} runs per entropy bonus; J(uniform) = "
         f"{evaluate(mdp, np.zeros(mdp.theta_shape())).J:.3f}, trap J = 1, best J = 3; entropy: mean "
         "policy entropy in nats (log 2 = 0.69 at uniform)."
     )
     started = time.perf_counter()
     results, labels = [], []
-    for beta in BETAS:
+    for entropy in ENTROPIES:
         config = TrainConfig(
-            lr=1.0, batch=16, updates=args.updates, runs=args.runs, seed=args.seed, entropy=beta
+            lr=1.0, batch=16, updates=args.updates, runs=args.runs, seed=args.seed, entropy=entropy
         )
         results.append(train(mdp, ["rtg+learned"], config))
-        labels += [f"rtg+learned, β = {beta:g}", f"exact gradient, β = {beta:g}"]
+        labels += [f"rtg+learned, β = {entropy:g}", f"exact gradient, β = {entropy:g}"]
     result = combine(results, labels)
     out = args.out or default_out("entropy-deceptive")
     save(
@@ -73,13 +76,15 @@ def main(argv: list[str] | None = None) -> None:
         walk = curve.probs_rkp[:, -1].reshape(curve.runs, *mdp.theta_shape())[:, :, 0].prod(axis=1).mean()
         print(
             f"{curve.label:<28}{mean[0]:>9.2f} ± {(high[0] - low[0]) / 2:<4.2f}"
-            f"{curve.objective_rk[:, -1].mean():>10.3f}{curve.entropy_rk[:, -1].mean():>9.2f}{walk:>13.3f}"
+            f"{curve.objective_rk[:, -1].mean():>10.3f}"
+            f"{curve.policy_entropy_rk[:, -1].mean():>9.2f}{walk:>13.3f}"
         )
     print("\nExact optimum of J + βH:")
-    for beta in BETAS[1:]:
-        best = evaluate(mdp, soft_optimum(mdp, beta), beta)
-        print(f"  β = {beta:g}: max J + βH = {best.objective:.3f}, at a policy with J = {best.J:.3f}")
-    finals = {beta: result.curves[2 * i].J_rk[:, -1] for i, beta in enumerate(BETAS)}  # sampled curves
+    for entropy in ENTROPIES[1:]:
+        best = evaluate(mdp, soft_optimum(mdp, entropy), entropy)
+        print(f"  β = {entropy:g}: max J + βH = {best.objective:.3f}, at a policy with J = {best.J:.3f}")
+    sampled = result.curves[::2]  # each entropy's sampled curve, then its exact one
+    finals = {entropy: curve.J_rk[:, -1] for entropy, curve in zip(ENTROPIES, sampled, strict=True)}
     stuck = np.all(np.abs(finals[0.0] - 1) < 0.05)
     found = np.all(finals[0.3] > 2.5)
     shape = (args.runs, *mdp.theta_shape())

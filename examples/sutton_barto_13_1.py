@@ -22,9 +22,10 @@ import time
 
 import numpy as np
 
-from pgvar.commands.train import default_out
+from pgvar.curves import default_out, save
 from pgvar.envs import make
-from pgvar.train import TrainConfig, combine, episodes_to_reach, evaluate, mean_ci, save, train
+from pgvar.kpi import mean_ci
+from pgvar.train import TrainConfig, combine, episodes_to_reach, evaluate, train
 
 STEP_SIZES = (12, 13, 14)  # alpha = 2^-k
 THETA0 = np.array([[1.47, -1.47]])  # logits of (left, right): pi(right) = 0.05

@@ -22,9 +22,10 @@ import time
 
 import numpy as np
 
-from pgvar.commands.train import default_out
+from pgvar.curves import default_out, save
 from pgvar.envs import make
-from pgvar.train import TrainConfig, combine, episodes_to_reach, evaluate, mean_ci, save, train
+from pgvar.kpi import mean_ci
+from pgvar.train import TrainConfig, combine, episodes_to_reach, evaluate, train
 
 THETA0 = np.array([[1.47, -1.47]])  # logits of (left, right): pi(right) = 0.05
 V_STAR_P = 2 - np.sqrt(2)  # the best pi(right) of Example 13.1, (2p - 4) / (p (1 - p)) is maximal there

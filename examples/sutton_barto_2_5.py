@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 
-from pgvar.commands.train import default_out
+from pgvar.curves import default_out, plot, save
 from pgvar.envs import make
-from pgvar.train import TrainConfig, combine, mean_ci, plot, save, train
+from pgvar.kpi import mean_ci
+from pgvar.train import TrainConfig, combine, train
 
 STEP_SIZES = (0.1, 0.4)
 

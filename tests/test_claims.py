@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from helpers import random_mdp
-from test_cli import run
+from test_cli import run, strict_json
 
 from pgvar import envs
-from pgvar.claims import check_entropy_gradient, check_transitions_cancel, verify_lesson
+from pgvar.claims import Claim, check_entropy_gradient, check_transitions_cancel, verify_lesson
+from pgvar.errors import SpecError
+from pgvar.mdp import TabularMDP
 
 
 def test_every_claim_holds_on_the_lesson_at_the_uniform_policy(capsys):
@@ -45,3 +50,56 @@ def test_entropy_gradient_moves_a_skewed_policy_toward_uniform():
     theta = np.random.default_rng(1).normal(scale=2.0, size=mdp.theta_shape())
     claim = check_entropy_gradient(mdp, theta)
     assert claim.passed and claim.numbers["max_kl_change"] < 0
+
+
+def test_verify_json_is_strict_json_with_every_claim(capsys):
+    code, out, _ = run(["verify", "--json", "--seed", "3"], capsys)
+    assert code == 0
+    payload = strict_json(out)
+    assert {"mdp", "seed", "theta", "claims", "variance_optimal"} <= payload.keys()
+    assert payload["seed"] == 3 and len(payload["claims"]) == 10
+    for claim in payload["claims"]:
+        assert claim["passed"] is True
+        assert claim["numbers"] and all(isinstance(v, (int, float)) for v in claim["numbers"].values())
+    one_over_n = next(c for c in payload["claims"] if c["claim"] == "the variance falls as 1/N")
+    assert one_over_n["numbers"]["slope"] == pytest.approx(-1, abs=0.2)
+
+
+def test_a_claim_holds_plain_python_values():
+    claim = Claim(
+        "c",
+        np.bool_(True),
+        "d",
+        {"z": np.float64(1.5), "k": np.int64(3), "ok": np.bool_(False), "ratio": float("inf"), "s": np.nan},
+    )
+    assert claim.passed is True
+    assert claim.numbers == {"z": 1.5, "k": 3, "ok": False, "ratio": None, "s": None}
+    assert [type(v) for v in claim.numbers.values()] == [float, int, bool, type(None), type(None)]
+    json.dumps(claim.numbers, allow_nan=False)  # raises on NaN, Infinity and NumPy types
+
+
+def test_a_policy_with_no_variance_at_all_is_verified_without_a_crash():
+    """Zero rewards: every variance is 0, so no ratio to vanilla and no 1/N slope exist."""
+    mdp = TabularMDP(
+        initial_s=np.array([1.0, 0.0]),
+        transitions=np.array([[[0.0, 1.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]]),
+        rewards=np.zeros((2, 2)),
+        gamma=1.0,
+        horizon=2,
+        terminal_s=np.array([False, True]),
+        name="silent",
+    )
+    claims, summary = verify_lesson(mdp, np.zeros(mdp.theta_shape()))
+    by_name = {c.claim: c for c in claims}
+    lowers = by_name["reward-to-go lowers the variance"]
+    assert not lowers.passed and lowers.numbers == {"with": 0.0, "without": 0.0, "ratio": None}
+    assert "leaves the variance as it is" in lowers.detail
+    assert by_name["the variance falls as 1/N"].numbers["slope"] is None
+    assert "x vanilla" not in summary and "exact variance 0" in summary
+    assert all(c.passed for c in claims if "unbiased" in c.claim)
+
+
+def test_verify_refuses_a_negative_seed():
+    mdp = envs.lesson()
+    with pytest.raises(SpecError, match="seed: must be a whole number >= 0, got -1"):
+        verify_lesson(mdp, np.zeros(mdp.theta_shape()), seed=-1)

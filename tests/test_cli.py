@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import pgvar
 from pgvar import cli
 
 
@@ -27,28 +29,65 @@ def run(args, capsys):
     return code, captured.out, captured.err
 
 
+def strict_json(text):
+    """json.loads that refuses NaN and Infinity, which are not JSON (RFC 8259)."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_version_prints_the_package_version(capsys):
+    code, out, err = run(["--version"], capsys)
+    assert code == 0 and err == ""
+    assert out.strip() == f"pgvar {pgvar.__version__}"
+    assert pgvar.__version__ == importlib.metadata.version("pgvar")  # pyproject.toml says the same
+
+
 def test_exact_json_has_the_documented_keys(capsys):
     code, out, _ = run(["exact", "--json", "-e", "vanilla,rtg+value"], capsys)
     assert code == 0
-    payload = json.loads(out)
+    payload = strict_json(out)
     assert {"mdp", "method", "J", "grad", "estimators"} <= payload.keys()
     assert payload["mdp"] == "lesson" and payload["method"] == "enumeration"
     for entry in payload["estimators"].values():
-        assert {"mean", "variance_trace", "variance_parts"} <= entry.keys()
+        assert {"spec", "label", "mean", "bias", "variance_trace", "variance_parts"} <= entry.keys()
         parts = entry["variance_parts"]
         assert parts["reward_noise"] + parts["sampling"] == pytest.approx(entry["variance_trace"])
         np.testing.assert_allclose(entry["mean"], payload["grad"], atol=1e-12)
+
+
+def test_json_keys_an_estimator_by_its_spelling_with_the_lessons_label(capsys):
+    code, out, _ = run(["exact", "--json", "-e", "rtg,return+none,base,rtg+value,rtg+lesson"], capsys)
+    assert code == 0
+    estimators = strict_json(out)["estimators"]
+    assert list(estimators) == ["rtg", "return+none", "base", "rtg+value", "rtg+lesson"]
+    assert {name: (e["spec"], e["label"]) for name, e in estimators.items()} == {
+        "rtg": ("rtg+none", "reward-to-go"),
+        "return+none": ("return+none", "vanilla"),
+        "base": ("return+lesson", "baseline"),
+        "rtg+value": ("rtg+value", "rtg+value"),
+        "rtg+lesson": ("rtg+lesson", "rtg + baseline"),
+    }
+
+
+def test_the_same_estimator_spelled_twice_is_refused(capsys):
+    code, _out, err = run(["exact", "-e", "rtg,vanilla,rtg"], capsys)
+    assert code == 2 and "rtg given twice" in err
 
 
 def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
     args = ["variance", "--json", "--N", "1,4", "--batches", "30", "--seed", "7"]
     code, out, _ = run(args, capsys)
     assert code == 0
-    payload = json.loads(out)
-    assert {"mdp", "batches", "seed", "results", "sampling", "paths"} <= payload.keys()
+    payload = strict_json(out)
+    assert {"mdp", "batches", "seed", "results", "slopes", "sampling", "paths"} <= payload.keys()
     assert (payload["sampling"], payload["paths"]) == ("paths", 27)  # 3 steps, 3 actions each
     keys = {
         "estimator",
+        "spec",
+        "label",
         "N",
         "variance_trace",
         "ci95",
@@ -59,6 +98,16 @@ def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
         "cosine_to_exact",
     }
     assert len(payload["results"]) == 8
+    names = ["vanilla", "rtg", "base", "rtg+base"]  # the default -e, as spelled there
+    assert [(r["estimator"], r["N"]) for r in payload["results"]] == [(e, n) for n in (1, 4) for e in names]
+    labels = {r["estimator"]: (r["spec"], r["label"]) for r in payload["results"]}
+    assert labels == {
+        "vanilla": ("return+none", "vanilla"),
+        "rtg": ("rtg+none", "reward-to-go"),
+        "base": ("return+lesson", "baseline"),
+        "rtg+base": ("rtg+lesson", "rtg + baseline"),
+    }
+    assert list(payload["slopes"]) == names
     for result in payload["results"]:
         assert keys <= result.keys()
         low, high = result["ci95"]
@@ -66,18 +115,37 @@ def test_variance_json_is_reproducible_and_has_the_documented_keys(capsys):
     assert json.loads(run(args, capsys)[1])["results"] == payload["results"]
 
 
+def test_variance_json_names_only_what_was_asked_for(capsys):
+    code, out, _ = run(["variance", "--json", "-e", "rtg+none", "--N", "2,8", "--batches", "10"], capsys)
+    assert code == 0
+    payload = strict_json(out)
+    assert {r["estimator"] for r in payload["results"]} == {"rtg+none"}  # vanilla measured, not listed
+    assert all(r["label"] == "reward-to-go" and r["vs_vanilla"] > 0 for r in payload["results"])
+    assert list(payload["slopes"]) == ["rtg+none"]
+
+
 def test_variance_table_names_the_lesson_configurations(capsys):
     code, out, _ = run(["variance", "--N", "2", "--batches", "10"], capsys)
     assert code == 0
-    for label in ("vanilla", "reward-to-go", "baseline", "rtg + baseline", "vs vanilla", "(27 paths)"):
+    names = ("vanilla ", "rtg (reward-to-go)", "base (baseline)", "rtg+base (rtg + baseline)")
+    for label in (*names, "vs vanilla", "(27 paths)"):
         assert label in out
+    assert "vanilla (vanilla)" not in out
+    assert "slope of log variance against log N" not in out  # one N: no slope
+
+
+def test_tables_add_the_lessons_label_only_where_it_differs(capsys):
+    code, out, _ = run(["exact", "-e", "return+none,rtg+value,rtg+lesson,vanilla"], capsys)
+    assert code == 0
+    first_column = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
+    assert first_column == ["return+none (vanilla)", "rtg+value", "rtg+lesson (rtg + baseline)", "vanilla"]
 
 
 def test_variance_of_an_unbounded_mdp_is_walked_step_by_step(capsys):
     args = ["variance", "--mdp", "short-corridor", "--theta", "[[0.5, 0]]", "-e", "vanilla", "--N", "2"]
     code, out, _ = run([*args, "--batches", "10", "--json"], capsys)
     assert code == 0
-    payload = json.loads(out)
+    payload = strict_json(out)
     assert (payload["sampling"], payload["paths"]) == ("steps", None)
 
 
@@ -85,11 +153,13 @@ def test_readings_json_has_the_documented_keys_and_brackets_the_exact_value(caps
     args = ["readings", "--json", "-e", "rtg,base", "--N", "2", "--count", "400", "--seed", "3"]
     code, out, _ = run(args, capsys)
     assert code == 0
-    payload = json.loads(out)
+    payload = strict_json(out)
     assert {"mdp", "N", "batches", "count", "seed", "results"} <= payload.keys()
-    assert [r["estimator"] for r in payload["results"]] == ["reward-to-go", "baseline"]
+    assert [r["estimator"] for r in payload["results"]] == ["rtg", "base"]
+    assert [r["label"] for r in payload["results"]] == ["reward-to-go", "baseline"]
+    assert [r["spec"] for r in payload["results"]] == ["rtg+none", "return+lesson"]
     for result in payload["results"]:
-        keys = {"spec", "exact_variance_trace", "mean", "relative_std", "q05", "q95", "agrees_with_exact"}
+        keys = {"exact_variance_trace", "mean", "relative_std", "q05", "q95", "agrees_with_exact"}
         assert keys <= result.keys()
         assert result["q05"] < result["exact_variance_trace"] < result["q95"]
         assert 0.0 <= result["agrees_with_exact"] <= 1.0
@@ -99,7 +169,13 @@ def test_readings_json_has_the_documented_keys_and_brackets_the_exact_value(caps
 def test_readings_table_shows_the_spread_of_one_reading(capsys):
     code, out, _ = run(["readings", "--count", "50"], capsys)
     assert code == 0
-    for label in ("50 readings", "vanilla", "rtg + baseline", "ordered as exact", "µs per reading"):
+    for label in (
+        "50 readings",
+        "vanilla",
+        "rtg+base (rtg + baseline)",
+        "ordered as exact",
+        "µs per reading",
+    ):
         assert label in out
 
 
@@ -111,9 +187,12 @@ def test_exact_table_reports_bias_of_the_common_form(capsys):
 
 
 BAD = {
-    "zero batch size": (["variance", "--N", "0"], "--N: batch size must be >= 1"),
-    "not a batch size": (["variance", "--N", "abc"], "--N: 'abc' is not an integer"),
-    "negative entropy": (["exact", "--entropy", "-0.1"], "entropy: coefficient beta must be"),
+    "zero batch size": (["variance", "--N", "0"], "--N: must be a whole number >= 1, got '0'"),
+    "not a batch size": (["variance", "--N", "1,abc"], "--N: must be a whole number >= 1, got 'abc'"),
+    "no batch size": (["variance", "--N", " , "], "--N: give at least one whole number"),
+    "negative entropy": (["exact", "--entropy", "-0.1"], "--entropy: must be a finite number >= 0"),
+    "entropy not a number": (["variance", "--entropy", "nan"], "--entropy: must be a finite number >= 0"),
+    "unknown method": (["exact", "--method", "exact"], "--method: unknown 'exact'; use one of auto"),
     "unknown estimator": (["exact", "-e", "vanila"], "unknown weight 'vanila'"),
     "unknown baseline": (["exact", "-e", "rtg+mean"], "unknown baseline 'mean'"),
     "gae without lambda": (["exact", "-e", "gae+value"], "GAE needs its lambda"),
@@ -121,20 +200,32 @@ BAD = {
     "theta not json": (["exact", "--theta", "[1,"], "theta: not 'uniform'"),
     "unknown mdp": (["exact", "--mdp", "lessons"], "unknown built-in 'lessons'"),
     "missing file": (["exact", "--mdp", "nowhere.yaml"], "nowhere.yaml"),
-    "one batch": (["variance", "--batches", "1"], "need at least 2 batches"),
-    "no readings": (["readings", "--count", "0"], "count: the number of readings must be"),
-    "readings of one batch": (["readings", "--batches", "1"], "batches: need an integer >= 2"),
+    "one batch": (["variance", "--batches", "1"], "--batches: must be a whole number >= 2, got 1"),
+    "no readings": (["readings", "--count", "0"], "--count: must be a whole number >= 1, got 0"),
+    "readings of one batch": (["readings", "--batches", "1"], "--batches: must be a whole number >= 2"),
+    "readings of empty batches": (["readings", "--N", "0"], "--N: must be a whole number >= 1, got 0"),
+    "report of one batch": (["report", "--batches", "1"], "--batches: must be a whole number >= 2"),
+    "port out of range": (["explore", "--port", "70000"], "--port: must be a whole number from 0 to 65535"),
+    **{
+        f"negative seed ({command})": (
+            [command, "--seed", "-1"],
+            "--seed: must be a whole number >= 0, got -1",
+        )
+        for command in ("variance", "readings", "verify", "report")
+    },
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_gives_one_line(case, capsys):
+def test_bad_input_gives_one_line(case, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a report that slipped through would write pgvar-report/ here
     args, message = BAD[case]
     code, out, err = run(args, capsys)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err + out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_mdp_files_give_one_line(tmp_path, capsys):

@@ -15,8 +15,8 @@ from pgvar.claims import finite_difference
 from pgvar.errors import PgvarError
 from pgvar.estimators import BASELINES, parse_estimator
 from pgvar.exact import (
-    chain_gradient,
     _recursion_moments,
+    chain_gradient,
     count_paths,
     exact_gradient,
     exact_moments,

@@ -7,6 +7,8 @@ from k ticks (independent batches) are averaged, and the interval half-width shr
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from pgvar import envs
 from pgvar.estimators import parse_estimator
-from pgvar.exact import exact_moments
+from pgvar.exact import exact_moments, objective
 
 pytestmark = pytest.mark.browser
 
@@ -165,6 +167,14 @@ def test_each_knob_changes_the_configuration_label(page, explorer_server):
     wait_for(page, lambda s: s["config"] == "baseline", what="baseline")
     page.locator(".pgvar-kind select").select_option(label="exact V(s)")
     wait_for(page, lambda s: s["config"] == "baseline (exact V)", what="baseline kind")
+    page.locator(".pgvar-kind select").select_option(label="running mean of G_t per state")
+    state = wait_for(
+        page,
+        lambda s: s["config"] == "baseline (running V per state)" and s["exact"] is not None,
+        what="running-value",
+    )
+    # its exact limit is V(s): the page shows exact V's variance for it
+    assert state["exact"] == pytest.approx(exact_trace("return+value"), rel=1e-9)
     click(page, "pgvar-baseline")
     wait_for(page, lambda s: s["config"] == "vanilla", what="vanilla again")
     click(page, "pgvar-rtg")
@@ -173,8 +183,8 @@ def test_each_knob_changes_the_configuration_label(page, explorer_server):
     press_slider(page, "pgvar-n-slider", "ArrowRight", "ArrowRight")
     wait_for(page, lambda s: s["n"] == 4, what="N = 4")
     before = readout(page)["objective"]
-    press_slider(page, "pgvar-beta", "ArrowRight")  # entropy bonus: J = E[sum r + beta H]
-    wait_for(page, lambda s: s["objective"] is not None and s["objective"] > before + 0.01, what="beta")
+    press_slider(page, "pgvar-entropy", "ArrowRight")  # entropy bonus: J = E[sum r + entropy * H]
+    wait_for(page, lambda s: s["objective"] is not None and s["objective"] > before + 0.01, what="entropy")
     after = readout(page)["objective"]
     press_slider(page, "pgvar-gamma", "ArrowLeft")  # discounting lowers J
     wait_for(page, lambda s: s["objective"] is not None and s["objective"] < after - 0.005, what="gamma")
@@ -239,10 +249,23 @@ def test_two_pages_keep_separate_states(browser, explorer_server):
 
 
 def test_query_string_errors_show_on_the_page(page, explorer_server):
-    open_page(page, explorer_server.url + "?N=abc&rtg=1")
-    message = page.locator("#pgvar-messages")
-    assert "N: must be a whole number" in message.inner_text()
-    wait_for(page, lambda s: s["config"] == "reward-to-go" and s["n"] == 1)
+    open_page(page, explorer_server.url + "?N=abc&rtg=1&beta=0.5")
+    message = page.locator("#pgvar-messages").inner_text()
+    assert "N: must be a whole number" in message
+    assert "unknown parameter 'beta'" in message and "entropy" in message
+    state = wait_for(
+        page, lambda s: s["config"] == "reward-to-go" and s["n"] == 1 and s["objective"] is not None
+    )
+    assert state["objective"] == pytest.approx(1.0)  # beta is not read: no entropy bonus
+
+
+def test_query_string_sets_the_entropy_bonus(page, explorer_server):
+    open_page(page, explorer_server.url + "?entropy=0.5&kind=running-value&baseline=1")
+    state = wait_for(page, lambda s: s["objective"] is not None, what="J")
+    model = envs.make("lesson")
+    assert state["objective"] == pytest.approx(objective(model, np.zeros(model.theta_shape()), 0.5), rel=1e-9)
+    assert state["config"] == "baseline (running V per state)"
+    assert page.locator("#pgvar-messages").inner_text().strip() == ""
 
 
 def test_learn_mode_climbs_j_and_moves_the_policy(page, explorer_server):
@@ -286,7 +309,10 @@ def test_csv_and_png_export(page, explorer_server):
         page.locator(".pgvar-csv a, .pgvar-csv button").first.click()
     text = Path(info.value.path()).read_text()
     assert text.startswith("config,spec,N,batches,variance")
-    assert len(text.strip().splitlines()) == 6
+    assert text.splitlines()[0].endswith(",mdp,gamma,entropy,tick")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["config"] for r in rows] == ["vanilla", "reward-to-go", "baseline", "rtg + baseline", "vanilla"]
+    assert {r["entropy"] for r in rows} == {"0"} and {r["mdp"] for r in rows} == {"lesson"}
     with page.expect_download(timeout=30_000) as info:
         page.locator(".pgvar-png a, .pgvar-png button").first.click()
     assert Path(info.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import io
 import math
 import time
@@ -14,12 +15,16 @@ import pytest
 
 from pgvar import envs
 from pgvar.estimators import parse_estimator
-from pgvar.vocabulary import LESSON_LABELS as LESSON_NAMES
 from pgvar.exact import exact_moments, objective
+from pgvar.explorer.export import HISTORY_COLUMNS, READINGS_COLUMNS, history_csv, readings_csv
 from pgvar.explorer.state import (
+    BATCH_CHOICES,
+    CONFIG_COLOURS,
     CONFIGS,
-    LESSON_LABELS,
+    LESSON_SPECS,
     N_CHOICES,
+    PAGE_BASELINE_KINDS,
+    QUERY_KEYS,
     ExplorerState,
     Knobs,
     check_knobs,
@@ -27,8 +32,9 @@ from pgvar.explorer.state import (
     parse_query,
     spec_text,
 )
+from pgvar.vocabulary import BASELINE_KINDS, LESSON_COLOURS, LESSON_FOUR, LESSON_LABELS, PRESETS
 
-LESSON_SPECS = ("return+none", "rtg+none", "return+lesson", "rtg+lesson")
+LESSON_NAMES = [LESSON_LABELS[spec] for spec in LESSON_SPECS]
 
 
 def lesson_state(**kwargs) -> ExplorerState:
@@ -49,18 +55,29 @@ def lesson_state(**kwargs) -> ExplorerState:
 )
 def test_lesson_labels_for_each_knob_combination(rtg, baseline, label, spec):
     assert spec_text(rtg, baseline, Knobs()) == spec
-    assert config_label(rtg, baseline) == label == LESSON_NAMES[spec]
+    assert config_label(rtg, baseline) == label == LESSON_LABELS[spec]
     state = lesson_state()
     state.set_knobs(rtg=rtg, baseline=baseline, n=4)
     result = state.tick()
     assert result.label == label
     assert result.reading.spec == spec
-    assert [c.label for c in result.configs] == list(LESSON_LABELS)
+    assert [c.label for c in result.configs] == LESSON_NAMES
+
+
+def test_the_four_slots_follow_the_vocabulary():
+    """CONFIGS is the lesson's order (vocabulary.LESSON_FOUR) and each slot keeps its lesson colour."""
+    assert list(LESSON_SPECS) == [PRESETS[name] for name in LESSON_FOUR]
+    assert list(CONFIG_COLOURS) == [LESSON_COLOURS[spec] for spec in LESSON_SPECS]
+    assert len(set(CONFIG_COLOURS)) == 4
 
 
 def test_labels_for_other_baselines_and_gae():
     assert config_label(True, True, Knobs(baseline_kind="value")) == "rtg + baseline (exact V)"
     assert config_label(False, True, Knobs(baseline_kind="optimal")) == "baseline (optimal b)"
+    assert (
+        config_label(True, True, Knobs(baseline_kind="running-value"))
+        == "rtg + baseline (running V per state)"
+    )
     assert config_label(True, False, Knobs(lam=0.9)) == "GAE λ=0.9"
     assert config_label(True, True, Knobs(lam=0.9, baseline_kind="value")) == "GAE λ=0.9 + baseline (exact V)"
     assert config_label(False, False, Knobs(lam=0.9)) == "vanilla"  # lambda only changes reward-to-go
@@ -75,17 +92,22 @@ def test_labels_for_other_baselines_and_gae():
     ("changes", "words"),
     [
         ({"n": "abc"}, "N: must be a whole number"),
-        ({"n": 0}, "from 1 to 1024"),
+        ({"n": 0}, "N: must be a whole number from 1 to 1024"),
         ({"n": 2048}, "from 1 to 1024"),
         ({"n": 2.5}, "whole number"),
-        ({"lam": 1.5}, "GAE lambda"),
-        ({"gamma": -0.1}, "gamma"),
-        ({"beta": math.nan}, "entropy beta"),
-        ({"batches": 1}, "batches"),
+        ({"n": 100}, "N: must be a power of two"),
+        ({"lam": 1.5}, "lam: must be a finite number from 0 to 1"),
+        ({"gamma": -0.1}, "gamma: must be a finite number from 0 to 1"),
+        ({"entropy": math.nan}, "entropy: must be a finite number from 0 to 1"),
+        ({"entropy": 1.5}, "entropy: must be a finite number from 0 to 1"),
+        ({"batches": 1}, "batches: must be a whole number from 20 to 1000"),
+        ({"batches": 100}, "batches: must be one of 20, 60, 120"),
         ({"rtg": "maybe"}, "rtg: must be on or off"),
-        ({"baseline_kind": "magic"}, "unknown 'magic'"),
+        ({"baseline_kind": "magic"}, "kind: unknown 'magic'"),
+        ({"baseline_kind": "learned"}, "kind: unknown 'learned'"),  # needs a value table from outside
         ({"lam": 0.5, "baseline_kind": "optimal"}, "value function"),
         ({"colour": 1}, "unknown colour"),
+        ({"beta": 0.1}, "unknown beta"),
     ],
 )
 def test_invalid_knobs_are_refused_with_a_message(changes, words):
@@ -106,8 +128,12 @@ def test_query_string_values_and_messages():
             "baseline": "on",
             "kind": "value",
             "gamma": "0.9",
+            "entropy": "0.25",
+            "lam": "0.5",
+            "batches": "240",
             "history": "30",
             "learn": "0",
+            "lr": "1.5",
             "mdp": "bandit",
         }
     )
@@ -117,17 +143,31 @@ def test_query_string_values_and_messages():
         "baseline": True,
         "baseline_kind": "value",
         "gamma": 0.9,
+        "entropy": 0.25,
+        "lam": 0.5,
+        "batches": 240,
         "history": 30,
         "learn": False,
+        "lr": 1.5,
         "mdp": "bandit",
     }
     assert messages == []
-    changes, messages = parse_query({"N": "abc", "lam": "2", "zoom": "3", "N2": "1"})
+    changes, messages = parse_query({"N": "abc", "lam": "2", "zoom": "3", "N2": "1", "beta": "0.1"})
     assert changes == {}
-    assert len(messages) == 4
+    assert len(messages) == 5
     assert any("N: must be a whole number" in m and "'abc'" in m for m in messages)
+    assert any("lam: must be a finite number from 0 to 1, got '2'" in m for m in messages)
+    # the old name of the entropy coefficient is refused, and the message names the new key
+    beta = next(m for m in messages if "'beta'" in m)
+    assert beta.startswith("query string: unknown parameter 'beta'") and "entropy" in beta
     _, messages = parse_query({"N": "100"})
-    assert "power of two" in messages[0]
+    assert messages == ["query string: N: must be a power of two from 1 to 1024, got '100'"]
+    for key, raw in [("history", "1"), ("lr", "0"), ("lr", "2.5"), ("learn", "maybe"), ("entropy", "-0.1")]:
+        changes, messages = parse_query({key: raw})
+        assert changes == {} and len(messages) == 1 and messages[0].startswith(f"query string: {key}: ")
+    assert set(QUERY_KEYS) == {
+        "N", "rtg", "baseline", "kind", "lam", "gamma", "entropy", "batches", "history", "learn", "lr", "mdp"
+    }  # fmt: skip
 
 
 def test_check_knobs_keeps_gamma_none_for_the_mdps_own():
@@ -180,10 +220,10 @@ def test_exact_values_agree_with_exact_moments():
     assert exact.objective == pytest.approx(objective(mdp, theta))
 
 
-def test_exact_values_follow_gamma_beta_and_baseline_kind():
+def test_exact_values_follow_gamma_entropy_and_baseline_kind():
     mdp = dataclasses.replace(envs.make("lesson"), gamma=0.8)
     state = lesson_state()
-    state.set_knobs(gamma=0.8, beta=0.05, baseline_kind="value", rtg=True, baseline=True, n=4)
+    state.set_knobs(gamma=0.8, entropy=0.05, baseline_kind="value", rtg=True, baseline=True, n=4)
     result = state.tick()
     reference = exact_moments(mdp, np.zeros((3, 3)), parse_estimator("rtg+value", entropy=0.05))
     assert result.reading.exact == pytest.approx(reference.variance_trace / 4, rel=1e-12)
@@ -401,15 +441,70 @@ def test_sweep_measures_every_n():
 
 def test_csv_exports():
     state = lesson_state()
-    assert state.readings_csv().startswith("config,spec,N")
-    state.set_knobs(n=16, rtg=True)
+    assert readings_csv(state) == ",".join(READINGS_COLUMNS) + "\n"  # the header only before a tick
+    assert history_csv(state) == ",".join(HISTORY_COLUMNS) + "\n"
+    assert "entropy" in READINGS_COLUMNS and "beta" not in READINGS_COLUMNS
+    state.set_knobs(n=16, rtg=True, entropy=0.125)
     state.tick()
-    rows = list(csv.DictReader(io.StringIO(state.readings_csv())))
-    assert [r["config"] for r in rows] == [*LESSON_LABELS, "vanilla"]
+    rows = list(csv.DictReader(io.StringIO(readings_csv(state))))
+    assert list(rows[0]) == list(READINGS_COLUMNS)
+    assert [r["config"] for r in rows] == [*LESSON_NAMES, "vanilla"]
+    assert [r["spec"] for r in rows] == [*LESSON_SPECS, "return+none"]
     assert [r["N"] for r in rows] == ["16"] * 4 + ["1"]
-    assert float(rows[1]["exact_variance"]) == pytest.approx(state.last.configs[1].exact)
-    history = list(csv.DictReader(io.StringIO(state.history_csv())))
+    assert {r["entropy"] for r in rows} == {"0.125"} and {r["tick"] for r in rows} == {"1"}
+    last = state.last
+    assert float(rows[1]["exact_variance"]) == pytest.approx(last.configs[1].exact, rel=1e-9)
+    assert float(rows[1]["vs_vanilla_n1"]) == pytest.approx(last.ratio, rel=1e-9)
+    assert float(rows[4]["vs_vanilla_n1"]) == pytest.approx(1.0)
+    history = list(csv.DictReader(io.StringIO(history_csv(state))))
     assert len(history) == 1 and history[0]["config"] == "reward-to-go"
+    assert float(history[0]["variance"]) == pytest.approx(last.reading.variance, rel=1e-9)
+
+
+def test_csv_quotes_names_with_commas_and_quotes():
+    """An MDP named with commas (a built-in with options) and quotes survives a round trip."""
+    state = lesson_state()
+    assert state.load_mdp("random:seed=3,states=4")
+    assert "," in state.base_mdp.name
+    state.set_knobs(baseline=True, baseline_kind="value", lam=0.5, rtg=True)
+    state.tick()
+    rows = list(csv.DictReader(io.StringIO(readings_csv(state))))
+    assert len(rows) == 5 and {r["mdp"] for r in rows} == {state.base_mdp.name}
+    assert rows[3]["config"] == "GAE λ=0.5 + baseline (exact V)"
+    odd = dataclasses.replace(envs.make("lesson"), name='lesson, "quoted"\nand split')
+    state = ExplorerState(odd, seed=0)
+    state.tick()
+    rows = list(csv.DictReader(io.StringIO(readings_csv(state))))
+    assert len(rows) == 5 and rows[0]["mdp"] == 'lesson, "quoted"\nand split'
+
+
+def test_running_value_baseline_end_to_end():
+    """The running mean of G_t per (step, state) is offered, measured and exactly known: its limit is
+    V(s), so the exact values equal exact V's, and once warm the readings bracket them."""
+    assert "running-value" in PAGE_BASELINE_KINDS
+    changes, messages = parse_query({"kind": "running-value", "rtg": "1", "baseline": "1", "N": "8"})
+    assert messages == []
+    state = lesson_state(seed=13)
+    assert state.set_knobs(**changes).baseline_kind == "running-value"
+    assert state.label == "rtg + baseline (running V per state)"
+    mdp, theta = envs.make("lesson"), np.zeros((3, 3))
+    covered = 0
+    ticks = 20
+    for tick in range(ticks):
+        result = state.tick()
+        if tick == 0:
+            visits = state._running.count_ts.copy()
+            assert visits.sum() > 0
+        covered += result.reading.lo <= result.reading.exact <= result.reading.hi
+    assert (state._running.count_ts >= visits).all() and state._running.count_ts.sum() > visits.sum()
+    assert result.reading.spec == "rtg+running-value"
+    assert [c.spec for c in result.configs][2:] == ["return+running-value", "rtg+running-value"]
+    for reading, spec in zip(result.configs[2:], ("return+value", "rtg+value"), strict=True):
+        exact_value = exact_moments(mdp, theta, parse_estimator(spec)).variance_trace
+        assert reading.exact == pytest.approx(exact_value / 8, rel=1e-9)
+    assert covered >= 0.75 * ticks
+    state.set_knobs(lam=0.5)  # unbiased inside GAE too (its exact limit, V, is GAE's value function)
+    assert state.tick().reading.spec == "gae0.5+running-value"
 
 
 def test_png_export():
@@ -424,6 +519,50 @@ def test_png_export():
 
 
 # -- the page, built without a server ---------------------------------------------------------------
+
+
+def test_widgets_offer_exactly_what_the_query_string_accepts():
+    """Each knob's range is defined once: a widget's ends are accepted, one step beyond is refused."""
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0)
+    assert list(view.n.options) == list(N_CHOICES)
+    assert list(view.batches.options) == list(BATCH_CHOICES)
+    assert list(view.kind.options.values()) == list(PAGE_BASELINE_KINDS)
+    assert list(view.kind.options) == [BASELINE_KINDS[kind] for kind in PAGE_BASELINE_KINDS]
+    sliders = {"lam": view.lam, "gamma": view.gamma, "entropy": view.entropy, "lr": view.lr}
+    for key, slider in sliders.items():
+        for edge in (slider.start, slider.end):
+            assert parse_query({key: str(edge)})[1] == [], (key, edge)
+        for outside in (slider.start - slider.step, slider.end + slider.step):
+            assert len(parse_query({key: str(outside)})[1]) == 1, (key, outside)
+    for key, options in (("N", N_CHOICES), ("batches", BATCH_CHOICES)):
+        for value in options:
+            assert parse_query({key: str(value)})[1] == []
+        assert len(parse_query({key: str(options[-1] + 1)})[1]) == 1
+    assert "pgvar-entropy" in view.entropy.css_classes
+
+
+def test_view_applies_the_query_string_to_its_widgets():
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    query = {"entropy": "0.3", "kind": "running-value", "baseline": "1", "batches": "120", "lr": "1.25"}
+    view = build("lesson", seed=0, query=query)
+    assert view.state.knobs.entropy == 0.3 and view.entropy.value == 0.3
+    assert view.kind.value == "running-value" and view.state.knobs.baseline_kind == "running-value"
+    assert view.batches.value == 120 and view.lr.value == 1.25 and view.state.learning_rate == 1.25
+    assert not view.state.learning and "query" not in view.state.messages
+    view.state._executor = None
+    view.on_tick()
+    assert view.breakdown_src.data["color"] == list(CONFIG_COLOURS)
+    assert ">baseline (running V per state)<" in view.readout.object
+    view.entropy.value = 0.5  # a widget change goes through the same checks
+    assert view.state.knobs.entropy == 0.5
+    view = build("lesson", seed=0, query={"beta": "0.3", "learn": "1"})
+    assert view.state.knobs.entropy == 0.0 and view.state.learning
+    assert "unknown parameter 'beta'" in html.unescape(view.messages.object)
 
 
 def test_view_ticks_and_renders_stable_ids():

@@ -1,9 +1,9 @@
-"""The 4-wide SIMD calls of ``pgvar._lanes`` against NumPy, lane by lane."""
+"""The 4-wide SIMD calls of ``pgvar.lanes`` against NumPy, lane by lane."""
 
 import numpy as np
 from numba import njit
 
-from pgvar._lanes import QUAD, fma, lane_of, load4, maximum, splat4, store4
+from pgvar.lanes import QUAD, fma, lane_of, load4, maximum, splat4, store4
 
 
 @njit(cache=False)

@@ -13,8 +13,15 @@ from pgvar.baselines import RunningBaselines, add_episodes, running_offsets_tsa
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import ResolvedEstimator, episode_gradients, parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments
-from pgvar.montecarlo import Sampler, estimate_gradient, sample_batch_means
-from pgvar.montecarlo import cells, path_moments, path_source, step_source
+from pgvar.montecarlo import (
+    Sampler,
+    cells,
+    estimate_gradient,
+    path_moments,
+    path_source,
+    sample_batch_means,
+    step_source,
+)
 from pgvar.montecarlo.path_source import alias_tables
 from pgvar.montecarlo.plan import pad_steps
 from pgvar.policy import entropy_table

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from test_cli import run
 
+from pgvar import envs, report, vocabulary
+from pgvar.exact import unroll
+from pgvar.policy import uniform_theta
+from pgvar.report import COMPARED_BASELINES, figure_baselines
+
 
 def test_report_writes_figures_and_html(tmp_path, capsys):
     out = tmp_path / "report"
@@ -25,3 +30,22 @@ def test_report_never_overwrites_without_asking(tmp_path, capsys):
     code, _, err = run(["report", "--out", str(out)], capsys)
     assert code == 2 and "--overwrite" in err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_takes_its_names_from_the_vocabulary():
+    assert report.LESSON_FOUR is vocabulary.LESSON_FOUR  # the one list, not a copy
+    assert list(COMPARED_BASELINES) == [kind for kind in vocabulary.BASELINE_KINDS if kind != "learned"]
+    assert COMPARED_BASELINES[0] == "none" and "running-value" in COMPARED_BASELINES
+
+
+def test_baseline_figure_has_a_bar_per_kind_and_names_ties():
+    mdp = envs.make("repayment")
+    theta = uniform_theta(mdp)
+    figure, text = figure_baselines(mdp, theta, unroll(mdp, theta))
+    ax = figure.figure.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == list(COMPARED_BASELINES)
+    assert len(ax.patches) == 2 * len(COMPARED_BASELINES)  # one bar per kind and weight
+    # at its exact limit the running mean per state is V(s): the two tie, and both are named
+    rtg = text.split("rtg: ")[1]
+    assert rtg.startswith("best baseline running-value = value") and "x the best" not in rtg
+    assert "return: best baseline running = optimal" in text and "6.33x the best" in text

@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from numba import njit
 from test_returns import _gae_reference, _reward_to_go_reference
 
-from pgvar._lanes import LANES
+from pgvar.lanes import LANES
 from pgvar.returns import _FEW_STREAMS, _NARROW, _simd_gae, gae, reward_to_go
 
 TOLERANCE = {np.float64: {"rtol": 1e-9, "atol": 1e-9}, np.float32: {"rtol": 1e-5, "atol": 2e-3}}

@@ -1,9 +1,14 @@
-"""Training: exact read-outs, the learned baseline, learning curves, the entropy example, files, CLI."""
+"""Training: exact read-outs, the learned baseline, learning curves, the entropy example, files
+(pgvar.curves), the command and the examples."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import importlib.util
 import json
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,21 +16,23 @@ import typer
 from typer.testing import CliRunner
 
 from pgvar import envs
+from pgvar.baselines import LearnedBaseline
 from pgvar.commands.train import train as train_command
+from pgvar.curves import default_out, save
 from pgvar.errors import PgvarError, SpecError
 from pgvar.exact import objective
+from pgvar.kpi import mean_ci, t_quantile_975
 from pgvar.train import (
     EXACT_LABEL,
-    LearnedBaseline,
     TrainConfig,
     combine,
     episodes_to_reach,
     evaluate,
-    mean_ci,
-    save,
-    t_quantile_975,
     train,
+    validate_config,
 )
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 CORRIDOR_START = np.array([[1.47, -1.47]])  # pi(right) = 0.05, Sutton & Barto's starting policy
 
@@ -39,13 +46,13 @@ def improvement_margin(before_r: np.ndarray, after_r: np.ndarray) -> tuple[float
 # -- exact read-outs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.7])
-def test_evaluation_on_the_corridor_splits_off_the_entropy_term(beta):
+@pytest.mark.parametrize("entropy", [0.0, 0.7])
+def test_evaluation_on_the_corridor_splits_off_the_entropy_term(entropy):
     mdp = envs.make("short-corridor")
-    now = evaluate(mdp, CORRIDOR_START, beta)
-    assert now.objective == pytest.approx(objective(mdp, CORRIDOR_START, beta), rel=1e-12)
+    now = evaluate(mdp, CORRIDOR_START, entropy)
+    assert now.objective == pytest.approx(objective(mdp, CORRIDOR_START, entropy), rel=1e-12)
     assert objective(mdp, CORRIDOR_START) == pytest.approx(now.J, rel=1e-12)
-    assert 0 < now.entropy < np.log(2)
+    assert 0 < now.policy_entropy < np.log(2)
 
 
 def test_finite_horizon_evaluation_splits_off_the_entropy_term():
@@ -54,9 +61,9 @@ def test_finite_horizon_evaluation_splits_off_the_entropy_term():
     now = evaluate(mdp, theta, 0.5)
     assert now.objective == pytest.approx(objective(mdp, theta, 0.5))
     assert objective(mdp, theta) == pytest.approx(now.J)
-    # every episode makes three decisions, so the mean entropy is the entropy term / (3 beta)
-    assert now.entropy == pytest.approx((now.objective - now.J) / (3 * 0.5))
-    assert evaluate(mdp, np.zeros((3, 3))).entropy == pytest.approx(np.log(3))
+    # every episode makes three decisions, so the mean entropy is the entropy term / (3 * 0.5)
+    assert now.policy_entropy == pytest.approx((now.objective - now.J) / (3 * 0.5))
+    assert evaluate(mdp, np.zeros((3, 3))).policy_entropy == pytest.approx(np.log(3))
 
 
 # -- the learned baseline ----------------------------------------------------------------------------
@@ -91,6 +98,8 @@ def test_learned_baseline_by_observation_shares_one_value_between_look_alike_sta
     by_state = LearnedBaseline.start(mdp, lr=0.5)
     by_state.update(count, sums)
     np.testing.assert_allclose(by_state.table(), [[-10.0, 0.0, -2.0, 0.0]])
+    with pytest.raises(SpecError, match=r"^learned_by: unknown 'time'"):
+        LearnedBaseline.start(mdp, lr=0.5, by="time")
 
 
 # -- learning curves ---------------------------------------------------------------------------------
@@ -165,8 +174,8 @@ def test_a_run_whose_policy_stops_ending_episodes_stops_and_the_others_go_on():
 # -- the entropy example -----------------------------------------------------------------------------
 
 
-def _deceptive(beta: float):
-    config = TrainConfig(lr=1.0, batch=16, updates=150, runs=4, seed=0, entropy=beta)
+def _deceptive(entropy: float):
+    config = TrainConfig(lr=1.0, batch=16, updates=150, runs=4, seed=0, entropy=entropy)
     return train(envs.make("deceptive"), ["rtg+learned"], config)
 
 
@@ -180,14 +189,14 @@ def test_deceptive_without_entropy_commits_to_the_early_optimum():
         final = curve.J_rk[:, -1]
         assert np.all(np.abs(final - 1.0) < 0.05), (curve.label, final)
         assert np.all(_onward(curve)[:, 0] < 0.02)  # hardly ever walks in any more
-        assert np.all(curve.entropy_rk[:, -1] < 0.1)  # committed
+        assert np.all(curve.policy_entropy_rk[:, -1] < 0.1)  # committed
 
 
 def test_deceptive_with_an_entropy_bonus_finds_the_treasure():
     for curve in _deceptive(0.3).curves:
         assert np.all(curve.J_rk[:, -1] > 2.5), (curve.label, curve.J_rk[:, -1])
         assert np.all(_onward(curve).prod(axis=1) > 0.9)  # reaches the treasure
-        assert np.all(curve.objective_rk[:, -1] > curve.J_rk[:, -1])  # J + beta H with H > 0
+        assert np.all(curve.objective_rk[:, -1] > curve.J_rk[:, -1])  # J + entropy * H with H > 0
 
 
 def test_deceptive_with_too_much_entropy_never_commits():
@@ -200,7 +209,7 @@ def test_deceptive_with_too_much_entropy_never_commits():
         # worse than even the trap: at the regularised optimum (the exact curve), and on average over
         # the sampled runs' last 50 updates (one final update is too noisy at lr = 1, batch 16)
         assert np.mean(curve.J_rk[:, -50:]) < 1.0
-        assert np.all(curve.entropy_rk[:, -1] > 0.25)  # log 2 = 0.69 at uniform; committed: < 0.1
+        assert np.all(curve.policy_entropy_rk[:, -1] > 0.25)  # log 2 = 0.69 at uniform; committed: < 0.1
 
 
 def test_deceptive_is_a_built_in():
@@ -244,12 +253,30 @@ def test_mean_ci_is_a_t_interval_and_skips_missing_records():
         ({"learned_by": "time"}, "learned_by"),
         ({"variance_every": -2}, "variance_every"),
         ({"batch": 2.5}, "batch"),
+        ({"batch": True}, "batch"),
+        ({"seed": -1}, "seed"),
+        ({"lr": "fast"}, "lr"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_field(changes, field):
     with pytest.raises(SpecError) as error:
         TrainConfig(**changes)
-    assert str(error.value).startswith(f"{field}:") and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{field}: ") and "\n" not in str(error.value)
+
+
+def test_configuration_keeps_the_checked_types():
+    config = TrainConfig(lr=1, batch=np.int64(2), updates=3.0, seed="7")
+    assert (config.lr, config.batch, config.updates, config.seed) == (1.0, 2, 3, 7)
+    assert type(config.lr) is float and type(config.batch) is int and type(config.updates) is int
+    assert config.episodes == 6
+    assert json.loads(json.dumps(asdict(config)))["batch"] == 2  # a NumPy integer would not serialise
+
+
+def test_validation_names_each_field_as_the_caller_spells_it():
+    fields = asdict(TrainConfig())
+    assert validate_config(fields) == fields
+    with pytest.raises(SpecError, match=r"^--baseline-lr: must be a finite number > 0 and <= 1, got 1.5$"):
+        validate_config({**fields, "baseline_lr": 1.5}, {"baseline_lr": "--baseline-lr"})
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +304,7 @@ def test_files_are_written_and_readable(small_result, tmp_path):
         "J",
         "objective",
         "entropy",
+        "policy_entropy",
         "variance",
     }
     assert columns | {"p[0,0]", "p[2,2]"} <= set(table[0])
@@ -312,6 +340,16 @@ def test_combine_keeps_each_curves_step_size(small_result):
     both = combine([small_result, other], [None, None, None, "rtg at 0.1"])
     assert [c.lr for c in both.curves] == [0.5, 0.5, 0.5, 0.1]
     assert both.curves[-1].label == "rtg at 0.1"
+
+
+def test_default_out_is_a_new_directory_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pgvar.curves.time.strftime", lambda _: "20250102-030405")
+    first = default_out("examples/two rooms.yaml")
+    assert first == Path("runs/train-two-rooms-20250102-030405")
+    first.mkdir(parents=True)
+    assert default_out("examples/two rooms.yaml") == Path("runs/train-two-rooms-20250102-030405-2")
+    assert default_out("!!").name == "train-mdp-20250102-030405"
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -354,6 +392,7 @@ def test_command_trains_saves_and_prints_a_summary(tmp_path):
         (["--baseline-lr", "1.5"], "--baseline-lr"),
         (["--episodes", "10", "--batch", "3"], "--episodes"),
         (["--episodes", "10", "--updates", "5"], "--episodes/--updates"),
+        (["--episodes", "0"], "--episodes"),
         (["--updates", "0"], "--updates"),
         (["--learned-by", "time"], "--learned-by"),
         (["--variance-every", "-1"], "--variance-every"),
@@ -375,3 +414,61 @@ def test_command_refuses_an_out_path_that_is_a_file(tmp_path):
     target.write_text("x")
     result = invoke(["--updates", "1", "--out", str(target)])
     assert isinstance(result.exception, SpecError) and "not a directory" in str(result.exception)
+
+
+def test_command_takes_estimators_like_every_other_command(tmp_path):
+    args = ["--updates", "2", "--runs", "1", "--no-exact-reference"]
+    result = invoke(["--estimators", "rtg,rtg+learned", *args, "--out", str(tmp_path / "long")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert [row["estimator"] for row in summary["summary"]] == ["rtg", "rtg+learned"]
+    old = invoke(["--estimator", "rtg", *args, "--out", str(tmp_path / "old")])
+    assert old.exit_code == 2 and "--estimator" in old.output
+    assert not (tmp_path / "old").exists()
+
+
+# -- the examples ------------------------------------------------------------------------------------
+
+SMOKE_ARGS = {
+    "entropy_deceptive.py": ["--runs", "2", "--updates", "3"],
+    "sutton_barto_13_1.py": ["--runs", "2", "--episodes", "3"],
+    "sutton_barto_13_2.py": ["--runs", "2", "--episodes", "3"],
+    "sutton_barto_2_5.py": ["--runs", "2", "--steps", "3"],
+}
+
+
+def _pgvar_imports(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "pgvar":
+            modules |= {f"pgvar.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return {module for module in modules if module.split(".")[0] == "pgvar"}
+
+
+def test_every_example_has_a_smoke_run():
+    assert set(SMOKE_ARGS) == {path.name for path in EXAMPLES.glob("*.py")}
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_ARGS))
+def test_examples_import_only_library_modules(name):
+    modules = _pgvar_imports(EXAMPLES / name)
+    assert {"pgvar.train", "pgvar.curves"} <= modules
+    assert not {m for m in modules if m.split(".")[1] in ("cli", "commands", "explorer")}, modules
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_ARGS))
+def test_examples_run_and_write_their_curves(name, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(f"example_{name.removesuffix('.py')}", EXAMPLES / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([*SMOKE_ARGS[name], "--out", str(tmp_path)])
+    assert f"wrote {tmp_path}/" in capsys.readouterr().out
+    with (tmp_path / "curves.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert {row["run"] for row in table} == {"0", "1"}
+    assert max(int(row["update"]) for row in table) == 3
+    assert (tmp_path / "curves.png").stat().st_size > 0

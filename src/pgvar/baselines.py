@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgvar.estimators import EstimatorSpec
+from pgvar.mdp import TabularMDP
+from pgvar.validation import check_choice
 
 #: Which running mean an estimator subtracts: codes the compiled read-outs switch on.
 MEAN_NONE, MEAN_G_T, MEAN_R_T, MEAN_G_TS = 0, 1, 2, 3
@@ -127,3 +129,71 @@ def add_episodes(
     np.add.at(running.count_t, rows_tb, weight_tb)
     np.add.at(running.sum_g_ts, (rows_tb, states_tb), returns_tb * weight_tb)
     np.add.at(running.count_ts, (rows_tb, states_tb), weight_tb)
+
+
+# -- the learned baseline of ``pgvar train`` --------------------------------------------------------
+
+
+#: How a ``learned`` baseline groups states: one value per state, or one per observation.
+LEARNED_BY = ("state", "observation")
+
+
+@dataclass
+class LearnedBaseline:
+    """A tabular value V(t, s) fitted to the reward-to-go of past batches, for the ``learned`` kind.
+
+    After each batch every visited cell moves toward the batch's mean G_t there,
+    ``V <- V + lr * (mean G_t - V)`` (a cell's first visit sets it to the mean); the table is used
+    only from the next batch on, so the estimate stays unbiased. One row per step for a finite
+    horizon, one row for unbounded episodes; with ``by="observation"`` states that look alike share
+    one value (the linear baseline with state-independent features of Sutton & Barto's Example 13.1).
+
+    Attributes:
+      value_to: (T, O) values per step row and group (a group is a state, or an observation).
+      seen_to: (T, O) whether the cell has been visited yet.
+      group_s: (S,) group of each state; terminal states get the extra group G (always zero).
+      lr: the rate ``baseline_lr``.
+    """
+
+    value_to: np.ndarray
+    seen_to: np.ndarray
+    group_s: np.ndarray
+    lr: float
+
+    @classmethod
+    def start(cls, mdp: TabularMDP, lr: float, by: str = "state") -> LearnedBaseline:
+        """All-zero table: one row per step for a finite horizon, one row for unbounded episodes."""
+        check_choice(by, "learned_by", LEARNED_BY)
+        rows = mdp.horizon if mdp.horizon is not None else 1
+        n_groups = mdp.n_states if by == "state" else mdp.n_observations
+        group_s = np.arange(mdp.n_states) if by == "state" else mdp.observation_s
+        group_s = np.where(mdp.terminal_s, n_groups, group_s)
+        return cls(np.zeros((rows, n_groups + 1)), np.zeros((rows, n_groups + 1), dtype=bool), group_s, lr)
+
+    def table(self) -> np.ndarray:
+        """(T, S) the values per step and state, the form ``learned_ts`` takes."""
+        table = self.value_to[:, self.group_s].copy()
+        table[:, self.group_s == self.value_to.shape[1] - 1] = 0.0
+        return table
+
+    def update(self, count_ts: np.ndarray, sum_g_ts: np.ndarray) -> None:
+        """Move every visited cell toward the batch's mean reward-to-go there."""
+        rows, n_cells = self.value_to.shape
+        count_ts, sum_g_ts = np.asarray(count_ts, float), np.asarray(sum_g_ts, float)
+        if rows == 1:
+            count_ts, sum_g_ts = count_ts.sum(axis=0, keepdims=True), sum_g_ts.sum(axis=0, keepdims=True)
+        else:  # a finite horizon: the sampler's rows are the steps 0 .. H-1
+            count_ts, sum_g_ts = count_ts[:rows], sum_g_ts[:rows]
+        count_to = np.zeros((count_ts.shape[0], n_cells))
+        sum_to = np.zeros_like(count_to)
+        np.add.at(count_to, (slice(None), self.group_s), count_ts)
+        np.add.at(sum_to, (slice(None), self.group_s), sum_g_ts)
+        visited = count_to > 0
+        visited[:, -1] = False
+        mean_to = np.divide(sum_to, count_to, out=np.zeros_like(sum_to), where=visited)
+        first = visited & ~self.seen_to[: count_to.shape[0]]
+        again = visited & ~first
+        block = self.value_to[: count_to.shape[0]]
+        block[first] = mean_to[first]
+        block[again] += self.lr * (mean_to[again] - block[again])
+        self.seen_to[: count_to.shape[0]] |= visited

@@ -7,16 +7,19 @@ and names the variance-optimal estimator among those pgvar knows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pgvar import kpi
 from pgvar.estimators import EstimatorSpec, parse_estimator
 from pgvar.exact import Chain, ExactMoments, chain_gradient, exact_moments, optimal_constants, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import sample_batch_means
 from pgvar.policy import entropy_gradient, log_softmax, logits_table, parameter_index, policy_table, softmax
 from pgvar.studies import variance_study
+from pgvar.validation import check_seed
 
 Z_LIMIT = 4.0  # |z| above this for a Monte-Carlo comparison fails (two-sided p ~ 6e-5)
 CANDIDATES = (
@@ -33,12 +36,31 @@ CANDIDATES = (
 
 @dataclass
 class Claim:
-    """One claim, whether it held, and the numbers that show it."""
+    """One claim, whether it held, and the numbers that show it.
+
+    ``passed`` is a Python bool and ``numbers`` holds Python floats, ints and bools (NumPy scalars are
+    converted), with None for a number that does not exist (NaN, an infinite ratio), so a claim goes
+    into strict JSON as it is."""
 
     claim: str
     passed: bool
     detail: str
     numbers: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.passed = bool(self.passed)
+        self.numbers = {str(key): _plain_number(value) for key, value in self.numbers.items()}
+
+
+def _plain_number(value: object) -> float | int | bool | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
 
 
 def check_score_has_zero_mean(mdp: TabularMDP, theta: np.ndarray) -> Claim:
@@ -146,10 +168,14 @@ def check_lowers_variance(
 ) -> Claim:
     """Exact single-episode variance with the knob below the one without; if not, why, in numbers."""
     with_knob, without = traces[name_with].variance_trace, traces[name_without].variance_trace
-    ratio = with_knob / without if without > 0 else float("inf")
+    ratio = kpi.ratio(with_knob, without)  # None where the variance without the knob is 0
     passed = with_knob < without
-    detail = f"exact Var[{name_with}] = {with_knob:.4g} vs Var[{name_without}] = {without:.4g} ({ratio:.3f}x)"
-    if not passed:
+    detail = f"exact Var[{name_with}] = {with_knob:.4g} vs Var[{name_without}] = {without:.4g}" + (
+        f" ({ratio:.3f}x)" if ratio is not None else ""
+    )
+    if not passed and with_knob == without:
+        detail += "; does NOT hold here: the knob leaves the variance as it is."
+    elif not passed:
         detail += "; does NOT hold here. " + _why(name_with, name_without, traces, chain)
     return Claim(claim, passed, detail, {"with": with_knob, "without": without, "ratio": ratio})
 
@@ -186,14 +212,15 @@ def check_one_over_n(mdp: TabularMDP, theta: np.ndarray, seed: int = 0) -> Claim
         half = (reading.ci95[1] - reading.ci95[0]) / 2
         z = abs(reading.variance_trace - reading.exact_variance_trace) / max(half / 1.96, 1e-300)
         worst = max(worst, z)
-    slope = study.slopes.get("vanilla", float("nan"))
+    slope = study.slopes.get("vanilla")  # None where the variance is 0 and has no slope
     readings = ", ".join(
         f"N={r.n}: {r.variance_trace:.3g} (exact {r.exact_variance_trace:.3g})" for r in study.readings
     )
+    slope_text = "—" if slope is None else f"{slope:+.3f}"
     return Claim(
         "the variance falls as 1/N",
         worst < Z_LIMIT,
-        f"{readings}; slope of log Var on log N = {slope:+.3f}; max |z| = {worst:.2f}",
+        f"{readings}; slope of log Var on log N = {slope_text}; max |z| = {worst:.2f}",
         {"slope": slope, "max_z": worst},
     )
 
@@ -237,6 +264,7 @@ def _kl_to_uniform(logits: np.ndarray) -> float:
 
 def verify_lesson(mdp: TabularMDP, theta: np.ndarray, seed: int = 0) -> tuple[list[Claim], str]:
     """Every claim of the lesson for this MDP and policy, and the variance-optimal estimator."""
+    seed = check_seed(seed)
     chain = unroll(mdp, theta)
     traces = {name: exact_moments(mdp, theta, parse_estimator(name), chain=chain) for name in CANDIDATES}
     claims = [
@@ -258,9 +286,11 @@ def verify_lesson(mdp: TabularMDP, theta: np.ndarray, seed: int = 0) -> tuple[li
         check_entropy_gradient(mdp, theta),
     ]
     best = min(traces.values(), key=lambda moments: moments.variance_trace)
-    vanilla = traces["vanilla"].variance_trace
+    to_vanilla = kpi.ratio(best.variance_trace, traces["vanilla"].variance_trace)
     summary = (
         f"variance-optimal here among {', '.join(CANDIDATES)}: {best.spec.name} "
-        f"(exact variance {best.variance_trace:.4g}, {best.variance_trace / vanilla:.3f}x vanilla)"
+        f"(exact variance {best.variance_trace:.4g}"
+        + ("" if to_vanilla is None else f", {to_vanilla:.3f}x vanilla")
+        + ")"
     )
     return claims, summary

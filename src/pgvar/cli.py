@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Annotated
 
@@ -11,10 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pgvar import __version__
 from pgvar.commands.train import train as train_command
-from pgvar.errors import PgvarError, SpecError
+from pgvar.errors import PgvarError
 from pgvar.estimators import EstimatorSpec, parse_estimators
 from pgvar.mdp import TabularMDP
+from pgvar.validation import check_choice, check_int, check_int_list, check_number, check_seed
+from pgvar.vocabulary import LESSON_LABELS
 
 app = typer.Typer(
     add_completion=False,
@@ -40,6 +44,24 @@ EstimatorsOption = Annotated[
 ]
 EntropyOption = Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient beta >= 0.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+BatchesOption = Annotated[int, typer.Option("--batches", help="Independent batches M per reading (>= 2).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of NumPy's Generator (>= 0).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"pgvar {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Policy-gradient estimators and their variance: exact where mathematics allows."""
 
 
 def main() -> None:
@@ -72,24 +94,45 @@ def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
     return model, parse_theta(theta, model)
 
 
-def _parse_ns(text: str) -> list[int]:
-    ns = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            value = int(item)
-        except ValueError:
-            raise SpecError(f"--N: {item!r} is not an integer batch size") from None
-        if value < 1:
-            raise SpecError(f"--N: batch size must be >= 1, got {value}")
-        ns.append(value)
-    if not ns:
-        raise SpecError("--N: give at least one batch size, e.g. 1,4,16")
-    return ns
+def _specs(estimators: str, entropy: float) -> list[EstimatorSpec]:
+    return parse_estimators(estimators, entropy=check_number(entropy, "--entropy", low=0))
 
 
 def display_name(spec: EstimatorSpec) -> str:
-    """The lesson's name for its four configurations, else the spec itself."""
+    """A table's estimator column: the spelling the user typed, then the lesson's name of the
+    configuration in parentheses where it is one of the lesson's and is spelled differently
+    (``rtg (reward-to-go)``, ``vanilla``, ``rtg+value``)."""
+    if spec.canonical in LESSON_LABELS and spec.label != spec.name:
+        return f"{spec.name} ({spec.label})"
     return spec.name
+
+
+def _estimator_keys(spec: EstimatorSpec) -> dict[str, str]:
+    """How a JSON document names an estimator: as typed, canonically, and by the lesson's name."""
+    return {"estimator": spec.name, "spec": spec.canonical, "label": spec.label}
+
+
+def _plain(value: object) -> object:
+    """``value`` as strict JSON can hold it: NumPy scalars and arrays as Python values, and numbers
+    that do not exist (NaN, an infinite ratio) as null."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+def _print_json(payload: dict) -> None:
+    out.print_json(json.dumps(_plain(payload), allow_nan=False))
 
 
 def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
@@ -133,8 +176,9 @@ def exact(
     """Exact J, grad J and each estimator's single-episode mean and variance (no sampling)."""
     from pgvar.exact import chain_gradient, exact_moments, unroll, values
 
+    method = check_choice(method, "--method", ("auto", "enumeration", "recursion"))
+    specs = _specs(estimators, entropy)
     model, logits = _load(mdp, theta)
-    specs = parse_estimators(estimators, entropy=entropy)
     chain = unroll(model, logits, entropy)
     grad = chain_gradient(chain)
     objective = float(model.initial_s @ values(chain)[0][0])
@@ -151,8 +195,9 @@ def exact(
             "J": objective,
             "grad": grad.tolist(),
             "estimators": {
-                display_name(r.spec): {
+                r.spec.name: {
                     "spec": r.spec.canonical,
+                    "label": r.spec.label,
                     "mean": r.mean.tolist(),
                     "bias": float(np.abs(r.mean - grad).max()),
                     "variance_trace": r.variance_trace,
@@ -163,7 +208,7 @@ def exact(
                 for r in results
             },
         }
-        out.print_json(json.dumps(payload))
+        _print_json(payload)
         return
     vanilla = next((r.variance_trace for r in results if r.spec.canonical == "return+none"), None)
     table = Table(title=f"Exact single-episode moments on {model.name!r}", title_justify="left")
@@ -210,9 +255,9 @@ def variance(
     mdp: MdpOption = "lesson",
     theta: ThetaOption = "uniform",
     estimators: EstimatorsOption = "vanilla,rtg,base,rtg+base",
-    ns: Annotated[str, typer.Option("--N", help="Comma-separated batch sizes N.")] = "1,4,16",
-    batches: Annotated[int, typer.Option(help="Independent batches M per reading.")] = 60,
-    seed: Annotated[int, typer.Option(help="Seed of NumPy's Generator.")] = 0,
+    ns: Annotated[str, typer.Option("--N", help="Comma-separated batch sizes N (each >= 1).")] = "1,4,16",
+    batches: BatchesOption = 60,
+    seed: SeedOption = 0,
     entropy: EntropyOption = 0.0,
     as_json: JsonOption = False,
 ) -> None:
@@ -223,11 +268,11 @@ def variance(
     from pgvar.montecarlo import DEFAULT_WARMUP
     from pgvar.studies import variance_study
 
+    n_list = check_int_list(ns, "--N", low=1)
+    batches = check_int(batches, "--batches", low=2)
+    seed = check_seed(seed, "--seed")
+    specs = _specs(estimators, entropy)
     model, logits = _load(mdp, theta)
-    specs = parse_estimators(estimators, entropy=entropy)
-    n_list = _parse_ns(ns)
-    if batches < 2:
-        raise SpecError(f"--batches: need at least 2 batches to measure a variance, got {batches}")
     total = sum(batches * n + DEFAULT_WARMUP for n in sorted(set(n_list) | {1}))
     show_progress = total > 2_000_000 and err.is_terminal
     with Progress(
@@ -252,8 +297,7 @@ def variance(
             "entropy": entropy,
             "results": [
                 {
-                    "estimator": display_name(r.spec),
-                    "spec": r.spec.canonical,
+                    **_estimator_keys(r.spec),
                     "N": r.n,
                     "variance_trace": r.variance_trace,
                     "ci95": list(r.ci95),
@@ -269,7 +313,7 @@ def variance(
             "sampling": "steps" if study.sampled_paths is None else "paths",
             "paths": study.sampled_paths,
         }
-        out.print_json(json.dumps(payload))
+        _print_json(payload)
         return
     table = Table(
         title=f"Gradient variance on {model.name!r}: {batches} batches per reading, seed {seed}",
@@ -327,10 +371,10 @@ def readings(
     mdp: MdpOption = "lesson",
     theta: ThetaOption = "uniform",
     estimators: EstimatorsOption = "vanilla,rtg,base,rtg+base",
-    n: Annotated[int, typer.Option("--N", help="Batch size N.")] = 1,
-    batches: Annotated[int, typer.Option(help="Independent batches M per reading.")] = 60,
-    count: Annotated[int, typer.Option(help="How many readings to take.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of NumPy's Generator.")] = 0,
+    n: Annotated[int, typer.Option("--N", help="Batch size N (>= 1).")] = 1,
+    batches: BatchesOption = 60,
+    count: Annotated[int, typer.Option("--count", help="How many readings to take (>= 1).")] = 1000,
+    seed: SeedOption = 0,
     entropy: EntropyOption = 0.0,
     as_json: JsonOption = False,
 ) -> None:
@@ -340,8 +384,12 @@ def readings(
 
     from pgvar.studies import reading_spread
 
+    n = check_int(n, "--N", low=1)
+    batches = check_int(batches, "--batches", low=2)
+    count = check_int(count, "--count", low=1)
+    seed = check_seed(seed, "--seed")
+    specs = _specs(estimators, entropy)
     model, logits = _load(mdp, theta)
-    specs = parse_estimators(estimators, entropy=entropy)
     start = time.perf_counter()
     spreads = reading_spread(model, logits, specs, n, batches, count, seed)
     seconds = time.perf_counter() - start
@@ -354,8 +402,7 @@ def readings(
             "seed": seed,
             "results": [
                 {
-                    "estimator": display_name(r.spec),
-                    "spec": r.spec.canonical,
+                    **_estimator_keys(r.spec),
                     "exact_variance_trace": r.exact,
                     "mean": r.mean,
                     "relative_std": r.relative_std,
@@ -366,7 +413,7 @@ def readings(
                 for r in spreads
             ],
         }
-        out.print_json(json.dumps(payload))
+        _print_json(payload)
         return
     table = Table(
         title=f"{count} readings on {model.name!r}: {batches} batches of N = {n} each, seed {seed}",
@@ -404,28 +451,28 @@ def readings(
 def verify(
     mdp: MdpOption = "lesson",
     theta: ThetaOption = "uniform",
-    seed: Annotated[int, typer.Option(help="Seed for the Monte-Carlo checks.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the Monte-Carlo checks (>= 0).")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Check every claim of the lesson on this MDP and policy: PASS or FAIL with the numbers.
     Exit code 0 only when all hold."""
     from pgvar.claims import verify_lesson
 
+    seed = check_seed(seed, "--seed")
     model, logits = _load(mdp, theta)
     claims, summary = verify_lesson(model, logits, seed)
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "mdp": model.name,
-                    "theta": logits.tolist(),
-                    "claims": [
-                        {"claim": c.claim, "passed": c.passed, "detail": c.detail, "numbers": c.numbers}
-                        for c in claims
-                    ],
-                    "variance_optimal": summary,
-                }
-            )
+        _print_json(
+            {
+                "mdp": model.name,
+                "seed": seed,
+                "theta": logits.tolist(),
+                "claims": [
+                    {"claim": c.claim, "passed": c.passed, "detail": c.detail, "numbers": c.numbers}
+                    for c in claims
+                ],
+                "variance_optimal": summary,
+            }
         )
     else:
         out.print(f"Lesson 07's claims on {model.name!r}:", highlight=False)
@@ -445,8 +492,8 @@ def report(
     out_dir: Annotated[
         str, typer.Option("--out", help="Folder for the figures and report.html.")
     ] = "pgvar-report",
-    batches: Annotated[int, typer.Option(help="Batches per Monte-Carlo reading.")] = 60,
-    seed: Annotated[int, typer.Option(help="Seed of NumPy's Generator.")] = 0,
+    batches: Annotated[int, typer.Option("--batches", help="Batches per Monte-Carlo reading (>= 2).")] = 60,
+    seed: SeedOption = 0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace files in a non-empty --out.")
     ] = False,
@@ -456,8 +503,8 @@ def report(
 
     from pgvar.report import build_report
 
-    if batches < 2:
-        raise SpecError(f"--batches: need at least 2 batches to measure a variance, got {batches}")
+    batches = check_int(batches, "--batches", low=2)
+    seed = check_seed(seed, "--seed")
     model, logits = _load(mdp, theta)
     path = build_report(model, logits, Path(out_dir), batches=batches, seed=seed, overwrite=overwrite)
     out.print(f"report: {path}", highlight=False)
@@ -490,12 +537,13 @@ def mdp_show(name: Annotated[str, typer.Argument(help="A built-in name or a YAML
 @app.command()
 def explore(
     mdp: MdpOption = "lesson",
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
 ) -> None:
     """Serve the live gradient-variance explorer on 127.0.0.1 (Ctrl-C stops it)."""
     from pgvar.explorer import serve
 
+    port = check_int(port, "--port", low=0, high=65535)
     serve(mdp=mdp, port=port, open_browser=not no_browser)  # a bad --mdp is reported on the page
 
 

@@ -1,7 +1,9 @@
 """``pgvar report``: a figure set and a self-contained HTML page for one MDP and policy.
 
-Every number comes from the core (``exact``, ``montecarlo``, ``claims``, ``train``); this module only
-draws. Figures are written as PNG and SVG; the HTML page embeds the PNGs, so it can be mailed alone.
+Every number comes from the core (``exact``, ``montecarlo``, ``claims``, ``train``, ``curves``); this
+module only draws. The names of the lesson's configurations and of the baseline kinds come from
+:mod:`pgvar.vocabulary`. Figures are written as PNG and SVG; the HTML page embeds the PNGs, so it can be
+mailed alone.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pgvar.estimators import parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.studies import variance_study
+from pgvar.vocabulary import BASELINE_KINDS, LESSON_FOUR
 
-LESSON_FOUR = ("vanilla", "rtg", "base", "rtg+base")
-BASELINE_KINDS = ("none", "lesson", "running", "value", "optimal", "optimal-per-parameter")
+#: The baseline kinds the report compares: every kind with an exact value or limit (``learned`` needs
+#: a table that only training fits, so it is left out).
+COMPARED_BASELINES = tuple(kind for kind in BASELINE_KINDS if kind != "learned")
 GAE_LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
@@ -119,18 +123,24 @@ def figure_baselines(mdp: TabularMDP, theta: np.ndarray, chain) -> tuple[Figure,
     for k, weight in enumerate(("return", "rtg")):
         traces = [
             exact_moments(mdp, theta, parse_estimator(f"{weight}+{b}"), chain=chain).variance_trace
-            for b in BASELINE_KINDS
+            for b in COMPARED_BASELINES
         ]
-        x = np.arange(len(BASELINE_KINDS)) + (k - 0.5) * width
+        x = np.arange(len(COMPARED_BASELINES)) + (k - 0.5) * width
         ax.bar(x, traces, width, label=f"weight {weight}")
-        best = BASELINE_KINDS[int(np.argmin(traces))]
-        value = traces[BASELINE_KINDS.index("value")]
+        lowest = min(traces)
+        # kinds that reach the same exact variance (running-value at its limit is V) all count as best
+        best = [
+            kind
+            for kind, t in zip(COMPARED_BASELINES, traces, strict=True)
+            if np.isclose(t, lowest, rtol=1e-9)
+        ]
+        value = traces[COMPARED_BASELINES.index("value")]
         notes.append(
-            f"{weight}: best baseline {best} ({min(traces):.4g}); V(s) gives {value:.4g}"
-            + ("" if best == "value" else f", {value / min(traces):.2f}x the best")
+            f"{weight}: best baseline {' = '.join(best)} ({lowest:.4g}); V(s) gives {value:.4g}"
+            + ("" if "value" in best else f", {value / lowest:.2f}x the best")
             + ("; V raises the variance over no baseline" if value > traces[0] else "")
         )
-    ax.set_xticks(np.arange(len(BASELINE_KINDS)), BASELINE_KINDS, rotation=15)
+    ax.set_xticks(np.arange(len(COMPARED_BASELINES)), COMPARED_BASELINES, rotation=15)
     ax.set_ylabel("exact single-episode variance")
     ax.legend()
     fig.tight_layout()
@@ -168,8 +178,10 @@ def figure_gae(mdp: TabularMDP, theta: np.ndarray, chain, n: int) -> Figure:
 
 
 def learning_curves(mdp: TabularMDP, theta: np.ndarray, out: Path, seed: int) -> tuple[Path, str]:
-    """Learning curves of the lesson's four estimators (``pgvar.train``), written as PNG + SVG."""
-    from pgvar.train import TrainConfig, plot, train
+    """Learning curves of the lesson's four estimators (``pgvar.train``), written as PNG + SVG
+    (``pgvar.curves``)."""
+    from pgvar.curves import plot
+    from pgvar.train import TrainConfig, train
 
     config = TrainConfig(lr=0.1, batch=8, updates=60, runs=5, seed=seed)
     result = train(mdp, list(LESSON_FOUR), config, theta)

@@ -31,8 +31,9 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from pgvar._lanes import LANES, first, fma, load, load_or, no_lanes, select, shift, splat, store
 from pgvar.errors import SpecError
+from pgvar.lanes import LANES, first, fma, load, load_or, no_lanes, select, shift, splat, store
+from pgvar.validation import check_number
 
 # Below this many streams a row is too short to pay for the vectorised row loop's set-up: the kernels
 # then run one stream at a time, carrying the running value in a register instead of a row.
@@ -87,7 +88,7 @@ def _gae_step(reward, value, next_value, next_advantage, episode_end, gamma, gam
     return reward + gamma * _bootstrap(next_value, episode_end, zero) - value + gamma_lam * next_advantage
 
 
-# --- Explicit SIMD (see pgvar._lanes) ---------------------------------------------------------------
+# --- Explicit SIMD (see pgvar.lanes) ---------------------------------------------------------------
 
 _NARROW = 32  # from this many streams on, the generic row sweep is as fast (it reads whole rows at once)
 
@@ -322,11 +323,6 @@ def _float_rewards(rewards_t) -> np.ndarray:
     return rewards_t
 
 
-def _check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise SpecError(f"{name}: must be in [0, 1], got {value}")
-
-
 def _flags(flag_t, shape, name: str) -> np.ndarray | None:
     if flag_t is None:
         return None
@@ -440,7 +436,7 @@ def reward_to_go(
     Returns:
       returns_t with the shape and dtype of rewards_t (float64 for integer input).
     """
-    _check_unit_interval("gamma", gamma)
+    gamma = check_number(gamma, "gamma", low=0.0, high=1.0)
     ends = _as_given(rewards_t, None, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         returns_t = np.empty(rewards_t.shape, rewards_t.dtype)
@@ -477,8 +473,8 @@ def gae(
     Returns:
       advantages_t, the shape of rewards_t.
     """
-    _check_unit_interval("gamma", gamma)
-    _check_unit_interval("lam", lam)
+    gamma = check_number(gamma, "gamma", low=0.0, high=1.0)
+    lam = check_number(lam, "lam", low=0.0, high=1.0)
     ends = _as_given(rewards_t, values_t, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         advantages_t = np.empty(rewards_t.shape, rewards_t.dtype)

@@ -29,22 +29,29 @@ def _range_text(low: float | None, high: float | None) -> str:
 
 def check_int(value: object, name: str, *, low: int | None = None, high: int | None = None) -> int:
     """A whole number in [low, high]: an int, a NumPy integer, an integral float or such a string."""
-    what = f"{name}: must be a whole number{_range_text(low, high)}, got {value!r}"
-    if isinstance(value, (bool, np.bool_)):
-        raise SpecError(what)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         number = int(value)
+    elif isinstance(value, (bool, np.bool_)):
+        number = None
     else:
         try:
             as_float = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError):
-            raise SpecError(what) from None
-        if not math.isfinite(as_float) or not as_float.is_integer():
-            raise SpecError(what)
-        number = int(as_float)
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise SpecError(what)
+            as_float = math.nan
+        number = int(as_float) if math.isfinite(as_float) and as_float.is_integer() else None
+    if number is None or (low is not None and number < low) or (high is not None and number > high):
+        raise SpecError(f"{name}: must be a whole number{_range_text(low, high)}, got {value!r}")
     return number
+
+
+def _as_float(value: object) -> float:
+    """The value as a float, NaN when it is not a number (bools are not numbers here)."""
+    if isinstance(value, (bool, np.bool_)):
+        return math.nan
+    try:
+        return float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
 
 
 def check_number(
@@ -56,22 +63,13 @@ def check_number(
     low_open: bool = False,
 ) -> float:
     """A finite number in [low, high] (or (low, high] with ``low_open``), from a number or a string."""
-    bound = _range_text(low, high)
-    if low_open and low is not None:
-        bound = f" > {low:g}" + (f" and <= {high:g}" if high is not None else "")
-    what = f"{name}: must be a finite number{bound}, got {value!r}"
-    if isinstance(value, (bool, np.bool_)):
-        raise SpecError(what)
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise SpecError(what) from None
-    if not math.isfinite(number):
-        raise SpecError(what)
-    if low is not None and (number <= low if low_open else number < low):
-        raise SpecError(what)
-    if high is not None and number > high:
-        raise SpecError(what)
+    number = value if type(value) is float else _as_float(value)  # the common case costs one test
+    above = low is None or (number > low if low_open else number >= low)
+    if not (math.isfinite(number) and above and (high is None or number <= high)):
+        bound = _range_text(low, high)
+        if low_open and low is not None:
+            bound = f" > {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise SpecError(f"{name}: must be a finite number{bound}, got {value!r}")
     return number
 
 

@@ -1,15 +1,13 @@
 """``pgvar train``: learning curves of the estimators (and of the exact gradient) on one MDP.
 
-A thin shell over :mod:`pgvar.train`: it checks every option (one-line errors), shows a progress bar,
-saves the curves and plots, and prints a summary table. Registered in ``pgvar.cli`` with
-``app.command()(train)``.
+A thin shell over :mod:`pgvar.train` (learning) and :mod:`pgvar.curves` (files and plots): it checks
+every option with :mod:`pgvar.validation` (one-line errors), shows a progress bar, saves the curves and
+plots, and prints a summary table. Registered in ``pgvar.cli`` with ``app.command()(train)``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pgvar.errors import SpecError
+from pgvar.validation import check_int
 
 AUTO_VARIANCE_RECORDS = 20
 DEFAULT_UPDATES = 100
@@ -34,17 +33,6 @@ OPTION_NAMES = {
 }
 
 
-def default_out(mdp_name: str) -> Path:
-    """``runs/train-<mdp>-<YYYYmmdd-HHMMSS>`` (with a suffix if that exists already)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(mdp_name).stem if "/" in mdp_name else mdp_name).strip("-")
-    base = Path("runs") / f"train-{slug or 'mdp'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
 def updates_from(episodes: int | None, updates: int | None, batch: int) -> int:
     """The number of updates from ``--episodes`` (a multiple of ``--batch``) or ``--updates``."""
     if episodes is not None and updates is not None:
@@ -53,8 +41,7 @@ def updates_from(episodes: int | None, updates: int | None, batch: int) -> int:
         return updates  # checked with the rest of the configuration
     if episodes is None:
         return DEFAULT_UPDATES
-    if episodes < 1:
-        raise SpecError(f"--episodes: must be an integer >= 1, got {episodes}")
+    check_int(episodes, "--episodes", low=1)
     if batch >= 1 and episodes % batch:
         raise SpecError(
             f"--episodes: {episodes} is not a multiple of --batch {batch} "
@@ -70,10 +57,10 @@ def train(
             "--mdp", help="Built-in name (lesson, short-corridor, bandit, deceptive, ...) or a file."
         ),
     ] = "lesson",
-    estimator: Annotated[
+    estimators: Annotated[
         str,
         typer.Option(
-            "--estimator", "-e", help="Comma-separated specs WEIGHT+BASELINE or presets (rtg+learned, ...)."
+            "--estimators", "-e", help="Comma-separated specs WEIGHT+BASELINE or presets (rtg+learned, ...)."
         ),
     ] = "vanilla,rtg,base,rtg+base",
     lr: Annotated[float, typer.Option("--lr", help="Step size of the gradient ascent (> 0).")] = 0.1,
@@ -84,7 +71,7 @@ def train(
     updates: Annotated[
         int | None, typer.Option("--updates", help=f"Updates per run (default {DEFAULT_UPDATES}).")
     ] = None,
-    entropy: Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient beta >= 0.")] = 0.0,
+    entropy: Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient (>= 0).")] = 0.0,
     baseline_lr: Annotated[
         float, typer.Option("--baseline-lr", help="Rate of the learned baseline, in (0, 1].")
     ] = 0.1,
@@ -121,10 +108,11 @@ def train(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pgvar.curves import check_out_dir, default_out, save
     from pgvar.estimators import parse_estimators
     from pgvar.mdpfile import resolve_mdp
     from pgvar.policy import parse_theta
-    from pgvar.train import TrainConfig, check_out_dir, save, validate_config
+    from pgvar.train import TrainConfig, validate_config
     from pgvar.train import train as run_training
 
     stdout = Console(width=None if sys.stdout.isatty() else 160)
@@ -144,7 +132,7 @@ def train(
     validate_config(fields, OPTION_NAMES)
     model = resolve_mdp(mdp)
     logits = parse_theta(theta, model)
-    specs = parse_estimators(estimator, entropy=entropy)
+    specs = parse_estimators(estimators, entropy=entropy)
     if variance_every is None:
         fields["variance_every"] = max(1, n_updates // AUTO_VARIANCE_RECORDS) if model.horizon else 0
     config = TrainConfig(**fields)
@@ -173,14 +161,14 @@ def train(
         )
     paths = save(result, out_dir, overwrite=overwrite)
 
-    beta = config.entropy
     table = Table(
         title=f"Training on {model.name!r}: lr {lr:g}, batch N = {batch}, {n_updates} updates, "
-        f"{runs} run{'s' if runs > 1 else ''}, seed {seed}" + (f", entropy β = {beta:g}" if beta else ""),
+        f"{runs} run{'s' if runs > 1 else ''}, seed {seed}"
+        + (f", entropy β = {entropy:g}" if entropy else ""),
         title_justify="left",
     )
     columns = ["estimator", "initial J", "final J (mean ± 95% CI)"]
-    if beta:
+    if entropy:
         columns.append("final J + βH")
     columns += ["entropy", "updates", "episodes", "seconds"]
     for column in columns:
@@ -189,10 +177,10 @@ def train(
         low, high = row["final_J_ci95"]
         spread = f" ± {(high - low) / 2:.2g}" if row["runs"] > 1 else " (1 run)"
         cells = [row["estimator"], f"{row['initial_J']:.4g}", f"{row['final_J']:.4g}{spread}"]
-        if beta:
+        if entropy:
             cells.append(f"{row['final_objective']:.4g}")
         cells += [
-            f"{row['final_entropy']:.3g}",
+            f"{row['final_policy_entropy']:.3g}",
             str(row["updates"]),
             "—" if row["spec"] == "exact" else f"{row['episodes']:,}",
             f"{row['seconds']:.1f}",

@@ -1,15 +1,108 @@
-"""The explorer's figure as a PNG: a matplotlib rendering of the session's current readings."""
+"""The explorer's exports: the readings and the history as CSV (Python's :mod:`csv`), the figure as a
+PNG (a matplotlib rendering). :class:`~pgvar.explorer.state.ExplorerState` keeps plain data; this
+module formats it.
+"""
 
 from __future__ import annotations
 
+import csv
 import io
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
-from pgvar.explorer.state import CONFIGS, N_CHOICES, ExplorerState
+from pgvar.explorer.state import CONFIG_COLOURS, N_CHOICES, ExplorerState, safe_ratio
+from pgvar.vocabulary import MEASURED_COLOUR
 
-COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#2ca02c")
+READINGS_COLUMNS: tuple[str, ...] = (
+    "config",
+    "spec",
+    "N",
+    "batches",
+    "variance",
+    "ci95_lo",
+    "ci95_hi",
+    "exact_variance",
+    "exact_reward_noise",
+    "exact_sampling",
+    "vs_vanilla_n1",
+    "mdp",
+    "gamma",
+    "entropy",
+    "tick",
+)
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "tick",
+    "config",
+    "N",
+    "variance",
+    "ci95_lo",
+    "ci95_hi",
+    "exact_variance",
+    "vs_vanilla_n1",
+)
+
+
+def _num(value: float | None) -> str:
+    """A number with ten significant digits; empty when unknown."""
+    return "" if value is None else f"{value:.10g}"
+
+
+def _csv_text(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def readings_csv(state: ExplorerState) -> str:
+    """The latest tick's readings (four configurations at N, then vanilla at N = 1) as CSV text; only
+    the header before the first tick."""
+    last = state.last
+    rows = []
+    if last is not None:
+        vanilla = last.vanilla_n1.variance
+        for reading, n in [*((c, last.n) for c in last.configs), (last.vanilla_n1, 1)]:
+            rows.append(
+                [
+                    reading.label,
+                    reading.spec,
+                    n,
+                    last.batches,
+                    _num(reading.variance),
+                    _num(reading.lo),
+                    _num(reading.hi),
+                    _num(reading.exact),
+                    _num(reading.reward_noise),
+                    _num(reading.sampling),
+                    _num(safe_ratio(reading.variance, vanilla)),
+                    state.base_mdp.name,
+                    _num(state.gamma),
+                    _num(state.knobs.entropy),
+                    last.tick,
+                ]
+            )
+    return _csv_text(READINGS_COLUMNS, rows)
+
+
+def history_csv(state: ExplorerState) -> str:
+    """The rolling history, one row per tick, as CSV text."""
+    rows = (
+        [
+            p.tick,
+            p.label,
+            p.n,
+            _num(p.variance),
+            _num(p.lo),
+            _num(p.hi),
+            _num(None if math.isnan(p.exact) else p.exact),  # nan: not known at that tick
+            _num(p.ratio),
+        ]
+        for p in state.history
+    )
+    return _csv_text(HISTORY_COLUMNS, rows)
 
 
 def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
@@ -24,18 +117,18 @@ def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
     last = state.last
     knobs = state.knobs
     title = f"pgvar explorer · {state.base_mdp.name} · {state.label}"
-    fig.suptitle(f"{title} · γ={state.gamma:g} β={knobs.beta:g}", fontsize=11)
+    fig.suptitle(f"{title} · γ={state.gamma:g} · entropy {knobs.entropy:g}", fontsize=11)
     if points:
         ticks = np.array([p.tick for p in points])
         ax_hist.fill_between(
             ticks,
             [max(p.lo, 1e-300) for p in points],
             [p.hi for p in points],
-            color="#3b6fb6",
+            color=MEASURED_COLOUR,
             alpha=0.2,
             label="95% CI",
         )
-        ax_hist.plot(ticks, [p.variance for p in points], color="#3b6fb6", label="measured")
+        ax_hist.plot(ticks, [p.variance for p in points], color=MEASURED_COLOUR, label="measured")
         ax_hist.plot(ticks, [p.exact for p in points], "k--", label="exact / N")
         ax_hist.set_yscale("log")
         ax_hist.legend(fontsize=8)
@@ -49,7 +142,7 @@ def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
         errors = np.array(
             [[c.variance - c.lo for c in last.configs], [c.hi - c.variance for c in last.configs]]
         )
-        ax_bd.barh(y, values, color=COLORS, alpha=0.8, xerr=errors, capsize=3)
+        ax_bd.barh(y, values, color=CONFIG_COLOURS, alpha=0.8, xerr=errors, capsize=3)
         exact = [c.exact if c.exact is not None else math.nan for c in last.configs]
         ax_bd.scatter(exact, y, marker="D", color="k", zorder=3, label="exact / N")
         ax_bd.set_yticks(y, labels, fontsize=9)
@@ -60,11 +153,11 @@ def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
     ns = np.array(N_CHOICES, dtype=float)
     if exact_values is not None:
         for i, moments in enumerate(exact_values.moments):
-            bold = i == CONFIGS.index((state.knobs.rtg, state.knobs.baseline))
+            bold = i == state.current_index
             ax_n.plot(
                 ns,
                 moments.variance_trace / ns,
-                color=COLORS[i],
+                color=CONFIG_COLOURS[i],
                 lw=3 if bold else 1.2,
                 alpha=1 if bold else 0.6,
                 label=state.labels()[i],
@@ -75,7 +168,7 @@ def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
         v = np.array([x[0] for _, x in items])
         lo = np.array([x[1] for _, x in items])
         hi = np.array([x[2] for _, x in items])
-        ax_n.errorbar(n, v, yerr=[v - lo, hi - v], fmt="o", color="#3b6fb6", ms=4, label="measured")
+        ax_n.errorbar(n, v, yerr=[v - lo, hi - v], fmt="o", color=MEASURED_COLOUR, ms=4, label="measured")
     ax_n.set_xscale("log")
     ax_n.set_yscale("log")
     ax_n.set_xlabel("batch size N")

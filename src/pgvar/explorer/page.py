@@ -11,8 +11,10 @@ Stable CSS ids for tests and scripts: ``#pgvar-config``, ``#pgvar-n``, ``#pgvar-
 ``#pgvar-status`` (``data-tick``, ``data-history``, ``data-history-max``, ``data-ms``),
 ``#pgvar-breakdown`` (one ``tr`` per configuration) and ``#pgvar-messages``; widgets carry the classes
 ``pgvar-rtg``, ``pgvar-baseline``, ``pgvar-n-slider``, ``pgvar-kind``, ``pgvar-lam``, ``pgvar-gamma``,
-``pgvar-beta``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-mdp``. The history's ColumnDataSource is
-named ``pgvar-history``, the policy's ``pgvar-policy`` (column ``p``: pi(a|o) row by row).
+``pgvar-entropy``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-lr``, ``pgvar-mdp``. The history's
+ColumnDataSource is named ``pgvar-history``, the policy's ``pgvar-policy`` (column ``p``: pi(a|o) row
+by row). Sliders and selectors offer the ranges the query string accepts (:mod:`pgvar.explorer.state`
+defines each once).
 """
 
 from __future__ import annotations
@@ -29,24 +31,31 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, Print
 from bokeh.plotting import figure
 
 from pgvar.errors import PgvarError
+from pgvar.explorer.export import history_csv, readings_csv, render_png
 from pgvar.explorer.state import (
-    BASELINE_KINDS,
     BATCH_CHOICES,
+    CONFIG_COLOURS,
     DEFAULT_HISTORY,
+    ENTROPY,
+    GAMMA,
+    LAMBDA,
+    LEARNING_RATE,
     LOGIT_LIMIT,
     N_CHOICES,
+    PAGE_BASELINE_KINDS,
     ExplorerState,
+    Span,
     TickResult,
     builtin_choices,
     is_builtin_spec,
     parse_query,
 )
+from pgvar.vocabulary import BASELINE_KINDS, MEASURED_COLOUR
 
 PERIOD_MS = 300
 MAX_SLIDERS = 36
 SPAN_DECADES = 5.3
 HEADROOM = 6.0  # top of the log axes = HEADROOM x vanilla's variance at N = 1
-COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#2ca02c")  # vanilla, rtg, baseline, rtg + baseline
 CURRENT_ALPHA, OTHER_ALPHA = 0.95, 0.35
 
 #: Exact values run here, off the page's event loop (shared by sessions; each job is independent).
@@ -91,6 +100,19 @@ def _attr(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(float(value))
 
 
+def _slider(span: Span, label: str, value: float, css_class: str) -> pn.widgets.FloatSlider:
+    """A slider over ``span``: the same range the knob's check and the query string accept."""
+    return pn.widgets.FloatSlider(
+        label=label,
+        start=span.low,
+        end=span.high,
+        step=span.step,
+        value=value,
+        css_classes=[css_class],
+        width=300,
+    )
+
+
 def _ratio(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return _fmt(value)
@@ -125,15 +147,12 @@ class ExplorerView:
                 self.state.load_mdp(wanted_mdp)
             else:
                 query_messages.append(f"query string: mdp {wanted_mdp!r} is not a built-in MDP")
-        learn = changes.pop("learn", None)
+        learn = changes.pop("learn", False)
         lr = changes.pop("lr", None)
         for name, value in changes.items():
             if not self.state.apply(**{name: value}):
                 query_messages.append(f"query string: {self.state.messages.pop('knobs')}")
-        if lr is not None:
-            self.state.learning_rate = float(lr)
-        if learn:
-            self.state.set_learning(True)
+        self.state.set_learning(learn, lr)
         if query_messages:
             self.state.messages["query"] = "; ".join(query_messages)
         self._syncing = False
@@ -170,45 +189,21 @@ class ExplorerView:
         self.n = pn.widgets.DiscreteSlider(
             label="batch size N",
             options=list(N_CHOICES),
-            value=k.n if k.n in N_CHOICES else 1,
+            value=k.n,
             css_classes=["pgvar-n-slider"],
             width=300,
         )
-        kinds = {label: key for key, label in BASELINE_KINDS.items()}
+        kinds = {BASELINE_KINDS[kind]: kind for kind in PAGE_BASELINE_KINDS}
         self.kind = pn.widgets.Select(
             label="baseline kind", options=kinds, value=k.baseline_kind, css_classes=["pgvar-kind"], width=300
         )
-        self.lam = pn.widgets.FloatSlider(
-            label="GAE λ (1 = plain reward-to-go)",
-            start=0.0,
-            end=1.0,
-            step=0.05,
-            value=k.lam,
-            css_classes=["pgvar-lam"],
-            width=300,
-        )
-        self.gamma = pn.widgets.FloatSlider(
-            label="discount γ",
-            start=0.0,
-            end=1.0,
-            step=0.01,
-            value=self.state.gamma,
-            css_classes=["pgvar-gamma"],
-            width=300,
-        )
-        self.beta = pn.widgets.FloatSlider(
-            label="entropy β",
-            start=0.0,
-            end=1.0,
-            step=0.01,
-            value=k.beta,
-            css_classes=["pgvar-beta"],
-            width=300,
-        )
+        self.lam = _slider(LAMBDA, "GAE λ (1 = plain reward-to-go)", k.lam, "pgvar-lam")
+        self.gamma = _slider(GAMMA, "discount γ", self.state.gamma, "pgvar-gamma")
+        self.entropy = _slider(ENTROPY, "entropy bonus", k.entropy, "pgvar-entropy")
         self.batches = pn.widgets.Select(
             label="batches per reading",
             options=list(BATCH_CHOICES),
-            value=k.batches if k.batches in BATCH_CHOICES else 60,
+            value=k.batches,
             css_classes=["pgvar-batches"],
             width=300,
         )
@@ -219,7 +214,7 @@ class ExplorerView:
             "baseline_kind": self.kind,
             "lam": self.lam,
             "gamma": self.gamma,
-            "beta": self.beta,
+            "entropy": self.entropy,
             "batches": self.batches,
         }
         for name, widget in self._knob_widgets.items():
@@ -233,9 +228,7 @@ class ExplorerView:
             css_classes=["pgvar-learn"],
             width=300,
         )
-        self.lr = pn.widgets.FloatSlider(
-            label="learning rate", start=0.01, end=2.0, step=0.01, value=self.state.learning_rate, width=300
-        )
+        self.lr = _slider(LEARNING_RATE, "learning rate", self.state.learning_rate, "pgvar-lr")
         self.learn.param.watch(self._on_learn, "value")
         self.lr.param.watch(self._on_learn, "value")
         self.uniform = pn.widgets.Button(label="uniform policy", width=145)
@@ -260,7 +253,7 @@ class ExplorerView:
         self.mdp_info = pn.pane.HTML("", width=300, stylesheets=[CSS])
 
         self.csv = pn.widgets.FileDownload(
-            callback=lambda: io.StringIO(self.state.readings_csv()),
+            callback=lambda: io.StringIO(readings_csv(self.state)),
             filename="pgvar-readings.csv",
             label="readings (CSV)",
             color="light",
@@ -268,7 +261,7 @@ class ExplorerView:
             css_classes=["pgvar-csv"],
         )
         self.history_csv = pn.widgets.FileDownload(
-            callback=lambda: io.StringIO(self.state.history_csv()),
+            callback=lambda: io.StringIO(history_csv(self.state)),
             filename="pgvar-history.csv",
             label="history (CSV)",
             color="light",
@@ -313,7 +306,13 @@ class ExplorerView:
             tools="",
         )
         gauge.vbar(
-            x="x", width=0.7, bottom="bottom", top="top", source=self.gauge_src, color="#3b6fb6", alpha=0.85
+            x="x",
+            width=0.7,
+            bottom="bottom",
+            top="top",
+            source=self.gauge_src,
+            color=MEASURED_COLOUR,
+            alpha=0.85,
         )
         gauge.segment(x0=0, x1=0, y0="lo", y1="hi", source=self.gauge_src, color="#1d2330", line_width=2)
         gauge.segment(
@@ -347,14 +346,14 @@ class ExplorerView:
             y1="lo",
             y2="hi",
             source=self.history_src,
-            color="#3b6fb6",
+            color=MEASURED_COLOUR,
             alpha=0.18,
         )
         measured = hist.line(
             x="tick",
             y="variance",
             source=self.history_src,
-            color="#3b6fb6",
+            color=MEASURED_COLOUR,
             line_width=2,
         )
         exact_line = hist.line(
@@ -454,7 +453,7 @@ class ExplorerView:
             xs="xs", ys="ys", source=self.vs_n_lines, color="color", line_width="width", alpha="alpha"
         )
         vn.segment(x0="n", x1="n", y0="lo", y1="hi", source=self.vs_n_points, color="#1d2330")
-        vn.scatter(x="n", y="variance", source=self.vs_n_points, size=7, color="#3b6fb6")
+        vn.scatter(x="n", y="variance", source=self.vs_n_points, size=7, color=MEASURED_COLOUR)
         vn.scatter(
             x="n",
             y="variance",
@@ -520,7 +519,7 @@ class ExplorerView:
 
         controls = pn.Column(
             card("Three knobs", pn.Row(self.rtg, self.baseline), self.n),
-            card("Estimator", self.kind, self.lam, self.gamma, self.beta, self.batches),
+            card("Estimator", self.kind, self.lam, self.gamma, self.entropy, self.batches),
             card(
                 "Policy",
                 self.sliders_box,
@@ -579,7 +578,7 @@ class ExplorerView:
             "baseline_kind": k.baseline_kind,
             "lam": k.lam,
             "gamma": self.state.gamma,
-            "beta": k.beta,
+            "entropy": k.entropy,
             "batches": k.batches,
         }
         self._syncing = True
@@ -839,7 +838,7 @@ class ExplorerView:
     <div class="pgvar-sub">{ratio_sub}</div></div>
   <div class="pgvar-tile"><div class="pgvar-k">J(θ) exact</div>
     <div id="pgvar-objective" class="pgvar-v" data-value="{_attr(j)}">{"–" if j is None else f"{j:.3f}"}</div>
-    <div class="pgvar-sub">γ={state.gamma:g}<br>β={k.beta:g}</div></div>
+    <div class="pgvar-sub">γ={state.gamma:g}<br>entropy {k.entropy:g}</div></div>
 </div>
 <div id="pgvar-status" class="pgvar-status" data-tick="{r.tick}" data-history="{len(state.history)}"
   data-history-max="{state.history.maxlen}" data-ms="{self._last_ms:.1f}"
@@ -904,7 +903,7 @@ class ExplorerView:
                 "hi": [np.nan] * 4,
                 "exact": [np.nan] * 4,
                 "left": [1e-12] * 4,
-                "color": list(COLORS),
+                "color": list(CONFIG_COLOURS),
                 "alpha": [0.5] * 4,
             }
         current = r.current
@@ -915,7 +914,7 @@ class ExplorerView:
             "hi": [self._floor(c.hi) for c in r.configs],
             "exact": [self._floor(c.exact) for c in r.configs],
             "left": [self.x_range_breakdown.start] * 4,
-            "color": list(COLORS),
+            "color": list(CONFIG_COLOURS),
             "alpha": [CURRENT_ALPHA if i == current else OTHER_ALPHA for i in range(4)],
         }
 
@@ -943,7 +942,7 @@ class ExplorerView:
             self.vs_n_lines.data = {
                 "xs": [list(ns)] * 4,
                 "ys": [[self._floor(t / n) for n in ns] for t in traces],
-                "color": list(COLORS),
+                "color": list(CONFIG_COLOURS),
                 "width": [4 if i == current else 1.5 for i in range(4)],
                 "alpha": [CURRENT_ALPHA if i == current else 0.5 for i in range(4)],
             }
@@ -994,8 +993,6 @@ class ExplorerView:
 
     # -- export ----------------------------------------------------------------------------
     def _png(self) -> io.BytesIO:
-        from pgvar.explorer.export import render_png
-
         return io.BytesIO(render_png(self.state))
 
 

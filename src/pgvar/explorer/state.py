@@ -3,18 +3,20 @@
 One :class:`ExplorerState` per browser session holds the knobs, the policy, the running baselines
 (kept warm across ticks, as the lesson's widget keeps ``bRtg``), a bounded history and the exact
 values. Every number comes from the core: :class:`pgvar.montecarlo.Sampler` (one plan per setting) and
-:func:`pgvar.montecarlo.read_sample` for the measured variance and its 95% confidence interval,
+:func:`pgvar.studies.read_sample` for the measured variance and its 95% confidence interval,
 :func:`pgvar.exact.exact_moments` for the exact single-episode variance (divided by N), its split
 into reward noise and action sampling, :func:`pgvar.exact.objective` for J and
 :func:`pgvar.montecarlo.estimate_gradient` for the learning steps. The explorer only divides
-(variance over N, ratio to vanilla) and never computes a variance of its own.
+(variance over N, ratio to vanilla) and never computes a variance of its own. Names and colours come
+from :mod:`pgvar.vocabulary`, checks from :mod:`pgvar.validation`; formatting for export (CSV, PNG)
+lives in :mod:`pgvar.explorer.export`.
 
-Cost control: the exact values depend on the MDP, the policy, gamma, beta, the baseline kind and
-lambda, but not on the three main knobs (the four configurations are computed together), so they are
-recomputed only when one of those changes, at most once per tick, and in a worker thread when an
-executor is given (the page then shows "computing" until the result arrives; a newer change
-supersedes an older one). A tick measures the four configurations at the current N on the same
-episodes (common random numbers) plus vanilla at N = 1 for the ratio.
+Cost control: the exact values depend on the MDP, the policy, gamma, the entropy coefficient, the
+baseline kind and lambda, but not on the three main knobs (the four configurations are computed
+together), so they are recomputed only when one of those changes, at most once per tick, and in a
+worker thread when an executor is given (the page then shows "computing" until the result arrives; a
+newer change supersedes an older one). A tick measures the four configurations at the current N on
+the same episodes (common random numbers) plus vanilla at N = 1 for the ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,40 +36,54 @@ from pgvar import envs
 from pgvar.baselines import RunningBaselines
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import BIAS_FREE_FOR_GAE, EstimatorSpec, parse_estimator
-from pgvar.vocabulary import LESSON_LABELS as LESSON_NAMES
 from pgvar.exact import ExactMoments, exact_gradient, exact_moments, objective, state_distribution, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.mdpfile import resolve_mdp
 from pgvar.montecarlo import DEFAULT_BATCHES, Sampler, estimate_gradient
 from pgvar.policy import softmax
 from pgvar.studies import VarianceReading, read_sample
+from pgvar.validation import check_choice, check_flag, check_int, check_number
+from pgvar.vocabulary import BASELINE_KINDS, BASELINE_SHORT, LESSON_COLOURS, LESSON_LABELS, label
+
+# -- ranges: each defined once, for the checks (library calls, query string) and the widgets -------
+
+
+@dataclass(frozen=True)
+class Span:
+    """A number knob's range, shared by its check and its slider (``step`` is the slider's only)."""
+
+    low: float
+    high: float
+    step: float
+
+    def check(self, value: object, name: str) -> float:
+        return check_number(value, name, low=self.low, high=self.high)
+
 
 #: Batch sizes offered by the N slider (a log scale, as in the lesson: 1 to 1024).
 N_CHOICES: tuple[int, ...] = tuple(2**k for k in range(11))
 MAX_N = N_CHOICES[-1]
-BATCH_CHOICES: tuple[int, ...] = (20, 60, 120, 240)
-MAX_BATCHES = 1000
+#: Batches per reading offered by the page (more batches: a tighter confidence interval, a dearer tick).
+BATCH_CHOICES: tuple[int, ...] = tuple(sorted({20, DEFAULT_BATCHES, 120, 240, 500, 1000}))
+LAMBDA = Span(0.0, 1.0, 0.05)
+GAMMA = Span(0.0, 1.0, 0.01)
+ENTROPY = Span(0.0, 1.0, 0.01)
+LEARNING_RATE = Span(0.01, 2.0, 0.01)
+MIN_HISTORY, MAX_HISTORY = 2, 10_000
+LOGIT_LIMIT = 8.0
+
 #: (reward-to-go, baseline) of the four configurations, in the lesson's order.
 CONFIGS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
-LESSON_LABELS: tuple[str, ...] = ("vanilla", "reward-to-go", "baseline", "rtg + baseline")
-#: Baseline kinds offered on the page: spec name -> what the page calls it.
-BASELINE_KINDS: dict[str, str] = {
-    "lesson": "lesson's running mean of G_t",
-    "running": "matched running mean",
-    "value": "exact V(s)",
-    "optimal": "optimal constant",
-    "optimal-per-parameter": "optimal per parameter",
-}
-_KIND_SHORT = {
-    "lesson": "",
-    "running": "matched running mean",
-    "value": "exact V",
-    "optimal": "optimal b",
-    "optimal-per-parameter": "optimal b per parameter",
-}
-LOGIT_LIMIT = 8.0
+#: The baseline kinds the page offers (``none`` is the baseline switch; ``learned`` needs a table).
+PAGE_BASELINE_KINDS: tuple[str, ...] = (
+    "lesson",
+    "running",
+    "running-value",
+    "value",
+    "optimal",
+    "optimal-per-parameter",
+)
 DEFAULT_HISTORY = 200
-MAX_HISTORY = 10_000
 DEFAULT_LEARNING_RATE = 0.5
 #: A tick that would simulate more agent-steps than this is refused with a message (the server would
 #: stall); the lesson's MDP at N = 1024 and 60 batches needs about 1.8e5.
@@ -83,7 +99,7 @@ SYNC_EXACT_SECONDS = 0.03
 class Knobs:
     """Everything the page lets one choose, apart from the MDP and the policy.
 
-    ``gamma`` None keeps the MDP's own discount.
+    ``gamma`` None keeps the MDP's own discount; ``entropy`` is the entropy bonus's coefficient.
     """
 
     rtg: bool = False
@@ -92,7 +108,7 @@ class Knobs:
     baseline_kind: str = "lesson"
     lam: float = 1.0
     gamma: float | None = None
-    beta: float = 0.0
+    entropy: float = 0.0
     batches: int = DEFAULT_BATCHES
 
 
@@ -102,123 +118,114 @@ def spec_text(rtg: bool, baseline: bool, knobs: Knobs) -> str:
     return f"{weight}+{knobs.baseline_kind if baseline else 'none'}"
 
 
+#: The lesson's spec in each slot of CONFIGS: a slot keeps its colour when GAE or another baseline
+#: kind changes what it measures.
+LESSON_SPECS: tuple[str, ...] = tuple(spec_text(r, b, Knobs()) for r, b in CONFIGS)
+CONFIG_COLOURS: tuple[str, ...] = tuple(LESSON_COLOURS[spec] for spec in LESSON_SPECS)
+
+
 def config_label(rtg: bool, baseline: bool, knobs: Knobs | None = None) -> str:
     """The name the page shows: the lesson's four names, adjusted for GAE and other baseline kinds."""
     knobs = knobs or Knobs()
     canonical = parse_estimator(spec_text(rtg, baseline, knobs)).canonical
-    if canonical in LESSON_NAMES:
-        return LESSON_NAMES[canonical]
-    label = LESSON_LABELS[CONFIGS.index((rtg, baseline))]
+    if canonical in LESSON_LABELS:
+        return LESSON_LABELS[canonical]
+    name = label(LESSON_SPECS[CONFIGS.index((rtg, baseline))])
     if rtg and knobs.lam < 1.0:
-        label = f"GAE λ={knobs.lam:g}" + (" + baseline" if baseline else "")
-    if baseline and _KIND_SHORT[knobs.baseline_kind]:
-        label += f" ({_KIND_SHORT[knobs.baseline_kind]})"
-    return label
+        name = f"GAE λ={knobs.lam:g}" + (" + baseline" if baseline else "")
+    if baseline and BASELINE_SHORT[knobs.baseline_kind]:
+        name += f" ({BASELINE_SHORT[knobs.baseline_kind]})"
+    return name
 
 
-def _as_bool(name: str, value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "on", "yes"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "off", "no"):
-        return False
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    raise SpecError(f"{name}: must be on or off (1/0, true/false), got {value!r}")
+def _check_n(value: object, name: str) -> int:
+    n = check_int(value, name, low=1, high=MAX_N)
+    if n not in N_CHOICES:
+        raise SpecError(f"{name}: must be a power of two from 1 to {MAX_N}, got {value!r}")
+    return n
 
 
-def _as_int(name: str, value, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"{name}: must be a whole number from {low} to {high}, got {value!r}") from None
-    whole = math.isfinite(number) and number.is_integer()
-    if isinstance(value, bool) or not whole or not low <= number <= high:
-        raise SpecError(f"{name}: must be a whole number from {low} to {high}, got {value!r}")
-    return int(number)
+def _check_batches(value: object, name: str) -> int:
+    batches = check_int(value, name, low=BATCH_CHOICES[0], high=BATCH_CHOICES[-1])
+    if batches not in BATCH_CHOICES:
+        raise SpecError(f"{name}: must be one of {', '.join(map(str, BATCH_CHOICES))}, got {value!r}")
+    return batches
 
 
-def _as_float(name: str, value, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
-        raise SpecError(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}")
-    return number
+#: Query-string key of each knob: the name a message gives it.
+KNOB_KEYS: dict[str, str] = {
+    "n": "N",
+    "rtg": "rtg",
+    "baseline": "baseline",
+    "baseline_kind": "kind",
+    "lam": "lam",
+    "gamma": "gamma",
+    "entropy": "entropy",
+    "batches": "batches",
+}
+_KNOB_CHECKS: dict[str, Callable[[object, str], object]] = {
+    "n": _check_n,
+    "rtg": check_flag,
+    "baseline": check_flag,
+    "baseline_kind": lambda value, name: check_choice(value, name, PAGE_BASELINE_KINDS),
+    "lam": LAMBDA.check,
+    "gamma": lambda value, name: None if value is None else GAMMA.check(value, name),
+    "entropy": ENTROPY.check,
+    "batches": _check_batches,
+}
 
 
 def check_knobs(knobs: Knobs, changes: Mapping[str, object]) -> Knobs:
     """``knobs`` with ``changes`` applied, every value checked; raises :class:`SpecError`."""
-    fields = {f.name for f in dataclasses.fields(Knobs)}
-    unknown = set(changes) - fields
+    unknown = set(changes) - set(_KNOB_CHECKS)
     if unknown:
-        raise SpecError(f"knobs: unknown {', '.join(sorted(unknown))}; use {', '.join(sorted(fields))}")
-    values = dict(changes)
-    for name in ("rtg", "baseline"):
-        if name in values:
-            values[name] = _as_bool(name, values[name])
-    if "n" in values:
-        values["n"] = _as_int("N", values["n"], 1, MAX_N)
-    if "batches" in values:
-        values["batches"] = _as_int("batches", values["batches"], 2, MAX_BATCHES)
-    if "baseline_kind" in values and values["baseline_kind"] not in BASELINE_KINDS:
-        raise SpecError(
-            f"baseline kind: unknown {values['baseline_kind']!r}; use one of {', '.join(BASELINE_KINDS)}"
-        )
-    if "lam" in values:
-        values["lam"] = _as_float("GAE lambda", values["lam"], 0.0, 1.0)
-    if values.get("gamma") is not None:
-        values["gamma"] = _as_float("gamma", values["gamma"], 0.0, 1.0)
-    if "beta" in values:
-        values["beta"] = _as_float("entropy beta", values["beta"], 0.0, 10.0)
+        raise SpecError(f"knobs: unknown {', '.join(sorted(unknown))}; use {', '.join(sorted(_KNOB_CHECKS))}")
+    values = {name: _KNOB_CHECKS[name](value, KNOB_KEYS[name]) for name, value in changes.items()}
     new = dataclasses.replace(knobs, **values)
     if new.lam < 1.0 and new.baseline_kind not in BIAS_FREE_FOR_GAE:
-        allowed = ", ".join(BASELINE_KINDS[k] for k in BIAS_FREE_FOR_GAE if k in BASELINE_KINDS)
+        allowed = ", ".join(BASELINE_KINDS[k] for k in PAGE_BASELINE_KINDS if k in BIAS_FREE_FOR_GAE)
         raise SpecError(
             f"GAE (lambda < 1) takes its baseline as the value function: choose {allowed}, or set lambda to 1"
         )
     return new
 
 
+def check_history(value: object, name: str = "history") -> int:
+    """Length of the rolling history."""
+    return check_int(value, name, low=MIN_HISTORY, high=MAX_HISTORY)
+
+
+def check_learning_rate(value: object, name: str = "lr") -> float:
+    return LEARNING_RATE.check(value, name)
+
+
+#: Query-string keys that are not knobs, and their checks.
+_OTHER_KEYS: dict[str, Callable[[object, str], object]] = {
+    "history": check_history,
+    "learn": check_flag,
+    "lr": check_learning_rate,
+    "mdp": lambda value, name: str(value),
+}
+QUERY_KEYS: tuple[str, ...] = (*KNOB_KEYS.values(), *_OTHER_KEYS)
+
+
 def parse_query(args: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
     """Knob changes from a page's query string (``?N=64&rtg=1``); unknown or bad values become messages.
 
-    Keys: N, rtg, baseline, kind, lam, gamma, beta, batches, history, mdp, learn, lr.
+    Keys (:data:`QUERY_KEYS`): N, rtg, baseline, kind, lam, gamma, entropy, batches (knobs, returned
+    under their :class:`Knobs` field names) and history, learn, lr, mdp (returned under their keys).
     """
-    names = {
-        "N": "n",
-        "n": "n",
-        "rtg": "rtg",
-        "baseline": "baseline",
-        "kind": "baseline_kind",
-        "lam": "lam",
-        "lambda": "lam",
-        "gamma": "gamma",
-        "beta": "beta",
-        "batches": "batches",
-    }
+    fields = {key: name for name, key in KNOB_KEYS.items()}
     changes: dict[str, object] = {}
     messages: list[str] = []
     for key, raw in args.items():
         try:
-            if key in names:
-                value = check_knobs(Knobs(), {names[key]: raw})
-                changes[names[key]] = getattr(value, names[key])
-                if key in ("N", "n") and changes["n"] not in N_CHOICES:
-                    del changes["n"]
-                    raise SpecError(f"N: must be a power of two from 1 to {MAX_N}, got {raw!r}")
-            elif key == "history":
-                changes["history"] = _as_int("history", raw, 2, MAX_HISTORY)
-            elif key == "learn":
-                changes["learn"] = _as_bool("learn", raw)
-            elif key == "lr":
-                changes["lr"] = _as_float("learning rate", raw, 0.0, 100.0)
-            elif key == "mdp":
-                changes["mdp"] = str(raw)
+            if key in fields:
+                changes[fields[key]] = _KNOB_CHECKS[fields[key]](raw, key)
+            elif key in _OTHER_KEYS:
+                changes[key] = _OTHER_KEYS[key](raw, key)
             else:
-                raise SpecError(f"unknown query parameter {key!r}")
+                raise SpecError(f"unknown parameter {key!r}; use {', '.join(QUERY_KEYS)}")
         except PgvarError as err:
             messages.append(f"query string: {err}")
     return changes, messages
@@ -245,11 +252,11 @@ class ExactValues:
 def compute_exact(key: tuple, mdp: TabularMDP, theta: np.ndarray, specs: list[EstimatorSpec]) -> ExactValues:
     """Exact moments, grad J and J for ``specs`` (the four configurations); safe in a worker thread."""
     start = time.perf_counter()
-    beta = specs[0].entropy
-    chain = unroll(mdp, theta, beta)
+    entropy = specs[0].entropy
+    chain = unroll(mdp, theta, entropy)
     moments = tuple(exact_moments(mdp, theta, spec, chain=chain) for spec in specs)
-    grad = exact_gradient(mdp, theta, beta).ravel()
-    value = objective(mdp, theta, beta)
+    grad = exact_gradient(mdp, theta, entropy).ravel()
+    value = objective(mdp, theta, entropy)
     return ExactValues(key, moments, grad, value, time.perf_counter() - start)
 
 
@@ -314,7 +321,8 @@ class HistoryPoint:
     ratio: float
 
 
-def _safe_ratio(top: float, bottom: float) -> float:
+def safe_ratio(top: float, bottom: float) -> float:
+    """top / bottom, with inf (or nan for 0 / 0) when bottom is not positive."""
     if bottom > 0:
         return top / bottom
     return math.inf if top > 0 else math.nan
@@ -343,9 +351,9 @@ class ExplorerState:
         executor: Executor | None = None,
         knobs: Knobs | None = None,
     ) -> None:
-        self.knobs = knobs or Knobs()
+        self.knobs = Knobs() if knobs is None else check_knobs(Knobs(), dataclasses.asdict(knobs))
         self.messages: dict[str, str] = {}
-        self.history: deque[HistoryPoint] = deque(maxlen=_as_int("history", history, 2, MAX_HISTORY))
+        self.history: deque[HistoryPoint] = deque(maxlen=check_history(history))
         self.learn_history: deque[tuple[int, float]] = deque(maxlen=self.history.maxlen)
         self.by_n: dict[int, tuple[float, float, float]] = {}
         self.last: TickResult | None = None
@@ -430,7 +438,7 @@ class ExplorerState:
         self.specs(new)
         old = self.knobs
         self.knobs = new
-        if self.gamma_of(old) != self.gamma_of(new) or old.beta != new.beta:
+        if self.gamma_of(old) != self.gamma_of(new) or old.entropy != new.entropy:
             self._running = None  # the running means estimate another quantity now
         return new
 
@@ -469,7 +477,7 @@ class ExplorerState:
     def specs(self, knobs: Knobs | None = None) -> list[EstimatorSpec]:
         """The four configurations' estimators (CONFIGS order) for ``knobs``."""
         knobs = knobs or self.knobs
-        return [parse_estimator(spec_text(r, b, knobs), entropy=knobs.beta) for r, b in CONFIGS]
+        return [parse_estimator(spec_text(r, b, knobs), entropy=knobs.entropy) for r, b in CONFIGS]
 
     @property
     def current_index(self) -> int:
@@ -511,7 +519,7 @@ class ExplorerState:
     # -- exact values ---------------------------------------------------------------------
     def _exact_key(self) -> tuple:
         k = self.knobs
-        return (self._mdp_version, self.gamma, k.beta, k.baseline_kind, k.lam, self.theta.tobytes())
+        return (self._mdp_version, self.gamma, k.entropy, k.baseline_kind, k.lam, self.theta.tobytes())
 
     @property
     def exact(self) -> ExactValues | None:
@@ -562,10 +570,10 @@ class ExplorerState:
     # -- the tick -------------------------------------------------------------------------
     def _chain(self):
         """The unrolled chain of the current setting (cached; a failure is cached too)."""
-        key = (self._mdp_version, self.gamma, self.knobs.beta, self.theta.tobytes())
+        key = (self._mdp_version, self.gamma, self.knobs.entropy, self.theta.tobytes())
         if self._chain_cache is None or self._chain_cache[0] != key:
             try:
-                chain = unroll(self.mdp, self.theta, self.knobs.beta)
+                chain = unroll(self.mdp, self.theta, self.knobs.entropy)
             except PgvarError as err:
                 chain = err
             self._chain_cache = (key, chain)
@@ -577,7 +585,7 @@ class ExplorerState:
     def _sampler(self, specs: list[EstimatorSpec], chain) -> Sampler:
         """The Monte-Carlo plan for ``specs`` in the current setting, made once per setting (its
         policy, path and baseline tables cost about half a millisecond on the lesson)."""
-        key = (self._mdp_version, self.gamma, self.knobs.beta, self.theta.tobytes(), tuple(specs))
+        key = (self._mdp_version, self.gamma, self.knobs.entropy, self.theta.tobytes(), tuple(specs))
         if key not in self._samplers:
             if len(self._samplers) >= 8:  # settings change as the knobs move: keep the last few
                 self._samplers.pop(next(iter(self._samplers)))
@@ -639,12 +647,12 @@ class ExplorerState:
         vanilla_n1 = self._reading(labels[0], False, False, vanilla, exact, 1)
         current = self.current_index
         now = configs[current]
-        ratio = _safe_ratio(now.variance, vanilla_n1.variance)
-        ratio_lo = _safe_ratio(now.lo, vanilla_n1.hi)
-        ratio_hi = _safe_ratio(now.hi, vanilla_n1.lo)
+        ratio = safe_ratio(now.variance, vanilla_n1.variance)
+        ratio_lo = safe_ratio(now.lo, vanilla_n1.hi)
+        ratio_hi = safe_ratio(now.hi, vanilla_n1.lo)
         ratio_exact = None
         if now.exact is not None and vanilla_n1.exact is not None:
-            ratio_exact = _safe_ratio(now.exact, vanilla_n1.exact)
+            ratio_exact = safe_ratio(now.exact, vanilla_n1.exact)
         self.tick_count += 1
         learned = False
         if self.learning:
@@ -728,7 +736,7 @@ class ExplorerState:
             grad = estimate_gradient(self.mdp, self.theta, spec, self.knobs.n, seed, running=self._running)
             self.set_theta(self.theta + self.learning_rate * grad, keep_running=True)
             self._chain()
-            value = objective(self.mdp, self.theta, self.knobs.beta)
+            value = objective(self.mdp, self.theta, self.knobs.entropy)
         except PgvarError as err:
             self.messages["policy"] = f"learning stopped: {err}"
             self.learning = False
@@ -739,77 +747,13 @@ class ExplorerState:
 
     def set_learning(self, on: bool, learning_rate: float | None = None) -> None:
         if learning_rate is not None:
-            self.learning_rate = _as_float("learning rate", learning_rate, 0.0, 100.0)
-        self.learning = bool(on)
-        if on and not self.learn_history:
-            self.learn_history.append((self.learn_steps, objective(self.mdp, self.theta, self.knobs.beta)))
+            self.learning_rate = check_learning_rate(learning_rate)
+        self.learning = check_flag(on, "learn")
+        if self.learning and not self.learn_history:
+            self.learn_history.append((self.learn_steps, objective(self.mdp, self.theta, self.knobs.entropy)))
 
     def objective(self) -> float:
-        return objective(self.mdp, self.theta, self.knobs.beta)
-
-    # -- export ---------------------------------------------------------------------------
-    def readings_csv(self) -> str:
-        """The current readings (four configurations at N, vanilla at N = 1) as CSV text."""
-        head = (
-            "config,spec,N,batches,variance,ci95_lo,ci95_hi,exact_variance,exact_reward_noise,"
-            "exact_sampling,vs_vanilla_n1,mdp,gamma,beta,tick"
-        )
-        rows = [head]
-        last = self.last
-        if last is None:
-            return head + "\n"
-        entries = [(c, last.n) for c in last.configs] + [(last.vanilla_n1, 1)]
-        for reading, n in entries:
-            ratio = _safe_ratio(reading.variance, last.vanilla_n1.variance)
-            rows.append(
-                ",".join(
-                    [
-                        _csv(reading.label),
-                        reading.spec,
-                        str(n),
-                        str(last.batches),
-                        _num(reading.variance),
-                        _num(reading.lo),
-                        _num(reading.hi),
-                        _num(reading.exact),
-                        _num(reading.reward_noise),
-                        _num(reading.sampling),
-                        _num(ratio),
-                        _csv(self.base_mdp.name),
-                        _num(self.gamma),
-                        _num(self.knobs.beta),
-                        str(last.tick),
-                    ]
-                )
-            )
-        return "\n".join(rows) + "\n"
-
-    def history_csv(self) -> str:
-        rows = ["tick,config,N,variance,ci95_lo,ci95_hi,exact_variance,vs_vanilla_n1"]
-        for p in self.history:
-            rows.append(
-                ",".join(
-                    [
-                        str(p.tick),
-                        _csv(p.label),
-                        str(p.n),
-                        _num(p.variance),
-                        _num(p.lo),
-                        _num(p.hi),
-                        _num(None if math.isnan(p.exact) else p.exact),
-                        _num(p.ratio),
-                    ]
-                )
-            )
-        return "\n".join(rows) + "\n"
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.10g}"
-
-
-def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
+        return objective(self.mdp, self.theta, self.knobs.entropy)
 
 
 def builtin_choices() -> dict[str, str]:

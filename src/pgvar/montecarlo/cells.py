@@ -51,11 +51,11 @@ class RunningSums(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def batch_means(stats_btsac, tables, running, n, means_bed):
-    """Every estimator's batch-mean gradient from the per-cell statistics, into ``means_bed``
+def batch_means(stats_mtsac, tables, running, n, means_med):
+    """Every estimator's batch-mean gradient from the per-cell statistics, into ``means_med``
     (B, E, D); the running means of batch b use ``running`` as it was before b, and ``running`` takes
     in every batch."""
-    n_batches, n_steps, n_states, n_actions, _ = stats_btsac.shape
+    n_batches, n_steps, n_states, n_actions, _ = stats_mtsac.shape
     n_estimators = tables.weight_e.shape[0]
     weights_a = np.zeros(n_actions)
     batch_g_t = np.zeros(n_steps)
@@ -74,9 +74,9 @@ def batch_means(stats_btsac, tables, running, n, means_bed):
                 visits = 0.0
                 sum_g = 0.0
                 for a in range(n_actions):
-                    visits += stats_btsac[b, t, s, a, COUNT]
-                    sum_g += stats_btsac[b, t, s, a, SUM_G]
-                    batch_r_t[t] += stats_btsac[b, t, s, a, SUM_R]
+                    visits += stats_mtsac[b, t, s, a, COUNT]
+                    sum_g += stats_mtsac[b, t, s, a, SUM_G]
+                    batch_r_t[t] += stats_mtsac[b, t, s, a, SUM_R]
                 if visits == 0.0:
                     continue
                 batch_g_t[t] += sum_g
@@ -92,11 +92,11 @@ def batch_means(stats_btsac, tables, running, n, means_bed):
                     total = 0.0
                     for a in range(n_actions):
                         if kind == WEIGHT_RETURN:
-                            w = stats_btsac[b, t, s, a, SUM_R]
+                            w = stats_mtsac[b, t, s, a, SUM_R]
                         elif kind == WEIGHT_RTG:
-                            w = scale * stats_btsac[b, t, s, a, SUM_G]
+                            w = scale * stats_mtsac[b, t, s, a, SUM_G]
                         else:
-                            w = scale * stats_btsac[b, t, s, a, SUM_ADV + tables.gae_e[e]]
+                            w = scale * stats_mtsac[b, t, s, a, SUM_ADV + tables.gae_e[e]]
                         weights_a[a] = w
                         total += w
                     mean_kind = tables.mean_e[e]
@@ -113,10 +113,10 @@ def batch_means(stats_btsac, tables, running, n, means_bed):
                         value = (
                             weights_a[a]
                             - p * total
-                            - base * (stats_btsac[b, t, s, a, COUNT] - p * visits)
+                            - base * (stats_mtsac[b, t, s, a, COUNT] - p * visits)
                             + tables.direct_tsa[t, s, a] * visits
                         )
-                        means_bed[b, e, tables.index_tsa[t, s, a]] += value * inv_n
+                        means_med[b, e, tables.index_tsa[t, s, a]] += value * inv_n
         for t in range(n_steps):
             running.sum_g_t[t] += batch_g_t[t]
             running.sum_r_t[t] += batch_r_t[t]
@@ -148,9 +148,9 @@ class Cells:
         return max(1, min(-(-STREAM_EPISODES // n), BLOCK_CELLS // cells))
 
     def draw(self, seed: np.random.SeedSequence, episodes: int, n: int) -> tuple[np.ndarray, int]:
-        stats_btsac = np.zeros((-(-episodes // n), *self.cell_shape))
-        truncated = self.source.cell_stats(seed, episodes, n, stats_btsac)
-        return stats_btsac, truncated
+        stats_mtsac = np.zeros((-(-episodes // n), *self.cell_shape))
+        truncated = self.source.cell_stats(seed, episodes, n, stats_mtsac)
+        return stats_mtsac, truncated
 
     def read(
         self,
@@ -160,8 +160,8 @@ class Cells:
         running: RunningBaselines,
         sums: ReadingSums,
     ) -> int:
-        stats_btsac, truncated = drawn
-        means_bed = np.zeros((stats_btsac.shape[0], self.plan.n_estimators, self.plan.n_params))
-        batch_means(stats_btsac, self.tables, running_sums(running), n, means_bed)
-        sums.add(first_batch, means_bed)
+        stats_mtsac, truncated = drawn
+        means_med = np.zeros((stats_mtsac.shape[0], self.plan.n_estimators, self.plan.n_params))
+        batch_means(stats_mtsac, self.tables, running_sums(running), n, means_med)
+        sums.add(first_batch, means_med)
         return truncated

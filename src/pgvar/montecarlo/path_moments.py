@@ -13,7 +13,7 @@ noise and b_t the running baseline, all from the reference (``estimators.weights
 a few sums the kernel keeps per reading: each path's count and summed noise, and the running means
 summed per visited cell. With distinct logits the visits are orthogonal, so each episode's squared norm
 is |at_mean|^2 + sum_t y_t (2 at_mean_t . score_t + y_t |score_t|^2), y_t = N_t u - b_t, which the
-kernel adds up as it draws the episode, four estimators to a SIMD vector (``pgvar._lanes``).
+kernel adds up as it draws the episode, four estimators to a SIMD vector (``pgvar.lanes``).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from numba import njit
 
-from pgvar._lanes import QUAD, fma, load4, splat4, store4
 from pgvar.baselines import MEAN_G_T, MEAN_G_TS, MEAN_R_T, RunningBaselines
 from pgvar.estimators import visit_terms, weights
-from pgvar.montecarlo.path_source import TO_UNIT, PathSource, unit_noise
+from pgvar.lanes import LANES, QUAD, fma, lane_of, load, load4, maximum, splat, splat4, store, store4
+from pgvar.montecarlo.path_source import TO_UNIT, PathSource
 from pgvar.montecarlo.plan import Plan
 from pgvar.montecarlo.readout import STREAM_EPISODES, ReadingSums, Request
 
-MAX_STEPS = 8  # horizons up to this (the kernel is compiled, loops unrolled, for each)
+MAX_STEPS = LANES  # horizons up to this: the running sums of every step fill one SIMD vector
 READOUT_PER_EPISODE = 1024  # multiply-adds of the dense read-out per episode, at most
 MAX_READOUT = 1 << 20  # entries of the dense read-out map, at most
 _CHUNK = 1 << 17  # per-reading sums held at once (1 MB)
@@ -39,18 +39,17 @@ _CHUNK = 1 << 17  # per-reading sums held at once (1 MB)
 
 class MomentTables(NamedTuple):
     """What the kernel reads. Estimators come in blocks of QUAD lanes (padded with zeros); ``_kbtjl``
-    is per path, block, step t, noise step j and lane."""
+    is per path, block, step t, noise step j and lane. The running sums of G_t and of R hold the steps
+    as the LANES lanes of one vector (``_jcl``: at the mean rewards, then per unit noise of step j)."""
 
     threshold_k: np.ndarray
     alias_k: np.ndarray
-    scale_kt: np.ndarray  # reward-noise scale per path and step (zero after the path ended)
-    gamma: float
-    mean_g_kt: np.ndarray  # G_t at the mean rewards
-    alive_kt: np.ndarray  # 1.0 while the path lasts
-    noise_kbtjl: np.ndarray  # the weight's noise at step t per unit noise of step j
-    minus_g_btl: np.ndarray  # what each lane subtracts per unit running mean of G_t at step t
-    minus_r_btl: np.ndarray  # ... and of R at step t
-    cross2_kbtl: np.ndarray  # 2 at_mean_t . score_t
+    running_kjcl: np.ndarray  # (K, 1 + T, 2, LANES) the episode's G_t and R per step (0 after its end)
+    alive_kl: np.ndarray  # (K, LANES) 1.0 while the path lasts
+    noise_kvtjl: np.ndarray  # the weight's noise at step t per unit noise of step j
+    minus_g_vtl: np.ndarray  # what each lane subtracts per unit running mean of G_t at step t
+    minus_r_vtl: np.ndarray  # ... and of R at step t
+    cross2_kvtl: np.ndarray  # 2 at_mean_t . score_t
     score_sq_kt: np.ndarray  # |score_t|^2
     mean_row_kt: np.ndarray  # the first of the two sums rows of the visit's cell (running means of G_t, R)
     has_running: bool
@@ -58,83 +57,85 @@ class MomentTables(NamedTuple):
 
 @njit(cache=True, nogil=True)
 def path_moments(
-    uniforms_es, noise_et, steps_witness, blocks_witness, tables, prior_g_t, prior_r_t, prior_n_t,
-    first_batch, per_reading, sums_rx, squares_rbl,
+    uniforms_bu, normals_bt, steps_witness, blocks_witness, tables, prior_xl, first_batch, per_reading,
+    sums_rx, squares_rvl,
 ):  # fmt: skip
-    """One-episode batches ``first_batch`` .. (one per row of ``uniforms_es``), read out per reading
+    """One-episode batches ``first_batch`` .. (one per row of ``uniforms_bu``), read out per reading
     (the call's r-th reading is r = 0 for ``first_batch``'s): into ``sums_rx[r]`` each path's count and
     summed unit noise (row k (1 + T): n, then sum u_t), and the running means of G_t and R summed per
-    visited cell (rows ``mean_row_kt``); into ``squares_rbl[r]`` the episodes' squared norms less their
-    part at the mean rewards. The running sums ``prior_*`` (per step) are read before each episode and
-    take it in after. ``steps_witness`` and ``blocks_witness`` are tuples of T and of ceil(E / 4) zeros:
-    numba compiles the kernel for each length, so the loops over them are unrolled."""
+    visited cell (rows ``mean_row_kt``); into ``squares_rvl[r]`` the episodes' squared norms less their
+    part at the mean rewards. The running sums of G_t, of R and the count per step (``prior_xl``,
+    3 rows of LANES) are read before each episode and take it in after. ``steps_witness`` and
+    ``blocks_witness`` are tuples of T and of ceil(E / 4) zeros: numba compiles the kernel for each
+    length, so the loops over them are unrolled. The episode's noise: standard normals where
+    ``normals_bt`` has rows, else the uniforms in slots 1 .. T, else none."""
     n_steps = len(steps_witness)
     n_blocks = len(blocks_witness)
     n_paths = tables.threshold_k.shape[0]
-    noisy = noise_et.shape[1] > 0
+    gaussian = normals_bt.shape[0] > 0
+    uniform = not gaussian and uniforms_bu.shape[1] > 1
     to_column = n_paths * TO_UNIT
     one = np.uint64(1)
     unit_t = np.zeros(n_steps)
-    noise_t = np.zeros(n_steps)  # the episode's scaled reward noise per step
-    mean_g_t = np.zeros(n_steps)  # the running means this episode sees
-    mean_r_t = np.zeros(n_steps)
+    ones = splat(1.0)
+    mean_g = mean_r = splat(0.0)  # the running means an episode sees
+    prior_g, prior_r, prior_n = load(prior_xl, 0), load(prior_xl, LANES), load(prior_xl, 2 * LANES)
     row_width = np.uint64(1 + n_steps)
     r = np.uint64(0)
     left = per_reading - first_batch % per_reading  # batches until reading r is complete
-    for i in range(uniforms_es.shape[0]):
+    for i in range(uniforms_bu.shape[0]):
         if left == 0:
             r += one
             left = per_reading
         left -= 1
-        x = uniforms_es[i, 0] * to_column
+        x = uniforms_bu[i, 0] * to_column
         column = int(x)
         path = column if x - column < tables.threshold_k[column] else tables.alias_k[column]
         k = np.uint64(path)
         row = k * row_width
         sums_rx[r, row] += 1.0
-        noise_r = 0.0  # the noise in R
-        discount = 1.0
         for step in range(n_steps):
             t = np.uint64(step)
-            unit_t[t] = unit_noise(noise_et[i, t]) if noisy else 0.0
+            if gaussian:
+                unit_t[t] = normals_bt[i, t]
+            elif uniform:
+                unit_t[t] = uniforms_bu[i, one + t] * TO_UNIT - 0.5
             sums_rx[r, row + one + t] += unit_t[t]
-            noise_t[t] = tables.scale_kt[k, t] * unit_t[t]
-            noise_r += discount * noise_t[t]
-            discount *= tables.gamma
         if tables.has_running:
+            inverse = ones / maximum(prior_n, ones)  # the sums are 0 while the count is
+            mean_g, mean_r = prior_g * inverse, prior_r * inverse
             for step in range(n_steps):
-                t = np.uint64(step)
-                inverse = 1.0 / max(prior_n_t[t], 1.0)  # the sums are 0 while the count is
-                mean_g_t[t] = prior_g_t[t] * inverse
-                mean_r_t[t] = prior_r_t[t] * inverse
-                cell = np.uint64(tables.mean_row_kt[k, t])
-                sums_rx[r, cell] += mean_g_t[t]
-                sums_rx[r, cell + one] += mean_r_t[t]
-        # this episode joins the running sums: G_t and R while the path lasts
-        total = tables.mean_g_kt[k, np.uint64(0)] + noise_r
-        noise_g = 0.0
-        for step in range(n_steps - 1, -1, -1):
-            t = np.uint64(step)
-            noise_g = noise_t[t] + tables.gamma * noise_g
-            prior_g_t[t] += tables.mean_g_kt[k, t] + noise_g
-            prior_r_t[t] += tables.alive_kt[k, t] * total
-            prior_n_t[t] += tables.alive_kt[k, t]
+                cell = np.uint64(tables.mean_row_kt[k, np.uint64(step)])
+                sums_rx[r, cell] += lane_of(mean_g, step)
+                sums_rx[r, cell + one] += lane_of(mean_r, step)
+        # this episode joins the running sums: its G_t and R per step, at the mean rewards plus noise
+        at = path * (n_steps + 1) * 2 * LANES
+        g, total = load(tables.running_kjcl, at), load(tables.running_kjcl, at + LANES)
+        for step in range(n_steps):
+            unit = splat(unit_t[np.uint64(step)])
+            at += 2 * LANES
+            g = fma(unit, load(tables.running_kjcl, at), g)
+            total = fma(unit, load(tables.running_kjcl, at + LANES), total)
+        prior_g, prior_r = prior_g + g, prior_r + total
+        prior_n = prior_n + load(tables.alive_kl, path * LANES)
         for block in range(n_blocks):
             square = splat4(0.0)
             for step in range(n_steps):
                 t = np.uint64(step)
                 at = (block * n_steps + step) * QUAD
-                y = splat4(0.0) - load4(tables.minus_g_btl, at) * splat4(mean_g_t[t])
-                y = y - load4(tables.minus_r_btl, at) * splat4(mean_r_t[t])
-                first = (((path * n_blocks + block) * n_steps + step) * n_steps) * QUAD
+                y = splat4(0.0) - load4(tables.minus_g_vtl, at) * splat4(lane_of(mean_g, step))
+                y = y - load4(tables.minus_r_vtl, at) * splat4(lane_of(mean_r, step))
+                first = ((path * n_blocks + block) * n_steps + step) * n_steps * QUAD
                 for noise_step in range(n_steps):
-                    y = fma(
-                        load4(tables.noise_kbtjl, first + noise_step * QUAD), splat4(unit_t[noise_step]), y
-                    )
-                cross2 = load4(tables.cross2_kbtl, ((path * n_blocks + block) * n_steps + step) * QUAD)
+                    noise = load4(tables.noise_kvtjl, first + noise_step * QUAD)
+                    y = fma(noise, splat4(unit_t[np.uint64(noise_step)]), y)
+                cross2 = load4(tables.cross2_kvtl, ((path * n_blocks + block) * n_steps + step) * QUAD)
                 square = fma(y, fma(splat4(tables.score_sq_kt[k, t]), y, cross2), square)
             at = (r * n_blocks + block) * QUAD
-            store4(squares_rbl, at, load4(squares_rbl, at) + square)
+            store4(squares_rvl, at, load4(squares_rvl, at) + square)
+    store(prior_xl, 0, prior_g)
+    store(prior_xl, LANES, prior_r)
+    store(prior_xl, 2 * LANES, prior_n)
 
 
 @cache
@@ -228,18 +229,26 @@ class PathMoments:
         self.readout_xf = np.ascontiguousarray(readout_xed.reshape(readout_xed.shape[0], -1))
         self.square_ke = square_ke
         self.count_rows = count_rows
-        cell_paths = source.cell_paths
+        # G_t and R per step as the running sums add them: at the mean rewards, then per unit noise u_j
+        lag_tj = np.arange(steps)[None, :] - np.arange(steps)[:, None]
+        decay_tj = np.where(lag_tj >= 0, mdp.gamma ** np.maximum(lag_tj, 0), 0.0)
+        running_kjcl = np.zeros((n_paths, 1 + steps, 2, LANES))
+        running_kjcl[:, 0, 0, :steps] = source.cell_paths.mean_g_kt
+        running_kjcl[:, 0, 1, :steps] = source.alive_kt * source.cell_paths.mean_g_kt[:, :1]
+        running_kjcl[:, 1:, 0, :steps] = (decay_tj[None] * source.scale_kt[:, None, :]).transpose(0, 2, 1)
+        noise_r_kj = mdp.gamma ** np.arange(steps) * source.scale_kt
+        running_kjcl[:, 1:, 1, :steps] = noise_r_kj[:, :, None] * source.alive_kt[:, None, :]
+        alive_kl = np.zeros((n_paths, LANES))
+        alive_kl[:, :steps] = source.alive_kt
         self.tables = MomentTables(
             threshold_k=source.threshold_k,
             alias_k=source.alias_k,
-            scale_kt=source.scale_kt,
-            gamma=float(mdp.gamma),
-            mean_g_kt=cell_paths.mean_g_kt,
-            alive_kt=source.alive_kt.astype(float),
-            noise_kbtjl=np.ascontiguousarray(in_blocks(noise_ektj).transpose(1, 0, 2, 3, 4)),
-            minus_g_btl=np.ascontiguousarray(in_blocks(minus_g_et)),
-            minus_r_btl=np.ascontiguousarray(in_blocks(minus_r_et)),
-            cross2_kbtl=np.ascontiguousarray(in_blocks(cross2_ekt).transpose(1, 0, 2, 3)),
+            running_kjcl=running_kjcl,
+            alive_kl=alive_kl,
+            noise_kvtjl=np.ascontiguousarray(in_blocks(noise_ektj).transpose(1, 0, 2, 3, 4)),
+            minus_g_vtl=np.ascontiguousarray(in_blocks(minus_g_et)),
+            minus_r_vtl=np.ascontiguousarray(in_blocks(minus_r_et)),
+            cross2_kvtl=np.ascontiguousarray(in_blocks(cross2_ekt).transpose(1, 0, 2, 3)),
             score_sq_kt=np.ascontiguousarray((scores_tkA**2).sum(axis=2).T * source.alive_kt),
             mean_row_kt=(count_rows + 2 * cell_kt).astype(np.int64),
             has_running=has_running,
@@ -256,29 +265,32 @@ class PathMoments:
         self, drawn: tuple[np.ndarray, np.ndarray], n: int, first_batch: int, running: RunningBaselines,
         sums: ReadingSums,
     ) -> int:  # fmt: skip
-        uniforms_es, noise_et = drawn
+        uniforms_bu, normals_bt = drawn
         per_reading = sums.per_reading
         plan = self.plan
         rows = self.readout_xf.shape[0]
         blocks = len(self.witnesses[1])
         per_chunk = max(1, _CHUNK // rows)  # readings
         start = 0
-        while start < uniforms_es.shape[0]:
+        while start < uniforms_bu.shape[0]:
             reading = (first_batch + start) // per_reading
-            stop = min(uniforms_es.shape[0], (reading + per_chunk) * per_reading - first_batch)
+            stop = min(uniforms_bu.shape[0], (reading + per_chunk) * per_reading - first_batch)
             readings = -(-(first_batch + stop) // per_reading) - reading
             sums_rx = np.zeros((readings, rows))
-            squares_rbl = np.zeros((readings, blocks, QUAD))
+            squares_rvl = np.zeros((readings, blocks, QUAD))
+            prior_xl = np.zeros((3, LANES))
+            prior_xl[:, : plan.steps] = running.sum_g_t, running.sum_r_t, running.count_t
             path_moments(
-                uniforms_es[start:stop], noise_et[start:stop], *self.witnesses, self.tables, running.sum_g_t,
-                running.sum_r_t, running.count_t, first_batch + start, per_reading, sums_rx, squares_rbl,
+                uniforms_bu[start:stop], normals_bt[start:stop], *self.witnesses, self.tables, prior_xl,
+                first_batch + start, per_reading, sums_rx, squares_rvl,
             )  # fmt: skip
+            running.sum_g_t[:], running.sum_r_t[:], running.count_t[:] = prior_xl[:, : plan.steps]
             chunk = slice(reading, reading + readings)
             summed_rx = sums_rx @ self.readout_xf
             sums.sum_red[chunk] += summed_rx.reshape(readings, plan.n_estimators, plan.n_params)
             counts_rk = sums_rx[:, : self.count_rows : 1 + plan.steps]
             sums.sumsq_re[chunk] += (
-                squares_rbl.reshape(readings, -1)[:, : plan.n_estimators] + counts_rk @ self.square_ke
+                squares_rvl.reshape(readings, -1)[:, : plan.n_estimators] + counts_rk @ self.square_ke
             )
             self._count_states(sums_rx, running)
             start = stop

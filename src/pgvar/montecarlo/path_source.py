@@ -19,8 +19,7 @@ from functools import cached_property
 from typing import ClassVar, NamedTuple
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from pgvar.montecarlo.plan import Episodes, Plan
 from pgvar.paths import count_flow_paths, enumerate_flow_paths
@@ -30,20 +29,8 @@ MAX_PATHS = 4096  # finite-horizon MDPs with at most this many paths are sampled
 TO_UNIT = 1.0 / 4294967296.0  # 2**-32: a 32-bit integer as a uniform in [0, 1)
 CHANNELS = ("count", "sum_g", "sum_r")  # statistics per cell, then one sum per GAE estimator
 COUNT, SUM_G, SUM_R, SUM_ADV = 0, 1, 2, 3
+_NO_NORMALS = np.zeros((0, 0))
 _DRAW_WORDS = 1 << 18  # raw words drawn at a time (2 MB) when a block's path sums are gathered
-
-
-def unit_noise(value):
-    """One reward-noise number as the unit noise it stands for: a 32-bit uniform u gives
-    u 2^-32 - 1/2, a standard normal is itself (inside compiled code the array's type decides)."""
-    return value * TO_UNIT - 0.5 if isinstance(value, (int, np.integer)) else float(value)
-
-
-@overload(unit_noise, inline="always")
-def _unit_noise_for_type(value):
-    if isinstance(value, types.Integer):
-        return lambda value: value * TO_UNIT - 0.5
-    return lambda value: value
 
 
 def alias_tables(prob_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,23 +66,45 @@ class CellPaths(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def add_path_sums(uniforms_es, noise_et, threshold_k, alias_k, first, batch_size, sums_bkw):
+def add_path_sums(uniforms_bu, normals_bt, threshold_k, alias_k, first, batch_size, sums_mkw):
     """Add episodes ``first`` .. ``first + E - 1`` into per-batch path sums: episode i (batch
-    i // batch_size) takes path k from ``uniforms_es[i, 0]`` (column floor(u K), kept when the
+    i // batch_size) takes path k from ``uniforms_bu[i, 0]`` (column floor(u K), kept when the
     fraction of u K is below ``threshold_k[column]``, else ``alias_k[column]``) and adds 1 to
-    ``sums_bkw[batch, k, 0]`` and its unit noise of step t (from ``noise_et[i, t]``) to
-    ``sums_bkw[batch, k, 1 + t]``."""
+    ``sums_mkw[batch, k, 0]`` and its unit noise of step t to ``sums_mkw[batch, k, 1 + t]``: a
+    standard normal from ``normals_bt`` where it has rows, else u 2^-32 - 1/2 from the uniform in
+    slot 1 + t."""
     n_paths = threshold_k.shape[0]
-    n_noise = noise_et.shape[1]
+    width = sums_mkw.shape[2]
+    rows_xw = sums_mkw.reshape((sums_mkw.shape[0] * n_paths, width))
+    gaussian = normals_bt.shape[0] > 0
     to_column = n_paths * TO_UNIT
     batch, in_batch = first // batch_size, first % batch_size
-    for i in range(uniforms_es.shape[0]):
-        x = uniforms_es[i, 0] * to_column
+    for i in range(uniforms_bu.shape[0]):
+        x = uniforms_bu[i, 0] * to_column
         column = int(x)
-        k = column if x - column < threshold_k[column] else alias_k[column]
-        sums_bkw[batch, k, 0] += 1.0
-        for t in range(n_noise):
-            sums_bkw[batch, k, 1 + t] += unit_noise(noise_et[i, t])
+        row = batch * n_paths + (column if x - column < threshold_k[column] else alias_k[column])
+        rows_xw[row, 0] += 1.0
+        if gaussian:
+            for t in range(width - 1):
+                rows_xw[row, 1 + t] += normals_bt[i, t]
+        else:  # four at a time, the rest unrolled: the CPU then overlaps one episode with the next
+            t = 1
+            while t + 4 <= width:
+                rows_xw[row, t] += uniforms_bu[i, t] * TO_UNIT - 0.5
+                rows_xw[row, t + 1] += uniforms_bu[i, t + 1] * TO_UNIT - 0.5
+                rows_xw[row, t + 2] += uniforms_bu[i, t + 2] * TO_UNIT - 0.5
+                rows_xw[row, t + 3] += uniforms_bu[i, t + 3] * TO_UNIT - 0.5
+                t += 4
+            left = width - t
+            if left == 3:
+                rows_xw[row, t] += uniforms_bu[i, t] * TO_UNIT - 0.5
+                rows_xw[row, t + 1] += uniforms_bu[i, t + 1] * TO_UNIT - 0.5
+                rows_xw[row, t + 2] += uniforms_bu[i, t + 2] * TO_UNIT - 0.5
+            elif left == 2:
+                rows_xw[row, t] += uniforms_bu[i, t] * TO_UNIT - 0.5
+                rows_xw[row, t + 1] += uniforms_bu[i, t + 1] * TO_UNIT - 0.5
+            elif left == 1:
+                rows_xw[row, t] += uniforms_bu[i, t] * TO_UNIT - 0.5
         in_batch += 1
         if in_batch == batch_size:
             batch += 1
@@ -103,27 +112,27 @@ def add_path_sums(uniforms_es, noise_et, threshold_k, alias_k, first, batch_size
 
 
 @njit(cache=True, nogil=True)
-def path_sums_to_cells(sums_bkw, paths, stats_btsac):
+def path_sums_to_cells(sums_mkw, paths, stats_mtsac):
     """Add per-batch path sums (count, then unit noise per step) into per-cell statistics: the visit
     count and the sums of G_t, of R and of each GAE advantage per (batch, step, state, action).
 
     Every sum is affine in the rewards: over the n episodes of path k in a batch, the sum of G_t is
     n * (G_t at the mean rewards) + sum_{t' >= t} gamma^(t' - t) scale_t' (noise summed at t'); the
     same with gamma * lambda for a GAE advantage, and R = G_0."""
-    n_batches, n_steps, n_states, n_actions, n_channels = stats_btsac.shape
+    n_batches, n_steps, n_states, n_actions, n_channels = stats_mtsac.shape
     cells = n_steps * n_states * n_actions
-    stats_xc = stats_btsac.reshape((n_batches * cells, n_channels))
-    noisy = sums_bkw.shape[2] > 1
+    stats_xc = stats_mtsac.reshape((n_batches * cells, n_channels))
+    noisy = sums_mkw.shape[2] > 1
     noise_g_t = np.zeros(n_steps + 1)
     for b in range(n_batches):
-        for k in range(sums_bkw.shape[1]):
-            n = sums_bkw[b, k, 0]
+        for k in range(sums_mkw.shape[1]):
+            n = sums_mkw[b, k, 0]
             if n == 0.0:
                 continue
             length = paths.length_k[k]
             noise_g_t[length] = 0.0
             for t in range(length - 1, -1, -1):
-                noise = paths.scale_kt[k, t] * sums_bkw[b, k, 1 + t] if noisy else 0.0
+                noise = paths.scale_kt[k, t] * sums_mkw[b, k, 1 + t] if noisy else 0.0
                 noise_g_t[t] = noise + paths.gamma * noise_g_t[t + 1]
             total = n * paths.mean_g_kt[k, 0] + noise_g_t[0]
             for t in range(length):
@@ -136,7 +145,7 @@ def path_sums_to_cells(sums_bkw, paths, stats_btsac):
                 for t in range(length - 1, -1, -1):
                     if noisy:
                         noise_adv = (
-                            paths.scale_kt[k, t] * sums_bkw[b, k, 1 + t] + paths.gae_decay_g[g] * noise_adv
+                            paths.scale_kt[k, t] * sums_mkw[b, k, 1 + t] + paths.gae_decay_g[g] * noise_adv
                         )
                     stats_xc[b * cells + paths.cell_kt[k, t], SUM_ADV + g] += (
                         n * paths.mean_adv_gkt[g, k, t] + noise_adv
@@ -233,39 +242,36 @@ class PathSource:
         return PathStream(seed, np.random.PCG64(seed))
 
     def numbers(self, stream: PathStream, episodes: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next ``episodes`` episodes' random numbers: (E, slots) 32-bit uniforms (the path
-        first) and (E, T) reward noise (32-bit uniforms or standard normals; (E, 0) without noise).
-        The uniforms come from whole raw words (an odd count leaves the last word's high half
-        unused), so drawing in pieces of even size gives the same numbers."""
+        """The next ``episodes`` episodes' random numbers: (E, slots) 32-bit uniforms (the path, then
+        the uniform reward noise per step) and (E, T) standard normals for Gaussian noise ((0, 0)
+        otherwise). The uniforms come from whole raw words (an odd count leaves the last word's high
+        half unused), so drawing in pieces of even size gives the same numbers."""
         slots = self.slots
         words = stream.bits.random_raw((episodes * slots + 1) // 2)
-        uniforms_es = words.view(np.uint32)[: episodes * slots].reshape(episodes, slots)
-        kind = self.plan.mdp.reward_noise
-        if kind == "uniform":
-            return uniforms_es, uniforms_es[:, 1:]
-        if kind == "gaussian":
-            if stream.normals is None:
-                stream.normals = np.random.default_rng(stream.seed.spawn(1)[0])
-            return uniforms_es, stream.normals.standard_normal((episodes, self.plan.steps))
-        return uniforms_es, np.zeros((episodes, 0))
+        uniforms_bu = words.view(np.uint32)[: episodes * slots].reshape(episodes, slots)
+        if self.plan.mdp.reward_noise != "gaussian":
+            return uniforms_bu, _NO_NORMALS
+        if stream.normals is None:
+            stream.normals = np.random.default_rng(stream.seed.spawn(1)[0])
+        return uniforms_bu, stream.normals.standard_normal((episodes, self.plan.steps))
 
-    def paths_of(self, uniforms_es: np.ndarray) -> np.ndarray:
+    def paths_of(self, uniforms_bu: np.ndarray) -> np.ndarray:
         """(E,) the path each episode's first uniform picks (as the kernels pick it)."""
-        x = uniforms_es[:, 0] * (self.n_paths * TO_UNIT)
+        x = uniforms_bu[:, 0] * (self.n_paths * TO_UNIT)
         column = x.astype(np.int64)
         return np.where(x - column < self.threshold_k[column], column, self.alias_k[column])
 
-    def decode(self, uniforms_es: np.ndarray, noise_et: np.ndarray) -> Episodes:
+    def decode(self, uniforms_bu: np.ndarray, normals_bt: np.ndarray) -> Episodes:
         """The episodes these random numbers stand for."""
-        k = self.paths_of(uniforms_es)
-        noise = np.zeros((k.size, self.plan.steps))
-        if noise_et.shape[1]:
-            unit = noise_et * TO_UNIT - 0.5 if noise_et.dtype == np.uint32 else noise_et
-            noise = self.scale_kt[k] * unit
-        return Episodes(
-            self.states_kt[k].T, self.actions_kt[k].T, (self.rewards_kt[k] + noise).T * self.alive_kt[k].T,
-            self.alive_kt[k].T,
-        )  # fmt: skip
+        k = self.paths_of(uniforms_bu)
+        if normals_bt.shape[0]:
+            unit_kt = normals_bt
+        elif uniforms_bu.shape[1] > 1:
+            unit_kt = uniforms_bu[:, 1:] * TO_UNIT - 0.5
+        else:
+            unit_kt = np.zeros((k.size, self.plan.steps))
+        rewards_kt = (self.rewards_kt[k] + self.scale_kt[k] * unit_kt) * self.alive_kt[k]
+        return Episodes(self.states_kt[k].T, self.actions_kt[k].T, rewards_kt.T, self.alive_kt[k].T)
 
     def episodes(self, seed: np.random.SeedSequence, episodes: int) -> Episodes:
         """The first ``episodes`` episodes of the stream ``seed``."""
@@ -312,14 +318,15 @@ class PathSource:
         cells, inverse = np.unique(np.where(self.alive_kt, self.cell_paths.cell_kt, -1), return_inverse=True)
         return cells, inverse.reshape(self.alive_kt.shape)
 
-    def cell_stats(self, seed: np.random.SeedSequence, episodes: int, n: int, stats_btsac: np.ndarray) -> int:
+    def cell_stats(self, seed: np.random.SeedSequence, episodes: int, n: int, stats_mtsac: np.ndarray) -> int:
         """Draw ``episodes`` episodes (batches of ``n``) from the stream ``seed`` and add their
-        per-cell statistics into ``stats_btsac``; returns the episodes cut short (none here)."""
+        per-cell statistics into ``stats_mtsac``; returns the episodes cut short (none here)."""
         stream = self.stream(seed)
-        sums_bkw = np.zeros((stats_btsac.shape[0], self.n_paths, 1 + self.plan.steps))
+        width = 1 + (self.plan.steps if self.plan.mdp.reward_noise != "none" else 0)
+        sums_mkw = np.zeros((stats_mtsac.shape[0], self.n_paths, width))
         chunk = max(2, _DRAW_WORDS // self.slots // 2 * 2)  # episodes per draw, even: no half word skipped
         for first in range(0, episodes, chunk):
-            uniforms_es, noise_et = self.numbers(stream, min(chunk, episodes - first))
-            add_path_sums(uniforms_es, noise_et, self.threshold_k, self.alias_k, first, n, sums_bkw)
-        path_sums_to_cells(sums_bkw, self.cell_paths, stats_btsac)
+            uniforms_bu, normals_bt = self.numbers(stream, min(chunk, episodes - first))
+            add_path_sums(uniforms_bu, normals_bt, self.threshold_k, self.alias_k, first, n, sums_mkw)
+        path_sums_to_cells(sums_mkw, self.cell_paths, stats_mtsac)
         return 0

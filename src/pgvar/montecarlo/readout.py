@@ -47,16 +47,16 @@ class ReadingSums:
     def zeros(cls, readings: int, estimators: int, params: int, per_reading: int) -> ReadingSums:
         return cls(per_reading, np.zeros((readings, estimators, params)), np.zeros((readings, estimators)))
 
-    def add(self, first_batch: int, means_bed: np.ndarray) -> None:
+    def add(self, first_batch: int, means_med: np.ndarray) -> None:
         """Fold in the (B, E, D) means of batches ``first_batch`` .. ``first_batch + B - 1``."""
         if self.per_reading == 1:
-            self.sum_red[first_batch : first_batch + means_bed.shape[0]] += means_bed
+            self.sum_red[first_batch : first_batch + means_med.shape[0]] += means_med
             return
-        squares_be = np.einsum("bed,bed->be", means_bed, means_bed)
-        reading_b = (first_batch + np.arange(means_bed.shape[0])) // self.per_reading
-        firsts = np.flatnonzero(np.diff(reading_b, prepend=-1))  # each reading's first row in the block
-        self.sum_red[reading_b[firsts]] += np.add.reduceat(means_bed, firsts)
-        self.sumsq_re[reading_b[firsts]] += np.add.reduceat(squares_be, firsts)
+        squares_me = np.einsum("bed,bed->be", means_med, means_med)
+        reading_m = (first_batch + np.arange(means_med.shape[0])) // self.per_reading
+        firsts = np.flatnonzero(np.diff(reading_m, prepend=-1))  # each reading's first row in the block
+        self.sum_red[reading_m[firsts]] += np.add.reduceat(means_med, firsts)
+        self.sumsq_re[reading_m[firsts]] += np.add.reduceat(squares_me, firsts)
 
     def variance_trace_re(self) -> np.ndarray:
         """(R, E) each reading's KPI per estimator (``kpi.variance_traces``)."""

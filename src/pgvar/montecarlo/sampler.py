@@ -34,6 +34,7 @@ DEFAULT_WARMUP = 1000  # episodes that warm running baselines up when no running
 READ_OUTS: tuple[type[ReadOut], ...] = (PathMoments, Cells)  # the first that applies serves a request
 METHODS = ("auto", "paths", "steps")
 _WARMUP_STREAM = 1 << 30  # the warm-up's stream key, apart from the blocks'
+_NAMES = [kind.name for kind in READ_OUTS]
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Sampler:
             raise SpecError(f"method: paths needs a finite horizon and at most {MAX_PATHS} paths; use steps")
         self.source: PathSource | StepSource = source if source is not None else StepSource.build(self.plan)
         self._read_outs: dict[str, ReadOut] = {}
+        self._chosen: dict[tuple, ReadOut] = {}
 
     @property
     def specs(self) -> list[EstimatorSpec]:
@@ -110,15 +112,18 @@ class Sampler:
         return next(kind.name for kind in READ_OUTS if kind.applies(self.plan, self.source, request))
 
     def _read_out(self, request: Request, route: str) -> ReadOut:
-        names = [kind.name for kind in READ_OUTS]
-        if route == "auto":
-            route = self.route(request.n, request.batches, request.per_reading)
-        kind = READ_OUTS[names.index(check_choice(route, "route", ["auto", *names]))]
-        if not kind.applies(self.plan, self.source, request):
-            raise SpecError(f"route: {route} does not apply to this request")
-        if route not in self._read_outs:
-            self._read_outs[route] = kind(self.plan, self.source)
-        return self._read_outs[route]
+        """The read-out named ``route`` (``auto``: the first that applies), made once per sampler."""
+        key = (route, request.n == 1, request.per_reading)  # what ``applies`` looks at, besides the plan
+        if key not in self._chosen:
+            if route == "auto":
+                route = self.route(request.n, request.batches, request.per_reading)
+            kind = READ_OUTS[_NAMES.index(check_choice(route, "route", ["auto", *_NAMES]))]
+            if not kind.applies(self.plan, self.source, request):
+                raise SpecError(f"route: {route} does not apply to this request")
+            if route not in self._read_outs:
+                self._read_outs[route] = kind(self.plan, self.source)
+            self._chosen[key] = self._read_outs[route]
+        return self._chosen[key]
 
     def sample(
         self,
@@ -142,11 +147,11 @@ class Sampler:
         ``workers`` threads give the same numbers as one. ``route`` forces a read-out by name."""
         request = Request(check_int(n, "N", low=1), check_int(batches, "batches", low=1), 1)
         running = self._running(running, warmup, seed)
-        before = running.copy()
+        count_ts, sum_g_ts = running.count_ts.copy(), running.sum_g_ts.copy()
         read_out, sums, truncated = self._run(request, seed, running, workers, progress, route)
         return Sample(
             self.specs, n, read_out.name, sums.sum_red.transpose(1, 0, 2), truncated, running,
-            running.count_ts - before.count_ts, running.sum_g_ts - before.sum_g_ts,
+            running.count_ts - count_ts, running.sum_g_ts - sum_g_ts,
         )  # fmt: skip
 
     def readings(

@@ -63,10 +63,10 @@ class Scratch(NamedTuple):
 class Trace(NamedTuple):
     """Recorded episodes, (E, L) each and their lengths; E = 0 records nothing."""
 
-    states_el: np.ndarray
-    actions_el: np.ndarray
-    rewards_el: np.ndarray  # without the entropy bonus
-    length_e: np.ndarray
+    states_bt: np.ndarray
+    actions_bt: np.ndarray
+    rewards_bt: np.ndarray  # without the entropy bonus
+    length_b: np.ndarray
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -80,23 +80,23 @@ def _draw(cdf_a, u):
 
 @njit(cache=True, nogil=True)
 def walk(
-    words, word_pos, normals, normal_pos, tables, episode, n_episodes, batch_size, stats_btsac, scratch, trace
+    words, word_pos, normals, normal_pos, tables, episode, n_episodes, batch_size, stats_mtsac, scratch, trace
 ):
     """Walk episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size
-    and its statistics go into ``stats_btsac[batch]`` (steps t >= T into the last step row).
+    and its statistics go into ``stats_mtsac[batch]`` (steps t >= T into the last step row).
 
     Stops early, before finishing an episode, when ``words`` or ``normals`` could run out, and returns
     the positions of that episode's first numbers so the caller can refill and replay it.
     Returns (next episode, word_pos, normal_pos, episodes cut at ``max_steps`` without ending)."""
-    n_batches, n_acc_steps, n_states, n_actions, n_channels = stats_btsac.shape
-    stats_xc = stats_btsac.reshape((n_batches * n_acc_steps * n_states * n_actions, n_channels))
+    n_batches, n_acc_steps, n_states, n_actions, n_channels = stats_mtsac.shape
+    stats_xc = stats_mtsac.reshape((n_batches * n_acc_steps * n_states * n_actions, n_channels))
     per_step_policy = tables.probs_cdf_psa.shape[0] > 1
     per_step_trans = tables.trans_cdf.shape[0] > 1
     n_gae = tables.gae_decay_g.shape[0]
     max_steps = tables.max_steps
     gaussian = tables.noise_kind == NOISE_GAUSSIAN
     n_words = words.shape[0]
-    tracing = trace.length_e.shape[0] > 0
+    tracing = trace.length_b.shape[0] > 0
     cut = 0
     batch = episode // batch_size
     in_batch = episode - batch * batch_size  # a counter, not a division per episode
@@ -144,10 +144,10 @@ def walk(
             elif gaussian:
                 r += tables.noise_scale_sa[s, a] * normals[normal_pos]
                 normal_pos += 1
-            if tracing and length < trace.states_el.shape[1]:
-                trace.states_el[episode, length] = s
-                trace.actions_el[episode, length] = a
-                trace.rewards_el[episode, length] = r
+            if tracing and length < trace.states_bt.shape[1]:
+                trace.states_bt[episode, length] = s
+                trace.actions_bt[episode, length] = a
+                trace.rewards_bt[episode, length] = r
             r += tables.entropy_bonus_ps[p, s]
             scratch.cells_t[length] = (
                 (batch_cell + min(length, n_acc_steps - 1)) * n_states + s
@@ -166,7 +166,7 @@ def walk(
         if not tables.terminal_s[s] and length == max_steps and max_steps > n_acc_steps:
             cut += 1
         if tracing:
-            trace.length_e[episode] = length
+            trace.length_b[episode] = length
         ret = 0.0
         for t in range(length - 1, -1, -1):
             ret = scratch.rewards_t[t] + tables.gamma * ret  # the reward-to-go G_t
@@ -231,7 +231,7 @@ class StepSource:
         return cls(plan, tables)
 
     def _walk(
-        self, seed: np.random.SeedSequence, episodes: int, n: int, stats_btsac: np.ndarray, trace: Trace
+        self, seed: np.random.SeedSequence, episodes: int, n: int, stats_mtsac: np.ndarray, trace: Trace
     ) -> int:
         """Walk ``episodes`` episodes of the stream ``seed``, refilling the buffers; returns the
         episodes cut at the step cap."""
@@ -260,7 +260,7 @@ class StepSource:
                 episode,
                 episodes,
                 n,
-                stats_btsac,
+                stats_mtsac,
                 scratch,
                 trace,
             )
@@ -274,10 +274,10 @@ class StepSource:
                 normals = np.concatenate([normals[normal_pos:], normal_rng.standard_normal(_WORDS)])
                 normal_pos = 0
 
-    def cell_stats(self, seed: np.random.SeedSequence, episodes: int, n: int, stats_btsac: np.ndarray) -> int:
+    def cell_stats(self, seed: np.random.SeedSequence, episodes: int, n: int, stats_mtsac: np.ndarray) -> int:
         """Walk ``episodes`` episodes (batches of ``n``) of the stream ``seed`` into the per-cell
-        statistics ``stats_btsac``; returns the episodes cut short at the step cap."""
-        return self._walk(seed, episodes, n, stats_btsac, _NO_TRACE)
+        statistics ``stats_mtsac``; returns the episodes cut short at the step cap."""
+        return self._walk(seed, episodes, n, stats_mtsac, _NO_TRACE)
 
     def episodes(
         self, seed: np.random.SeedSequence, episodes: int, max_length: int | None = None
@@ -296,12 +296,12 @@ class StepSource:
             (1, plan.steps, plan.mdp.n_states, plan.mdp.n_actions, SUM_ADV + plan.gae_decay_g.size)
         )
         self._walk(seed, episodes, max(episodes, 1), stats, trace)
-        longest = int(trace.length_e.max(initial=0))
+        longest = int(trace.length_b.max(initial=0))
         if longest > width:
             raise PgvarError(f"episodes: an episode ran {longest} steps, past the {width} asked for")
-        alive_el = np.arange(longest)[None, :] < trace.length_e[:, None]
-        return Episodes(trace.states_el[:, :longest].T, trace.actions_el[:, :longest].T,
-                        trace.rewards_el[:, :longest].T * alive_el.T, alive_el.T)  # fmt: skip
+        alive_bt = np.arange(longest)[None, :] < trace.length_b[:, None]
+        return Episodes(trace.states_bt[:, :longest].T, trace.actions_bt[:, :longest].T,
+                        trace.rewards_bt[:, :longest].T * alive_bt.T, alive_bt.T)  # fmt: skip
 
 
 _NO_TRACE = Trace(np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)),

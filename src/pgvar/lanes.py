@@ -7,10 +7,9 @@ handful of estimators. So those kernels hold LANES values in one LLVM vector, a 
 (a float on the left is broadcast). Arrays are read and written LANES elements at a time at a flat
 index, so they must be C-contiguous; ``load4``, ``store4`` and ``splat4`` make vectors of QUAD = 4
 lanes instead (one AVX2 register of float64), on which the same arithmetic works. Users: the narrow
-and one-stream kernels of ``pgvar.returns`` (8 streams or 8 steps per vector),
-``_kernels.paths_readings`` (8 estimators per vector) and ``_kernels.path_moments_running`` (4
-estimators, or 4 steps, per vector). Numba's global settings are left alone, and ``cache=True``
-works for the kernels that use them.
+and one-stream kernels of ``pgvar.returns`` (8 streams or 8 steps per vector) and
+``pgvar.montecarlo.path_moments`` (4 estimators, or 8 steps, per vector). Numba's global settings
+are left alone, and ``cache=True`` works for the kernels that use them.
 """
 
 from __future__ import annotations
