@@ -226,9 +226,11 @@ def episode_gradients(
     gamma = mdp.gamma
     steps_t1 = np.arange(n_steps)[:, None]
     probs_tbA = np.stack([policy_table(theta, mdp, t)[states_tb[t]] for t in range(n_steps)])
-    entropy_pairs = [entropy_table(theta, mdp, t) for t in range(n_steps)]
-    entropy_tb = np.stack([pair[0][states_tb[t]] for t, pair in enumerate(entropy_pairs)])
-    grad_h_tbA = np.stack([pair[1][states_tb[t]] for t, pair in enumerate(entropy_pairs)])
+    entropy_tb, grad_h_tbA = np.zeros(states_tb.shape), np.zeros(probs_tbA.shape)
+    if spec.entropy > 0:
+        pairs = [entropy_table(theta, mdp, t) for t in range(n_steps)]
+        entropy_tb = np.stack([pair[0][states_tb[t]] for t, pair in enumerate(pairs)])
+        grad_h_tbA = np.stack([pair[1][states_tb[t]] for t, pair in enumerate(pairs)])
     rewards_tb = np.where(alive_tb, rewards_tb + spec.entropy * entropy_tb, 0.0)
     values_tb = None
     if spec.weight == "gae":
