@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     results, labels = [], []
     for entropy in ENTROPIES:
         config = TrainConfig(
-            lr=1.0, batch=16, updates=args.updates, runs=args.runs, seed=args.seed, entropy=entropy
+            lr=1.0, n=16, updates=args.updates, runs=args.runs, seed=args.seed, entropy=entropy
         )
         results.append(train(mdp, ["rtg+learned"], config))
         labels += [f"rtg+learned, β = {entropy:g}", f"exact gradient, β = {entropy:g}"]

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results = []
     for k in STEP_SIZES:
-        config = TrainConfig(lr=2.0**-k, batch=1, updates=args.episodes, runs=args.runs, seed=args.seed)
+        config = TrainConfig(lr=2.0**-k, n=1, updates=args.episodes, runs=args.runs, seed=args.seed)
         results.append(train(mdp, ["rtg"], config, THETA0, exact_reference=False))
     result = combine(results, [f"REINFORCE, α = 2^-{k}" for k in STEP_SIZES])
     out = args.out or default_out("sutton-barto-13.1")

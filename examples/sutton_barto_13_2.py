@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"start: pi(right) = 0.05, J = {evaluate(mdp, THETA0).J:.1f};  v*(S) = {best:.2f}")
     started = time.perf_counter()
-    common = dict(batch=1, updates=args.episodes, runs=args.runs, seed=args.seed)
+    common = dict(n=1, updates=args.episodes, runs=args.runs, seed=args.seed)
     plain = train(mdp, ["rtg"], TrainConfig(lr=2.0**-13, **common), THETA0, exact_reference=False)
     with_baseline = train(
         mdp,

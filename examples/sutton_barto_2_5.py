@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results, labels = [], []
     for alpha in STEP_SIZES:
-        config = TrainConfig(lr=alpha, batch=1, updates=args.steps, runs=args.runs, seed=args.seed)
+        config = TrainConfig(lr=alpha, n=1, updates=args.steps, runs=args.runs, seed=args.seed)
         results.append(train(bandits, ["rtg+lesson", "rtg"], config, exact_reference=False))
         labels += [f"α = {alpha:g}, with baseline", f"α = {alpha:g}, without baseline"]
     result = combine(results, labels)

@@ -107,7 +107,7 @@ def test_learned_baseline_by_observation_shares_one_value_between_look_alike_sta
 
 def test_every_lesson_estimator_improves_the_policy():
     mdp = envs.make("lesson")
-    config = TrainConfig(lr=0.5, batch=4, updates=25, runs=6, seed=11)
+    config = TrainConfig(lr=0.5, n=4, updates=25, runs=6, seed=11)
     result = train(mdp, ["vanilla", "rtg", "base", "rtg+base"], config)
     assert [c.label for c in result.curves] == ["vanilla", "rtg", "base", "rtg+base", EXACT_LABEL]
     for curve in result.curves[:-1]:
@@ -121,7 +121,7 @@ def test_a_baseline_learns_faster_on_the_short_corridor():
     """Sutton & Barto Fig. 13.2, shortened: REINFORCE at 2^-13 against REINFORCE with a learned
     baseline at 2^-9 (the step size the baseline allows), area under the J curve over 100 episodes."""
     mdp = envs.make("short-corridor")
-    common = dict(batch=1, updates=100, runs=4, seed=2)
+    common = dict(n=1, updates=100, runs=4, seed=2)
     plain = train(mdp, ["rtg"], TrainConfig(lr=2.0**-13, **common), CORRIDOR_START, exact_reference=False)
     based = train(
         mdp,
@@ -141,7 +141,7 @@ def test_a_baseline_learns_faster_on_the_short_corridor():
 
 def test_runs_are_reproducible_and_independent():
     mdp = envs.make("lesson")
-    config = TrainConfig(lr=0.5, batch=2, updates=5, runs=3, seed=4)
+    config = TrainConfig(lr=0.5, n=2, updates=5, runs=3, seed=4)
     first = train(mdp, ["rtg+learned"], config, exact_reference=False).curves[0]
     again = train(mdp, ["rtg+learned"], config, exact_reference=False).curves[0]
     np.testing.assert_array_equal(first.probs_rkp, again.probs_rkp)
@@ -150,7 +150,7 @@ def test_runs_are_reproducible_and_independent():
 
 def test_one_mdp_per_run_and_the_count_must_match():
     bandits = [envs.make(f"bandit:k=3,seed={seed}") for seed in range(2)]
-    config = TrainConfig(lr=0.1, batch=1, updates=3, runs=2)
+    config = TrainConfig(lr=0.1, n=1, updates=3, runs=2)
     result = train(bandits, ["rtg+lesson"], config)
     assert result.curve(EXACT_LABEL).runs == 2  # one exact run per distinct bandit
     with pytest.raises(SpecError, match="one per run"):
@@ -159,7 +159,7 @@ def test_one_mdp_per_run_and_the_count_must_match():
 
 def test_a_run_whose_policy_stops_ending_episodes_stops_and_the_others_go_on():
     mdp = envs.make("short-corridor")
-    result = train(mdp, ["rtg"], TrainConfig(lr=1e3, batch=1, updates=4, runs=2, seed=0))
+    result = train(mdp, ["rtg"], TrainConfig(lr=1e3, n=1, updates=4, runs=2, seed=0))
     for curve in result.curves:  # the huge step throws both the sampled runs and the exact one out
         assert np.all(curve.stopped_r >= 1), curve.label
         assert all("never end" in reason or "cap" in reason for reason in curve.reasons), curve.reasons
@@ -175,7 +175,7 @@ def test_a_run_whose_policy_stops_ending_episodes_stops_and_the_others_go_on():
 
 
 def _deceptive(entropy: float):
-    config = TrainConfig(lr=1.0, batch=16, updates=150, runs=4, seed=0, entropy=entropy)
+    config = TrainConfig(lr=1.0, n=16, updates=150, runs=4, seed=0, entropy=entropy)
     return train(envs.make("deceptive"), ["rtg+learned"], config)
 
 
@@ -245,15 +245,15 @@ def test_mean_ci_is_a_t_interval_and_skips_missing_records():
     [
         ({"lr": 0.0}, "lr"),
         ({"lr": float("inf")}, "lr"),
-        ({"batch": 0}, "batch"),
+        ({"n": 0}, "n"),
         ({"updates": 0}, "updates"),
         ({"runs": 0}, "runs"),
         ({"entropy": -1.0}, "entropy"),
         ({"baseline_lr": 0.0}, "baseline_lr"),
         ({"learned_by": "time"}, "learned_by"),
         ({"variance_every": -2}, "variance_every"),
-        ({"batch": 2.5}, "batch"),
-        ({"batch": True}, "batch"),
+        ({"n": 2.5}, "n"),
+        ({"n": True}, "n"),
         ({"seed": -1}, "seed"),
         ({"lr": "fast"}, "lr"),
     ],
@@ -265,11 +265,11 @@ def test_bad_configuration_is_one_line_naming_the_field(changes, field):
 
 
 def test_configuration_keeps_the_checked_types():
-    config = TrainConfig(lr=1, batch=np.int64(2), updates=3.0, seed="7")
-    assert (config.lr, config.batch, config.updates, config.seed) == (1.0, 2, 3, 7)
-    assert type(config.lr) is float and type(config.batch) is int and type(config.updates) is int
+    config = TrainConfig(lr=1, n=np.int64(2), updates=3.0, seed="7")
+    assert (config.lr, config.n, config.updates, config.seed) == (1.0, 2, 3, 7)
+    assert type(config.lr) is float and type(config.n) is int and type(config.updates) is int
     assert config.episodes == 6
-    assert json.loads(json.dumps(asdict(config)))["batch"] == 2  # a NumPy integer would not serialise
+    assert json.loads(json.dumps(asdict(config)))["n"] == 2  # a NumPy integer would not serialise
 
 
 def test_validation_names_each_field_as_the_caller_spells_it():
@@ -281,7 +281,7 @@ def test_validation_names_each_field_as_the_caller_spells_it():
 
 @pytest.fixture(scope="module")
 def small_result():
-    config = TrainConfig(lr=0.5, batch=2, updates=6, runs=2, seed=1, variance_every=3)
+    config = TrainConfig(lr=0.5, n=2, updates=6, runs=2, seed=1, variance_every=3)
     return train(envs.make("lesson"), ["rtg", "rtg+learned"], config)
 
 
@@ -297,7 +297,7 @@ def test_files_are_written_and_readable(small_result, tmp_path):
     columns = {
         "estimator",
         "lr",
-        "batch",
+        "N",
         "run",
         "update",
         "episodes",
@@ -335,7 +335,7 @@ def test_save_refuses_to_overwrite_results(small_result, tmp_path):
 
 def test_combine_keeps_each_curves_step_size(small_result):
     other = train(
-        envs.make("lesson"), ["rtg"], TrainConfig(lr=0.1, batch=2, updates=6, runs=2), exact_reference=False
+        envs.make("lesson"), ["rtg"], TrainConfig(lr=0.1, n=2, updates=6, runs=2), exact_reference=False
     )
     both = combine([small_result, other], [None, None, None, "rtg at 0.1"])
     assert [c.lr for c in both.curves] == [0.5, 0.5, 0.5, 0.1]
@@ -369,7 +369,7 @@ def invoke(args):
 
 def test_command_trains_saves_and_prints_a_summary(tmp_path):
     out = tmp_path / "run"
-    args = ["--mdp", "lesson", "-e", "rtg,rtg+learned", "--lr", "0.5", "--batch", "2", "--episodes", "12"]
+    args = ["--mdp", "lesson", "-e", "rtg,rtg+learned", "--lr", "0.5", "--N", "2", "--episodes", "12"]
     result = invoke([*args, "--runs", "2", "--out", str(out), "--entropy", "0.1"])
     assert result.exit_code == 0, result.output
     assert "final J" in result.output and "rtg+learned" in result.output and "exact gradient" in result.output
@@ -386,11 +386,11 @@ def test_command_trains_saves_and_prints_a_summary(tmp_path):
     [
         (["--lr", "-1"], "--lr"),
         (["--lr", "nan"], "--lr"),
-        (["--batch", "0"], "--batch"),
+        (["--N", "0"], "--N"),
         (["--runs", "0"], "--runs"),
         (["--entropy", "-0.5"], "--entropy"),
         (["--baseline-lr", "1.5"], "--baseline-lr"),
-        (["--episodes", "10", "--batch", "3"], "--episodes"),
+        (["--episodes", "10", "--N", "3"], "--episodes"),
         (["--episodes", "10", "--updates", "5"], "--episodes/--updates"),
         (["--episodes", "0"], "--episodes"),
         (["--updates", "0"], "--updates"),

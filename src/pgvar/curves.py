@@ -78,7 +78,7 @@ def _replace(path: Path, write: Callable[[Path], None]) -> None:
 def rows(result: TrainResult) -> Iterator[list]:
     """The long table: a header, then one row per (curve, run, record). Its ``entropy`` column is
     the curve's entropy coefficient, ``policy_entropy`` the mean policy entropy at that record."""
-    header = ["estimator", "spec", "lr", "batch", "entropy", "run", "update", "episodes"]
+    header = ["estimator", "spec", "lr", "N", "entropy", "run", "update", "episodes"]
     header += ["objective", "J", "policy_entropy", "variance"]
     yield header + result.prob_names
     for curve in result.curves:
@@ -88,7 +88,7 @@ def rows(result: TrainResult) -> Iterator[list]:
                     curve.label,
                     curve.spec,
                     curve.lr,
-                    curve.batch,
+                    curve.n,
                     curve.entropy,
                     run,
                     int(update),
@@ -241,11 +241,11 @@ def plot(
     axes[0, 0].legend(fontsize=8, loc="best")
     exact_note = "; exact: updates × N" if any(curve.spec == "exact" for curve in result.curves) else ""
     axes[-1, 0].set_xlabel(
-        f"episodes (batch N = {result.config.batch}{exact_note})" if x == "episodes" else "updates"
+        f"episodes (batch N = {result.config.n}{exact_note})" if x == "episodes" else "updates"
     )
     fig.suptitle(
         title
-        or f"{result.mdp_name}: lr {result.config.lr:g}, N {result.config.batch}, "
+        or f"{result.mdp_name}: lr {result.config.lr:g}, N {result.config.n}, "
         f"β {result.config.entropy:g}; mean over runs, 95% t-band",
         fontsize=10,
     )

@@ -183,11 +183,11 @@ def learning_curves(mdp: TabularMDP, theta: np.ndarray, out: Path, seed: int) ->
     from pgvar.curves import plot
     from pgvar.train import TrainConfig, train
 
-    config = TrainConfig(lr=0.1, batch=8, updates=60, runs=5, seed=seed)
+    config = TrainConfig(lr=0.1, n=8, updates=60, runs=5, seed=seed)
     result = train(mdp, list(LESSON_FOUR), config, theta)
     png = next(path for path in plot(result, out / "learning_curves") if path.suffix == ".png")
     caption = (
-        f"Stochastic gradient ascent, lr {config.lr}, N = {config.batch}, {config.updates} updates, "
+        f"Stochastic gradient ascent, lr {config.lr}, N = {config.n}, {config.updates} updates, "
         f"{config.runs} runs per estimator: mean and 95% band over runs; dashed: the exact gradient."
     )
     return png, caption

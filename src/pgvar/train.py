@@ -76,7 +76,7 @@ class TrainConfig:
 
     Attributes:
       lr: step size of the ascent (> 0).
-      batch: episodes N per update (>= 1).
+      n: episodes N per update, the batch size (>= 1).
       updates: number of updates per run (>= 1).
       runs: independent runs (>= 1).
       seed: seed of the root ``SeedSequence``.
@@ -88,7 +88,7 @@ class TrainConfig:
     """
 
     lr: float = 0.1
-    batch: int = 1
+    n: int = 1
     updates: int = 100
     runs: int = 5
     seed: int = 0
@@ -103,8 +103,8 @@ class TrainConfig:
 
     @property
     def episodes(self) -> int:
-        """Episodes per run: updates * batch."""
-        return self.updates * self.batch
+        """Episodes per run: updates * n."""
+        return self.updates * self.n
 
 
 def validate_config(config: TrainConfig | dict, names: dict[str, str] | None = None) -> dict[str, object]:
@@ -121,7 +121,7 @@ def validate_config(config: TrainConfig | dict, names: dict[str, str] | None = N
 
     return {
         "lr": check_number(values["lr"], name("lr"), low=0, low_open=True),
-        "batch": check_int(values["batch"], name("batch"), low=1),
+        "n": check_int(values["n"], name("n"), low=1),
         "updates": check_int(values["updates"], name("updates"), low=1),
         "runs": check_int(values["runs"], name("runs"), low=1),
         "seed": check_seed(values["seed"], name("seed")),
@@ -199,7 +199,7 @@ class Curve:
     theta_rp: np.ndarray
     seconds: float = 0.0
     lr: float = math.nan
-    batch: int = 1
+    n: int = 1
     entropy: float = 0.0
     stopped_r: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     reasons: list[str] = field(default_factory=list)
@@ -272,7 +272,7 @@ def ascend(
         if _variance_due(k, config):
             table = learned.table() if learned is not None else None
             moments = exact_moments(mdp, theta, spec, learned_ts=table)
-            log.variance[k] = moments.variance_trace / config.batch
+            log.variance[k] = moments.variance_trace / config.n
 
     record(0)
     for update in range(1, config.updates + 1):
@@ -281,7 +281,7 @@ def ascend(
                 mdp,
                 theta,
                 [spec],
-                config.batch,
+                config.n,
                 1,
                 _child(seed, update),
                 running=running,
@@ -360,7 +360,7 @@ class TrainResult:
                 "estimator": curve.label,
                 "spec": curve.spec,
                 "lr": curve.lr,
-                "batch": curve.batch,
+                "N": curve.n,
                 "entropy": curve.entropy,
                 "runs": curve.runs,
                 "stopped_runs": int((curve.stopped_r >= 0).sum()),
@@ -391,7 +391,7 @@ def train(
     Args:
       mdp: one MDP, or one per run (e.g. a different bandit per run, as in Sutton & Barto Fig. 2.5).
       estimators: specs or spec strings; each gets ``config.entropy`` as its entropy bonus.
-      config: step size, batch, updates, runs, seed, entropy, baseline settings.
+      config: step size, batch size n, updates, runs, seed, entropy, baseline settings.
       theta0: starting logits (default: uniform policy).
       exact_reference: also ascend the exact gradient (one run per distinct MDP).
       progress: called with 1 after every update of every run.
@@ -442,7 +442,7 @@ def _curve(label, spec, logs, thetas, config: TrainConfig, seconds: float) -> Cu
         label,
         spec,
         updates_k,
-        updates_k * config.batch,
+        updates_k * config.n,
         np.array([log.objective for log in logs]),
         np.array([log.J for log in logs]),
         np.array([log.policy_entropy for log in logs]),
@@ -451,7 +451,7 @@ def _curve(label, spec, logs, thetas, config: TrainConfig, seconds: float) -> Cu
         np.array([theta.ravel() for theta in thetas]),
         seconds,
         config.lr,
-        config.batch,
+        config.n,
         config.entropy,
         np.array([log.stopped for log in logs], dtype=int),
         [log.reason for log in logs],
@@ -461,7 +461,7 @@ def _curve(label, spec, logs, thetas, config: TrainConfig, seconds: float) -> Cu
 def combine(results: Sequence[TrainResult], labels: Sequence[str | None] | None = None) -> TrainResult:
     """Put the curves of several training calls (e.g. one per step size) into one result; ``labels``
     renames the curves in order (None keeps a name). The result's ``config`` is the first call's; every
-    curve keeps its own lr, batch and entropy."""
+    curve keeps its own lr, n and entropy."""
     if not results:
         raise SpecError("combine: give at least one result")
     curves = [curve for result in results for curve in result.curves]
@@ -484,7 +484,7 @@ def probability_names(mdp: TabularMDP, shape: tuple[int, ...]) -> list[str]:
 
 def episodes_to_reach(curve: Curve, threshold: float, metric: str = "J") -> np.ndarray:
     """(R,) episodes until each run's curve first reaches ``threshold`` and stays there at the next
-    record too (NaN if never); for the exact curve, updates * batch."""
+    record too (NaN if never); for the exact curve, updates * n."""
     values_rk = curve.metric(metric)
     above = values_rk >= threshold
     steady = above & np.concatenate([above[:, 1:], above[:, -1:]], axis=1)

@@ -22,7 +22,7 @@ AUTO_VARIANCE_RECORDS = 20
 DEFAULT_UPDATES = 100
 OPTION_NAMES = {
     "lr": "--lr",
-    "batch": "--batch",
+    "n": "--N",
     "updates": "--updates",
     "runs": "--runs",
     "seed": "--seed",
@@ -33,21 +33,21 @@ OPTION_NAMES = {
 }
 
 
-def updates_from(episodes: int | None, updates: int | None, batch: int) -> int:
-    """The number of updates from ``--episodes`` (a multiple of ``--batch``) or ``--updates``."""
+def updates_from(episodes: int | None, updates: int | None, n: int) -> int:
+    """The number of updates from ``--episodes`` (a multiple of ``--N``) or ``--updates``."""
     if episodes is not None and updates is not None:
-        raise SpecError("--episodes/--updates: give one of them, not both (episodes = updates x batch)")
+        raise SpecError("--episodes/--updates: give one of them, not both (episodes = updates x N)")
     if updates is not None:
         return updates  # checked with the rest of the configuration
     if episodes is None:
         return DEFAULT_UPDATES
     check_int(episodes, "--episodes", low=1)
-    if batch >= 1 and episodes % batch:
+    if n >= 1 and episodes % n:
         raise SpecError(
-            f"--episodes: {episodes} is not a multiple of --batch {batch} "
-            f"(each update uses {batch} episodes); try {max(batch, episodes - episodes % batch)}"
+            f"--episodes: {episodes} is not a multiple of --N {n} "
+            f"(each update uses {n} episodes); try {max(n, episodes - episodes % n)}"
         )
-    return max(episodes // max(batch, 1), 1)
+    return max(episodes // max(n, 1), 1)
 
 
 def train(
@@ -64,9 +64,9 @@ def train(
         ),
     ] = "vanilla,rtg,base,rtg+base",
     lr: Annotated[float, typer.Option("--lr", help="Step size of the gradient ascent (> 0).")] = 0.1,
-    batch: Annotated[int, typer.Option("--batch", "-N", help="Episodes N per update (>= 1).")] = 1,
+    n: Annotated[int, typer.Option("--N", help="Episodes N per update, the batch size (>= 1).")] = 1,
     episodes: Annotated[
-        int | None, typer.Option("--episodes", help="Episodes per run (a multiple of --batch).")
+        int | None, typer.Option("--episodes", help="Episodes per run (a multiple of --N).")
     ] = None,
     updates: Annotated[
         int | None, typer.Option("--updates", help=f"Updates per run (default {DEFAULT_UPDATES}).")
@@ -117,10 +117,10 @@ def train(
 
     stdout = Console(width=None if sys.stdout.isatty() else 160)
     stderr = Console(stderr=True)
-    n_updates = updates_from(episodes, updates, batch)
+    n_updates = updates_from(episodes, updates, n)
     fields = dict(
         lr=lr,
-        batch=batch,
+        n=n,
         updates=n_updates,
         runs=runs,
         seed=seed,
@@ -162,7 +162,7 @@ def train(
     paths = save(result, out_dir, overwrite=overwrite)
 
     table = Table(
-        title=f"Training on {model.name!r}: lr {lr:g}, batch N = {batch}, {n_updates} updates, "
+        title=f"Training on {model.name!r}: lr {lr:g}, N = {n}, {n_updates} updates, "
         f"{runs} run{'s' if runs > 1 else ''}, seed {seed}"
         + (f", entropy β = {entropy:g}" if entropy else ""),
         title_justify="left",

@@ -66,9 +66,9 @@ class CellPaths(NamedTuple):
 
 
 @njit(cache=True, nogil=True)
-def add_path_sums(uniforms_bu, normals_bt, threshold_k, alias_k, first, batch_size, sums_mkw):
+def add_path_sums(uniforms_bu, normals_bt, threshold_k, alias_k, first, n, sums_mkw):
     """Add episodes ``first`` .. ``first + E - 1`` into per-batch path sums: episode i (batch
-    i // batch_size) takes path k from ``uniforms_bu[i, 0]`` (column floor(u K), kept when the
+    i // n) takes path k from ``uniforms_bu[i, 0]`` (column floor(u K), kept when the
     fraction of u K is below ``threshold_k[column]``, else ``alias_k[column]``) and adds 1 to
     ``sums_mkw[batch, k, 0]`` and its unit noise of step t to ``sums_mkw[batch, k, 1 + t]``: a
     standard normal from ``normals_bt`` where it has rows, else u 2^-32 - 1/2 from the uniform in
@@ -78,7 +78,7 @@ def add_path_sums(uniforms_bu, normals_bt, threshold_k, alias_k, first, batch_si
     rows_xw = sums_mkw.reshape((sums_mkw.shape[0] * n_paths, width))
     gaussian = normals_bt.shape[0] > 0
     to_column = n_paths * TO_UNIT
-    batch, in_batch = first // batch_size, first % batch_size
+    batch, in_batch = first // n, first % n
     for i in range(uniforms_bu.shape[0]):
         x = uniforms_bu[i, 0] * to_column
         column = int(x)
@@ -106,7 +106,7 @@ def add_path_sums(uniforms_bu, normals_bt, threshold_k, alias_k, first, batch_si
             elif left == 1:
                 rows_xw[row, t] += uniforms_bu[i, t] * TO_UNIT - 0.5
         in_batch += 1
-        if in_batch == batch_size:
+        if in_batch == n:
             batch += 1
             in_batch = 0
 

@@ -79,10 +79,8 @@ def _draw(cdf_a, u):
 
 
 @njit(cache=True, nogil=True)
-def walk(
-    words, word_pos, normals, normal_pos, tables, episode, n_episodes, batch_size, stats_mtsac, scratch, trace
-):
-    """Walk episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // batch_size
+def walk(words, word_pos, normals, normal_pos, tables, episode, n_episodes, n, stats_mtsac, scratch, trace):
+    """Walk episodes ``episode`` .. ``n_episodes - 1``; episode i belongs to batch i // n
     and its statistics go into ``stats_mtsac[batch]`` (steps t >= T into the last step row).
 
     Stops early, before finishing an episode, when ``words`` or ``normals`` could run out, and returns
@@ -98,8 +96,8 @@ def walk(
     n_words = words.shape[0]
     tracing = trace.length_b.shape[0] > 0
     cut = 0
-    batch = episode // batch_size
-    in_batch = episode - batch * batch_size  # a counter, not a division per episode
+    batch = episode // n
+    in_batch = episode - batch * n  # a counter, not a division per episode
     while episode < n_episodes:
         first_word, first_normal = word_pos, normal_pos
         if word_pos >= n_words:
@@ -190,7 +188,7 @@ def walk(
                 stats_xc[scratch.cells_t[t], SUM_ADV + g] += adv
         episode += 1
         in_batch += 1
-        if in_batch == batch_size:
+        if in_batch == n:
             batch += 1
             in_batch = 0
     return episode, word_pos, normal_pos, cut
