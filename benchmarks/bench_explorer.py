@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/bench_explorer.py [--ticks 40] [--memory-ticks 3000] [--mdp lesson]
 
 A tick measures all four configurations at N (60 fresh batches, same episodes) plus vanilla at N = 1
-for the ratio; "page" adds the redraw of every output into a Bokeh document. The budget is 50 ms of
-CPU per tick at N = 1024 and 60 batches, for a tick every 300 ms. The memory check runs many ticks
-with a bounded history (200 points) and reports how the traced Python memory grows after a warm-up.
+for the ratio; "page" adds the redraw of every output into a Bokeh document (a server measures in the
+tab's worker thread and redraws on its event loop; here both run inline, one after the other). The
+budget is 50 ms of CPU per tick at N = 1024 and 60 batches, for a tick every 300 ms. The memory
+check runs many ticks with a bounded history (200 points) and reports how the traced Python memory
+grows after a warm-up.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def bench_ticks(mdp: str, ticks: int) -> dict[int, float]:
 
 
 def _page_tick(mdp: str, n: int, ticks: int) -> tuple[float, float, float]:
-    """The page's whole tick (measure + redraw into a Bokeh document), without a browser."""
+    """The page's whole tick (measure + redraw into a Bokeh document), without a browser or a server
+    (the view then works inline)."""
     from bokeh.document import Document
 
     from pgvar.explorer.page import build

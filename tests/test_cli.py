@@ -190,8 +190,20 @@ BAD = {
     "zero batch size": (["variance", "--N", "0"], "--N: must be a whole number >= 1, got '0'"),
     "not a batch size": (["variance", "--N", "1,abc"], "--N: must be a whole number >= 1, got 'abc'"),
     "no batch size": (["variance", "--N", " , "], "--N: give at least one whole number"),
-    "negative entropy": (["exact", "--entropy", "-0.1"], "--entropy: must be a finite number >= 0"),
-    "entropy not a number": (["variance", "--entropy", "nan"], "--entropy: must be a finite number >= 0"),
+    "negative entropy": (["exact", "--entropy", "-0.1"], "--entropy: must be a finite number from 0 to"),
+    "entropy not a number": (["variance", "--entropy", "nan"], "--entropy: must be a finite number from 0"),
+    "entropy absurd": (["exact", "--entropy", "1e308"], "--entropy: must be a finite number from 0 to 1e+50"),
+    "train entropy absurd": (["train", "--entropy", "1e308"], "--entropy: must be a finite number from 0"),
+    "huge logit": (["exact", "--theta", "[[1e308,0,0],[0,0,0],[0,0,0]]"], "logits must lie within ±1e+06"),
+    "huge logit (train)": (["train", "--theta", "[[0,0,0],[0,-1e308,0],[0,0,0]]"], "within ±1e+06"),
+    "huge reward (built-in)": (["exact", "--mdp", "bandit:mean=1e70"], "bandit: mean: must be a finite"),
+    "huge noise (built-in)": (["variance", "--mdp", "lesson:noise_width=1e300"], "noise.scale: is 1e+300"),
+    "no memory": (["--max-memory", "0", "exact"], "--max-memory: must be a finite number > 0, got 0"),
+    "memory not a number": (["--max-memory", "nan", "exact"], "--max-memory: must be a finite number > 0"),
+    "no time": (["--max-seconds", "-1", "verify"], "--max-seconds: must be a finite number > 0"),
+    "time not a number": (["--max-seconds", "soon", "exact"], "Invalid value for '--max-seconds'"),
+    "unknown option": (["variance", "--bogus", "1"], "No such option: --bogus (see 'pgvar variance --help')"),
+    "not an integer": (["readings", "--count", "many"], "Invalid value for '--count'"),
     "unknown method": (["exact", "--method", "exact"], "--method: unknown 'exact'; use one of auto"),
     "unknown estimator": (["exact", "-e", "vanila"], "unknown weight 'vanila'"),
     "unknown baseline": (["exact", "-e", "rtg+mean"], "unknown baseline 'mean'"),
@@ -265,3 +277,137 @@ def test_the_console_script_runs():
     )
     assert done.returncode == 0, done.stderr
     assert "J(θ) = -12" in done.stdout
+
+
+# -- nothing a user types can crash, hang or exhaust the machine ----------------------------------
+
+
+def test_budget_options_hold_while_the_command_runs(capsys, monkeypatch):
+    import pgvar.mdpfile
+    from pgvar import budget
+
+    seen = []
+    original = pgvar.mdpfile.resolve_mdp
+
+    def resolve(name):
+        seen.append(budget.current())
+        return original(name)
+
+    monkeypatch.setattr(pgvar.mdpfile, "resolve_mdp", resolve)
+    code, _out, err = run(["--max-memory", "0.5", "--max-seconds", "7", "exact", "-e", "rtg"], capsys)
+    assert code == 0, err
+    assert (seen[0].memory, seen[0].seconds) == (0.5 * budget.GB, 7.0)
+    assert budget.current() == budget.DEFAULT  # left when the command ends
+    code, _out, err = run(["--max-seconds", "2", "mdp", "check", "lesson"], capsys)
+    assert code == 0 and (seen[-1].memory, seen[-1].seconds) == (budget.DEFAULT.memory, 2.0)
+
+
+def test_a_budget_refusal_is_one_line(capsys, monkeypatch):
+    import pgvar.mdpfile
+    from pgvar import budget
+
+    def refuse(name):
+        budget.check(f"--mdp {name}", memory=2 * budget.current().memory)
+
+    monkeypatch.setattr(pgvar.mdpfile, "resolve_mdp", refuse)
+    code, _out, err = run(["--max-memory", "1", "exact"], capsys)
+    assert code == 2 and "over the limit of 1 GB" in err and len(err.strip().splitlines()) == 1
+
+
+def test_explore_on_a_port_in_use_is_one_line(capsys, monkeypatch):
+    import socket
+
+    import pgvar.explorer
+
+    monkeypatch.setattr(pgvar.explorer, "serve", lambda **_: pytest.fail("served on a taken port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _out, err = run(["explore", "--port", str(port), "--no-browser"], capsys)
+    assert code == 2 and f"--port: 127.0.0.1:{port} is not free (in use)" in err
+    assert len(err.strip().splitlines()) == 1
+    for bad in ("-1", "65536", "1e9"):
+        code, _out, err = run(["explore", "--port", bad, "--no-browser"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["report", "train"])
+def test_out_must_be_a_folder_whose_parent_exists(command, tmp_path, capsys):
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("mine")
+    deep = tmp_path / "a" / "b" / "c"
+    for out, message in (
+        (a_file, "exists and is not a"),
+        (deep, f"--out: {deep.parent} is not an existing"),
+        (a_file / "sub", "is not an existing"),
+    ):
+        code, _out, err = run(
+            [command, "--out", str(out), "--batches" if command == "report" else "--runs", "2"], capsys
+        )
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert a_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]
+
+
+def test_train_creates_only_the_last_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    args = ["train", "-e", "rtg", "--updates", "2", "--runs", "1", "--no-exact-reference", "--out", str(out)]
+    code, _out, err = run(args, capsys)
+    assert code == 0, err
+    assert (out / "curves.csv").exists()
+
+
+def test_absurd_rewards_in_a_file_are_refused(tmp_path, capsys):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(
+        "states: 2\nactions: 1\ninitial: [1, 0]\nterminal: [1]\nhorizon: 2\n"
+        "transitions: [[[0, 1]], [[0, 1]]]\nrewards: [[1e308], [0]]\n"
+    )
+    for command in (["exact"], ["variance", "--json"], ["mdp", "check"]):
+        args = [*command, str(huge)] if command[0] == "mdp" else [*command, "--mdp", str(huge)]
+        code, out, err = run(args, capsys)
+        assert code == 2 and out == ""
+        assert "huge.yaml: rewards: entry [0, 0] is 1e+308, must be a finite number within ±1e+50" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_a_result_that_is_not_finite_is_one_line(capsys, monkeypatch):
+    import dataclasses
+
+    import pgvar.exact
+
+    original = pgvar.exact.exact_moments
+
+    def overflowing(*args, **kwargs):
+        return dataclasses.replace(original(*args, **kwargs), variance_trace=float("inf"))
+
+    monkeypatch.setattr(pgvar.exact, "exact_moments", overflowing)
+    for extra in ([], ["--json"]):
+        code, out, err = run(["exact", "-e", "rtg", *extra], capsys)
+        assert code == 2 and out == ""
+        assert "exact: rtg: the result is not a finite number" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_train_says_whether_the_start_or_the_step_size_is_to_blame(tmp_path, capsys):
+    # the sampler cannot finish an episode at these starting logits: nothing to do with --lr
+    args = ["train", "--mdp", "short-corridor", "--theta", "[[8, 0]]", "-e", "vanilla", "--updates", "2"]
+    code, _out, err = run([*args, "--runs", "1", "--out", str(tmp_path / "start")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "at the starting --theta, before any step" in err and "step size" not in err
+    # a first step of 1e300 times a gradient of about 1e49 overflows: the step size's fault
+    args = ["train", "--mdp", "bandit:mean=1e49", "--lr", "1e300", "-e", "vanilla", "--updates", "2"]
+    code, _out, err = run([*args, "--runs", "1", "--out", str(tmp_path / "step")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--lr 1e+300 is too large" in err and "--theta" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing learned, nothing written
+
+
+def test_every_baseline_kind_has_a_table_formula():
+    from pgvar.estimators import EstimatorSpec
+    from pgvar.vocabulary import BASELINE_KINDS
+
+    for baseline in BASELINE_KINDS:
+        for weight in ("return", "rtg", "gae"):
+            assert cli.weight_formula(EstimatorSpec(weight, baseline, lam=0.9), gamma=0.9)

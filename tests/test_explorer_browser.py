@@ -3,6 +3,11 @@
 Readings come from the page's stable ids (``#pgvar-variance`` with ``data-value``, ``data-lo``,
 ``data-hi``, ``data-exact`` ...). Comparisons use the page's own 95% confidence intervals: k readings
 from k ticks (independent batches) are averaged, and the interval half-width shrinks by sqrt(k).
+
+Every wait polls a condition on the page until a deadline (never a bare sleep): exact values arrive
+from a worker thread a tick or more after a change, so a reading is taken only once they are there.
+The tests write nothing in the working tree (the screenshot goes to a temporary folder; refresh
+docs/explorer.png with ``scripts/screenshot.py``).
 """
 
 from __future__ import annotations
@@ -10,20 +15,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pgvar import envs
+from pgvar import budget, envs
 from pgvar.estimators import parse_estimator
 from pgvar.exact import exact_moments, objective
+from pgvar.explorer.state import ExplorerState
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "explorer.png"
 K = 5  # readings (ticks) per setting
 
 READOUT_JS = """el => {
@@ -62,9 +67,18 @@ POLICY_JS = """() => {
   return null;
 }"""
 
+SOURCE_JS = """([name, column]) => {
+  for (const doc of window.Bokeh.documents) {
+    const source = doc.get_model_by_name(name);
+    if (source) return Array.from(source.data[column], v => (typeof v === 'number' && isNaN(v)) ? null : v);
+  }
+  return null;
+}"""
+
 
 def readout(page) -> dict:
-    for _ in range(50):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
         state = page.locator("#pgvar-status").evaluate(READOUT_JS)
         if state is not None:
             return state
@@ -72,9 +86,35 @@ def readout(page) -> dict:
     raise AssertionError("the readout never settled")
 
 
-def open_page(page, url: str, timeout: float = 40_000) -> dict:
+def source(page, name: str, column: str) -> list | None:
+    """A column of one of the page's named Bokeh data sources."""
+    return page.evaluate(SOURCE_JS, [name, column])
+
+
+def attribute(page, selector: str, name: str) -> str | None:
+    return page.locator(selector).get_attribute(name)
+
+
+def poll(check, timeout: float = 20.0, what: str = "condition"):
+    """Call ``check`` until it returns something true (then return it), or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last seen {value!r}")
+        time.sleep(0.1)
+
+
+def messages(page) -> str:
+    return page.locator("#pgvar-messages").inner_text()
+
+
+def open_page(page, url: str, timeout: float = 60_000) -> dict:
+    """Open the page and wait for its first tick (the first one in a server compiles the kernels)."""
     page.goto(url)
-    page.wait_for_selector("#pgvar-status", timeout=timeout)
+    page.wait_for_selector("#pgvar-status[data-tick]:not([data-tick='0'])", timeout=timeout)
     return readout(page)
 
 
@@ -90,14 +130,18 @@ def wait_for(page, predicate, timeout: float = 20.0, what: str = "condition") ->
 
 
 def collect(page, config: str, n: int, k: int = K) -> list[dict]:
-    """k readings of ``config`` at ``n``, each from a different tick."""
+    """k readings of ``config`` at ``n`` with their exact values, each from a different tick (exact
+    values come from a worker thread: the first ticks after a change may have none yet)."""
     readings: list[dict] = []
     last_tick = -1
     deadline = time.monotonic() + 30
     while len(readings) < k:
         assert time.monotonic() < deadline, f"no readings of {config} at N={n}; page shows {readout(page)}"
         state = readout(page)
-        if state["tick"] != last_tick and state["config"] == config and state["n"] == n:
+        complete = (
+            state["variance"] is not None and state["exact"] is not None and state["ratio_exact"] is not None
+        )
+        if state["tick"] != last_tick and state["config"] == config and state["n"] == n and complete:
             readings.append(state)
         last_tick = state["tick"]
         time.sleep(0.08)
@@ -190,7 +234,7 @@ def test_each_knob_changes_the_configuration_label(page, explorer_server):
     wait_for(page, lambda s: s["objective"] is not None and s["objective"] < after - 0.005, what="gamma")
 
 
-def test_variance_falls_with_each_knob_and_the_ratio_matches_the_exact_one(page, explorer_server):
+def test_variance_falls_with_each_knob_and_the_ratio_matches_the_exact_one(page, explorer_server, tmp_path):
     open_page(page, explorer_server.url)
     steps = [
         ("vanilla", "return+none", 1, None),
@@ -212,10 +256,10 @@ def test_variance_falls_with_each_knob_and_the_ratio_matches_the_exact_one(page,
             assert mean + half < before_mean - before_half, (label, n, mean, half, previous)
         previous = mean, half
     page.locator(".pgvar-sweep button").click()
+    poll(lambda: len(source(page, "pgvar-vs-n", "n") or []) == 11, what="a point at every N")
     state = readout(page)
-    wait_for(page, lambda s: s["tick"] >= state["tick"] + 3)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    wait_for(page, lambda s: s["tick"] >= state["tick"] + 2)
+    page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)  # not docs/: scripts/screenshot.py
 
 
 def test_history_grows_and_stays_bounded(page, explorer_server):
@@ -299,7 +343,7 @@ def test_mdp_picker_switches_to_another_builtin(page, explorer_server):
     assert state["config"] == "vanilla"
     page.locator(".pgvar-mdp-text input").fill("bandit:k=0")
     page.locator(".pgvar-mdp-load button").click()
-    page.locator("#pgvar-messages").filter(has_text="k must be >= 1").wait_for(timeout=10_000)
+    poll(lambda: re.search(r"bandit.*>= 1", messages(page)), what="the message on k")
 
 
 def test_csv_and_png_export(page, explorer_server):
@@ -332,3 +376,131 @@ def test_bad_mdp_file_shows_a_message_and_the_app_lives(page, start_explorer, tm
     output = server.output()
     assert f"pgvar explorer: http://127.0.0.1:{server.port}/" in output
     assert "pgvar explorer: stopped" in output
+
+
+# -- loading MDPs, limits, sessions ending ----------------------------------------------------------
+
+
+def expected_panels(name: str) -> dict:
+    """What every panel should show for the built-in ``name`` at the uniform policy."""
+    state = ExplorerState(name, seed=0)
+    model = state.base_mdp
+    theta = np.zeros(model.theta_shape())
+    return {
+        "mdp": model.name,
+        "rows": state.row_names(40),
+        "logits": theta.size,
+        "exact": exact_moments(model, theta, parse_estimator("vanilla")).variance_trace,
+        "J": objective(model, theta),
+    }
+
+
+def check_every_panel(page, name: str) -> None:
+    """Header, description, status, policy heatmap, sliders, history, J plot and numbers all show
+    ``name`` (a stale page shows the old MDP in some of them)."""
+    want = expected_panels(name)
+    poll(lambda: attribute(page, "#pgvar-status", "data-mdp") == want["mdp"], what=f"{name} in the status")
+    state = wait_for(
+        page,
+        lambda s: s["exact"] is not None and abs(s["exact"] - want["exact"]) <= 1e-9 * want["exact"],
+        what=f"{name}'s exact variance",
+    )
+    assert state["objective"] == pytest.approx(want["J"], rel=1e-9)
+    assert attribute(page, "#pgvar-header", "data-mdp") == want["mdp"]
+    assert attribute(page, "#pgvar-mdp-info", "data-mdp") == want["mdp"]
+    rows = source(page, "pgvar-policy", "row")
+    assert list(dict.fromkeys(rows)) == want["rows"]
+    assert len(rows) == want["logits"]
+    assert page.locator(".pgvar-logit").count() == want["logits"]
+    poll(lambda: (source(page, "pgvar-learn", "J") or [None])[-1] is not None, what="J plot")
+    assert source(page, "pgvar-learn", "J")[-1] == pytest.approx(want["J"], rel=1e-9)
+    # the history holds this MDP's ticks only: its exact line is this MDP's
+    exact_line = poll(
+        lambda: [v for v in source(page, "pgvar-history", "exact") or [] if v is not None], what="history"
+    )
+    assert exact_line[-1] == pytest.approx(want["exact"], rel=1e-9)
+    assert all(v == pytest.approx(want["exact"], rel=1e-9) for v in exact_line)
+    assert "cannot load" not in messages(page)
+
+
+def test_every_input_loads_an_mdp_into_every_panel(page, explorer_server):
+    open_page(page, explorer_server.url)
+    check_every_panel(page, "lesson")
+    page.locator(".pgvar-mdp select").select_option("bandit")  # the menu
+    check_every_panel(page, "bandit")
+    page.locator(".pgvar-mdp-text input").fill("repayment")  # the text box (it once left a half page)
+    page.locator(".pgvar-mdp-load button").click()
+    check_every_panel(page, "repayment")
+    assert page.locator(".pgvar-mdp select").input_value() == "repayment"
+    page.locator(".pgvar-mdp-text input").fill("random:seed=3,states=4")
+    page.locator(".pgvar-mdp-load button").click()
+    check_every_panel(page, "random:seed=3,states=4")
+    open_page(page, explorer_server.url + "?mdp=short-corridor")  # the query string
+    check_every_panel(page, "short-corridor")
+    assert "_pending_writes" not in explorer_server.output()
+
+
+def rss_bytes(pid: int) -> float:
+    """Resident memory of a process (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def type_mdp(page, text: str) -> None:
+    page.locator(".pgvar-mdp-text input").fill(text)
+    page.locator(".pgvar-mdp-load button").click()
+
+
+def test_an_oversized_mdp_is_refused_or_confined_and_other_tabs_keep_ticking(browser, start_explorer):
+    """One tab types MDPs over the limits while another keeps ticking; when the first tab closes the
+    server gives its memory back and logs no traceback."""
+    server = start_explorer()
+    pid = server.process.pid
+    context = browser.new_context(viewport={"width": 1400, "height": 1150})
+    try:
+        other, heavy = context.new_page(), context.new_page()
+        open_page(other, server.url)
+        open_page(heavy, server.url)
+        wait_for(other, lambda s: s["tick"] >= 2, what="the other tab's ticks")
+        wait_for(heavy, lambda s: s["tick"] >= 2, what="ticks")
+        before = rss_bytes(pid)
+
+        # refused up front: no table is allocated
+        type_mdp(heavy, "bandit:k=100000000")
+        poll(lambda: re.search(r"bandit.*(over|limit)", messages(heavy)), what="the bandit refused")
+        assert attribute(heavy, "#pgvar-status", "data-mdp") == "lesson"  # the old MDP stays
+
+        # built (under the memory limit) in the tab's own thread, then measurement refused
+        type_mdp(heavy, "random:states=3000,actions=4,horizon=50")
+        poll(lambda: attribute(heavy, "#pgvar-activity", "data-busy") == "1", what="the heavy tab busy")
+        seen: list[int] = []
+        while attribute(heavy, "#pgvar-activity", "data-busy") == "1":
+            seen.append(readout(other)["tick"])
+            assert len(seen) < 300, "the heavy tab never finished"
+            time.sleep(0.1)
+        assert len(set(seen)) >= 3, f"the other tab stalled while the heavy one worked: ticks {seen}"
+        poll(
+            lambda: "states=3000" in (attribute(heavy, "#pgvar-status", "data-mdp") or ""), what="the big MDP"
+        )
+        poll(lambda: "cannot measure" in messages(heavy), what="the measurement refused")
+        assert attribute(heavy, "#pgvar-status", "data-stale") == "1"
+        assert "cannot measure" in heavy.locator("#pgvar-stale").inner_text()
+        assert readout(heavy)["variance"] is None  # no numbers of the lesson left on the tiles
+        start = readout(other)["tick"]
+        wait_for(other, lambda s: s["tick"] >= start + 3, what="the other tab's ticks afterwards")
+        loaded = rss_bytes(pid)
+
+        heavy.close()  # the session ends a few seconds later and frees its MDP
+        limit = budget.EXPLORER.memory
+        after = poll(
+            lambda: (rss := rss_bytes(pid)) < before + 150e6 and rss, timeout=40, what="memory to come back"
+        )
+        assert after < limit, (before, loaded, after)
+        start = readout(other)["tick"]
+        wait_for(other, lambda s: s["tick"] >= start + 2, what="the other tab still ticking")
+    finally:
+        context.close()
+    output = server.output()
+    assert "Traceback" not in output and "WebSocketClosedError" not in output, output[-3000:]

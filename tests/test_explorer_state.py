@@ -360,7 +360,7 @@ def test_switching_mdps_resets_policy_and_history():
     result = state.tick()
     assert result.reading.exact is not None
     assert not state.load_mdp("bandit:k=0")
-    assert "k must be >= 1" in state.messages["mdp"]
+    assert "bandit" in state.messages["mdp"] and ">= 1" in state.messages["mdp"]
     assert state.base_mdp.n_actions == 4  # the old MDP stays
     assert state.load_mdp("lesson")
     assert "mdp" not in state.messages
@@ -620,10 +620,10 @@ def test_view_skips_a_tick_while_one_runs():
 
     view = build("lesson", seed=0)
     view.state._executor = None
-    view._busy = True
+    view._ticking = True
     view.on_tick()
     assert view.state.tick_count == 0
-    view._busy = False
+    view._ticking = False
     view.on_tick()
     assert view.state.tick_count == 1
     view._next_allowed = time.monotonic() + 60  # after a slow tick the next ones wait
@@ -639,3 +639,198 @@ def test_the_app_builds_outside_a_server_as_in_a_notebook():
     layout = app("lesson")
     assert isinstance(layout, pn.viewable.Viewable)
     assert layout.get_root() is not None  # renders to a Bokeh model without a running server
+
+
+# -- work off the event loop, limits, sessions ending ------------------------------------------------
+
+
+def test_session_jobs_run_in_order_in_their_thread_under_the_session_limits():
+    import threading
+
+    from pgvar import budget
+    from pgvar.explorer.jobs import SessionJobs
+
+    limits = budget.Limits(memory=1e6, seconds=0.5)
+    jobs = SessionJobs(limits)
+    gate = threading.Event()
+    seen = []
+    first = jobs.submit(lambda: gate.wait(10) and seen.append(("first", budget.current())))
+    second = jobs.submit(lambda: seen.append(("second", threading.current_thread().name)))
+    third = jobs.submit(lambda: seen.append("never"))
+    assert jobs.busy and budget.current() == budget.DEFAULT  # the caller's limits are untouched
+    released = threading.Event()
+    jobs.close(last=lambda: released.set() or seen.append(("last", budget.current())))
+    gate.set()
+    assert released.wait(10)
+    assert first.result() is None and first.done()
+    assert third.cancelled() and second.cancelled()  # queued work is dropped when the session ends
+    assert seen == [("first", limits), ("last", limits)]
+    assert jobs.submit(lambda: 1).cancelled()  # nothing runs after close
+    # refusals travel back in the future
+    jobs = SessionJobs(limits)
+    refused = jobs.submit(lambda: budget.check("a table", memory=2e6))
+    with pytest.raises(budget.BudgetError, match="a table"):
+        refused.result(10)
+    jobs.close()
+    inline = SessionJobs(limits, inline=True)
+    assert inline.submit(budget.current).result() == limits and not inline.busy
+
+
+def test_exact_values_in_a_worker_thread_inherit_the_limits():
+    from pgvar import budget
+
+    with ThreadPoolExecutor(1) as pool, budget.limits(memory_gb=1e-9):
+        state = ExplorerState(envs.make("lesson"), seed=0, executor=pool)
+        state._exact_seconds = 1.0  # too slow to compute inside the tick: it goes to the pool
+        assert state.refresh_exact() is None
+        for _ in range(200):
+            state.refresh_exact()
+            if not state.exact_pending:
+                break
+            time.sleep(0.01)
+        assert state.exact is None and "exact values" in state.messages["exact"]
+        assert "limit" in state.messages["exact"]
+
+
+def tick(view) -> None:
+    """One tick of a view built without a server (inline work), not held back by the last one's time."""
+    view._next_allowed = 0.0
+    view.on_tick()
+
+
+def _frame_panels(view) -> dict:
+    return {
+        "header": html.unescape(view.header.object),
+        "info": html.unescape(view.mdp_info.object),
+        "status": html.unescape(view.readout.object),
+        "rows": list(dict.fromkeys(view.policy_src.data["row"])),
+        "policy": len(view.policy_src.data["p"]),
+        "history": list(view.history_src.data["exact"]),
+        "J": list(view.learn_src.data["J"]),
+        "sliders": len(view._sliders),
+        "select": view.mdp_select.value,
+    }
+
+
+@pytest.mark.parametrize("via", ["menu", "text box", "query string"])
+def test_each_input_loads_an_mdp_into_every_panel(via):
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0, query={"mdp": "repayment"} if via == "query string" else None)
+    for _ in range(3):
+        tick(view)
+    if via == "menu":
+        view.mdp_select.value = "repayment"
+    elif via == "text box":
+        view.mdp_text.value = " repayment "
+        view.mdp_load.clicks += 1
+    for _ in range(3):
+        tick(view)
+    model = envs.make("repayment")
+    theta = np.zeros(model.theta_shape())
+    exact = exact_moments(model, theta, parse_estimator("vanilla")).variance_trace
+    panels = _frame_panels(view)
+    assert 'data-mdp="repayment"' in panels["header"] and "MDP <b>repayment</b>" in panels["header"]
+    assert "<b>repayment</b>" in panels["info"] and f"{theta.size} logits" in panels["info"]
+    assert 'data-mdp="repayment"' in panels["status"]
+    assert panels["rows"] == ExplorerState("repayment").row_names()
+    assert panels["policy"] == panels["sliders"] == theta.size
+    ticks = 6 if via == "query string" else 3  # the query string loads it before the first tick
+    assert len(panels["history"]) == ticks and panels["history"] == pytest.approx([exact] * ticks, rel=1e-9)
+    assert panels["J"] == pytest.approx([objective(model, theta)])
+    assert panels["select"] == "repayment"
+    assert "mdp" not in view.state.messages
+
+
+def test_a_typed_mdp_over_the_limits_is_refused_with_a_message():
+    pytest.importorskip("panel")
+    from pgvar import budget
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0, limits=budget.Limits(memory=2e6, seconds=3.0))
+    tick(view)
+    view.mdp_text.value = "random:states=300,actions=4"  # 2.9 MB of transitions: over 2 MB
+    view.mdp_load.clicks += 1
+    text = html.unescape(view.messages.object)
+    assert "cannot load MDP 'random:states=300,actions=4'" in text and "limit" in text
+    assert view.state.base_mdp.name == "lesson"  # the old MDP stays, and keeps ticking
+    tick(view)
+    assert view.state.tick_count == 2 and 'data-stale="0"' in view.readout.object
+    view.mdp_text.value = "maze"
+    view.mdp_load.clicks += 1
+    assert "type a built-in" in html.unescape(view.messages.object)
+
+
+def test_numbers_that_cannot_be_measured_any_more_are_marked_stale():
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("short-corridor", seed=0)
+    tick(view)
+    assert 'data-stale="0"' in view.readout.object and 'id="pgvar-stale"' not in view.readout.object
+    last = view.state.tick_count
+    view.state.set_theta(np.array([[8.0, -8.0]]))  # always left: episodes (almost) never end
+    tick(view)
+    readout = html.unescape(view.readout.object)
+    assert 'data-stale="1"' in readout and "pgvar-tiles pgvar-stale" in readout
+    assert f"stale: numbers of tick {last}; cannot measure" in readout
+    assert "pgvar-stale" in view.table.object and "(stale)" in view.gauge.title.text
+    # a new MDP that cannot be measured (its exact tables are over the session's limits) shows no
+    # number at all, only why
+    view.mdp_text.value = "random:states=700,actions=4,horizon=200"
+    view.mdp_load.clicks += 1
+    tick(view)
+    readout = html.unescape(view.readout.object)
+    assert 'data-stale="1"' in readout and "stale: cannot measure" in readout and "limit" in readout
+    assert 'id="pgvar-variance" class="pgvar-v" data-value=""' in readout
+    assert "exact: unavailable" in readout and 'data-mdp="random:seed=0,states=700' in readout
+    view.mdp_select.value = "lesson"
+    tick(view)
+    assert 'data-stale="0"' in view.readout.object
+
+
+def test_the_header_follows_the_number_of_batches():
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0)
+    tick(view)
+    assert "measures 60 fresh independent batches" in view.header.object
+    view.batches.value = 240
+    assert "measures 240 fresh independent batches" in view.header.object
+    tick(view)
+    assert view.state.last.batches == 240 and "240 batches" in view.readout.object
+
+
+def test_running_baselines_restart_when_learning_stops():
+    """After learn mode the running means hold episodes of old policies: they restart when learning
+    stops, so the readings of the policy now fixed bracket its exact value again."""
+    state = lesson_state(seed=5)
+    state.set_knobs(rtg=True, baseline=True, n=32)
+    state.set_learning(True, 0.5)
+    for _ in range(40):
+        state.tick()
+    assert state._running is not None and state._running.count_t[0] > 40 * 32 * 60
+    state.set_learning(False)
+    assert state._running is None
+    results = [state.tick() for _ in range(20)]
+    covered = sum(r.reading.lo <= r.reading.exact <= r.reading.hi for r in results)
+    ratio = np.mean([r.reading.variance / r.reading.exact for r in results])
+    assert covered >= 0.75 * 20 and 0.8 < ratio < 1.25, (covered, ratio)
+
+
+def test_a_closed_session_frees_its_state_and_does_no_more_work():
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0, query={"mdp": "random:seed=1,states=50,actions=3"})
+    tick(view)
+    assert view.state.base_mdp.n_states == 50
+    view.close()
+    assert view.state.closed and view.state.base_mdp.name == "lesson" and not view.state._samplers
+    ticks = view.state.tick_count
+    tick(view)
+    view.mdp_select.value = "bandit"
+    assert view.state.tick_count == ticks and view.state.base_mdp.name == "lesson"
+    view.close()  # twice is harmless

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pgvar import envs
-from pgvar.errors import MDPError, SpecError
+from pgvar.errors import MDPError, PgvarError, SpecError
 from pgvar.mdp import TabularMDP
 
 
@@ -82,6 +82,17 @@ def _bad_transitions(kind: str) -> np.ndarray:
         ({"reward_noise": "gaussian", "noise_scale": -1.0}, "noise.scale", "must be >= 0"),
         ({"reward_noise": "gaussian", "noise_scale": np.ones(3)}, "noise.scale", "(S, A) table"),
         ({"reward_noise": "gaussian", "noise_scale": np.nan}, "noise.scale", "finite"),
+        (
+            {"rewards": [[1e308, 0]] * 3},
+            "rewards",
+            "entry [0, 0] is 1e+308, must be a finite number within ±1e+50",
+        ),
+        ({"rewards": np.full((3, 2, 3), -2e50)}, "rewards", "entry [0, 0, 0] is -2e+50"),
+        (
+            {"reward_noise": "uniform", "noise_scale": 1e51},
+            "noise.scale",
+            "is 1e+51, must be a finite number within",
+        ),
         ({"per_step_logits": True}, "per_step_logits", "finite horizon"),
     ],
 )
@@ -180,8 +191,8 @@ def test_random_mdp_properties():
         ("bandit:arms=3", "'bandit' takes options k, seed, mean"),
         ("bandit:k", "must look like key=value"),
         ("bandit:k=many", "must be a number"),
-        ("bandit:k=0", "k must be >= 1"),
-        ("random:states=0", "must be >= 1"),
+        ("bandit:k=0", "k: must be a whole number >= 1"),
+        ("random:states=0", "states: must be a whole number >= 1"),
     ],
 )
 def test_make_rejects_bad_names(name, problem):
@@ -194,3 +205,47 @@ def test_make_says_why_a_fractional_count_is_wrong():
     with pytest.raises(SpecError) as info:
         envs.make("bandit:k=2.5")
     assert "k=2.5" in str(info.value) and "must be an integer" in str(info.value)
+
+
+def test_rewards_and_noise_at_the_limit_keep_every_engine_finite():
+    from pgvar.estimators import parse_estimator
+    from pgvar.exact import exact_gradient, exact_moments
+    from pgvar.mdp import REWARD_LIMIT
+    from pgvar.montecarlo import sample_batch_means
+    from pgvar.policy import uniform_theta
+    from pgvar.studies import variance_study
+
+    mdp = TabularMDP(
+        **chain(rewards=np.full((3, 2), REWARD_LIMIT), reward_noise="gaussian", noise_scale=REWARD_LIMIT)
+    )
+    theta = uniform_theta(mdp)
+    assert np.isfinite(exact_gradient(mdp, theta)).all()
+    assert np.isfinite(exact_moments(mdp, theta, parse_estimator("vanilla")).variance_trace)
+    sample = sample_batch_means(mdp, theta, [parse_estimator("rtg")], 4, 8, np.random.SeedSequence(0))
+    assert np.isfinite(sample.batch_means_emd).all()
+    # the corridor's long episodes and the readings' intervals (fourth powers of returns) at the limit
+    corridor = envs.short_corridor()
+    scaled = TabularMDP(
+        initial_s=corridor.initial_s,
+        transitions=corridor.transitions,
+        rewards=corridor.rewards * REWARD_LIMIT,
+        gamma=corridor.gamma,
+        terminal_s=corridor.terminal_s,
+        observation_s=corridor.observation_s,
+    )
+    study = variance_study(scaled, uniform_theta(scaled), [parse_estimator("vanilla")], [1, 4], 10, 0)
+    for reading in study.readings:
+        assert np.isfinite([reading.variance_trace, *reading.ci95, reading.exact_variance_trace]).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bandit:mean=1e70", r"bandit: mean: must be a finite number from -1e\+50 to 1e\+50"),
+        ("lesson:noise_width=1e300", r"noise\.scale: .*within ±1e\+50"),
+        ("deceptive:treasure=-1e51", r"rewards: .*within ±1e\+50"),
+    ],
+)
+def test_builtins_are_held_to_the_same_limits(name, message):
+    with pytest.raises(PgvarError, match=message):
+        envs.make(name)

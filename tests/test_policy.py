@@ -202,3 +202,16 @@ def test_parse_theta_bad_npy(tmp_path):
     path = tmp_path / "bad.npy"
     path.write_text("not an array")
     assert spec_error(str(path)).startswith("theta: cannot read")
+
+
+@pytest.mark.parametrize("logit", [1e308, -1e308, 1.0000001e6, -2e6])
+def test_parse_theta_refuses_logits_beyond_the_limit(logit):
+    message = spec_error(json.dumps([[0, 0, 0], [0, logit, 0], [0, 0, 0]]))
+    assert message.startswith(f"theta: logit [1, 1] is {logit:g}; logits must lie within ±1e+06")
+
+
+def test_parse_theta_takes_logits_at_the_limit_and_deep_nesting_is_one_line():
+    theta = parse_theta(json.dumps([[1e6, -1e6, 0], [0, 0, 0], [0, 0, 0]]), LESSON)
+    assert np.isfinite(softmax(theta)).all()
+    assert "nested too deeply" in spec_error("[" * 100_000 + "]" * 100_000)
+    assert "nested list of numbers" in spec_error(json.dumps([[10**400, 0, 0], [0, 0, 0], [0, 0, 0]]))

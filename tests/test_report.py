@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from test_cli import run
 
 from pgvar import envs, report, vocabulary
+from pgvar.errors import SpecError
 from pgvar.exact import unroll
 from pgvar.policy import uniform_theta
 from pgvar.report import COMPARED_BASELINES, figure_baselines
@@ -49,3 +51,26 @@ def test_baseline_figure_has_a_bar_per_kind_and_names_ties():
     rtg = text.split("rtg: ")[1]
     assert rtg.startswith("best baseline running-value = value") and "x the best" not in rtg
     assert "return: best baseline running = optimal" in text and "6.33x the best" in text
+
+
+def test_report_out_is_checked_before_anything_is_computed_or_created(tmp_path, monkeypatch):
+    mdp = envs.make("lesson")
+    theta = uniform_theta(mdp)
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    for out, message in (
+        (a_file, "exists and is not a folder"),
+        (tmp_path / "no" / "such", f"{tmp_path / 'no'} is not an existing folder"),
+        (tmp_path / ("x" * 300), "File name too long"),
+    ):
+        with pytest.raises(SpecError, match=r"^--out: ") as info:
+            report.build_report(mdp, theta, out, learning=False)
+        assert message in str(info.value)
+
+    def broken(*_args, **_kwargs):
+        raise SpecError("report: the exact variances are not finite numbers")
+
+    monkeypatch.setattr(report, "figure_gae", broken)
+    with pytest.raises(SpecError, match="not finite"):
+        report.build_report(mdp, theta, tmp_path / "new", batches=2, learning=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # a failed report leaves nothing

@@ -6,6 +6,8 @@ Python floats: slow and obviously right. Kernel results must agree with them to 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -252,6 +254,87 @@ def test_dtypes_and_inputs_left_alone():
     gae(rewards, rewards, 0.9, 0.9, bootstrap_value=bootstrap)
     np.testing.assert_array_equal(bootstrap, [1.0, 2.0])
     np.testing.assert_array_equal(rewards, np.ones((3, 2)))
+
+
+def _swapped(array):
+    """The array in the other byte order (big-endian on a little-endian machine), same values."""
+    return array.astype(array.dtype.newbyteorder("S"))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("shape", [(7,), (29,), (32,), (29, 3), (29, 11), (29, 40)], ids=str)
+def test_arrays_in_the_other_byte_order_give_what_native_ones_give(shape, dtype):
+    """Every kernel path (see test_returns_simd.py), with every float array in the other byte order, or
+    the rewards native and the rest swapped; the result is in native byte order."""
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    rewards, values, cut_values = rng.normal(size=(3, *shape)).astype(dtype)
+    terminated, truncated = rng.random((2, *shape)) < 0.1
+    bootstrap = rng.normal(size=shape[1:]).astype(dtype)
+    flags = {"terminated_t": terminated, "truncated_t": truncated}
+    native = (
+        gae(rewards, values, 0.9, 0.8, truncation_values_t=cut_values, bootstrap_value=bootstrap, **flags),
+        reward_to_go(rewards, 0.9, truncation_values_t=cut_values, bootstrap_value=bootstrap, **flags),
+    )
+    kw = {"truncation_values_t": _swapped(cut_values), "bootstrap_value": _swapped(bootstrap), **flags}
+    assert not kw["truncation_values_t"].dtype.isnative
+    for rewards_given in (_swapped(rewards), rewards):
+        swapped = (
+            gae(rewards_given, _swapped(values), 0.9, 0.8, **kw),
+            reward_to_go(rewards_given, 0.9, **kw),
+        )
+        for got, want in zip(swapped, native, strict=True):
+            assert got.dtype == np.dtype(dtype) and got.dtype.isnative
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        np.array([0.9]),
+        np.array([[0.9]]),
+        np.array(0.9),
+        np.array([0.9]).astype(">f8"),
+        np.array([0.9], np.float32),
+    ],
+    ids=["(1,)", "(1, 1)", "()", "other byte order", "float32"],
+)
+def test_gamma_and_lam_as_arrays_of_one_element_are_their_value(argument):
+    """Without a warning (NumPy 2 deprecates float() of an array with dimensions, then refuses it)."""
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(2, 20, 3))
+    terminated = rng.random((20, 3)) < 0.2
+    value = float(argument.reshape(-1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        returns = reward_to_go(rewards, argument, terminated_t=terminated)
+        advantages = gae(rewards, values, argument, argument, terminated_t=terminated)
+    np.testing.assert_array_equal(returns, reward_to_go(rewards, value, terminated_t=terminated))
+    np.testing.assert_array_equal(advantages, gae(rewards, values, value, value, terminated_t=terminated))
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (np.array([0.9, 0.8]), "an array of shape (2,)"),
+        (np.full((2, 3), 0.5), "an array of shape (2, 3)"),
+        (np.array([[0.1], [0.2]]), "an array of shape (2, 1)"),
+        (np.array([]), "an array of shape (0,)"),
+        (np.array([1.5]), "got 1.5"),
+        (np.array([[np.nan]]), "got nan"),
+        (np.array([True]), "got True"),
+        ([0.9], "got [0.9]"),
+    ],
+)
+def test_gamma_or_lam_as_any_other_array_is_a_one_line_spec_error(argument, message):
+    rewards = np.ones((4, 2))
+    calls = {
+        "gamma": lambda: reward_to_go(rewards, argument),
+        "lam": lambda: gae(rewards, rewards, 0.9, argument),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SpecError, match=f"^{name}: must be a finite number from 0 to 1") as error:
+            call()
+        assert str(error.value).endswith(message) and "\n" not in str(error.value)
 
 
 # --- conventions of other libraries ------------------------------------------------------------------

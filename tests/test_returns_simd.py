@@ -120,6 +120,107 @@ def test_simd_and_generic_kernels_agree(B):
         np.testing.assert_allclose(contiguous, generic, rtol=1e-12, atol=1e-12)
 
 
+# --- non-finite input stays in its episode, on every kernel path -----------------------------------
+
+# shape, and whether the arrays are strided views (which take the generic kernels whatever B)
+KERNEL_PATHS = {
+    "one stream, T < 8: one step at a time": ((7,), False),
+    "one stream, vectors and a tail of 5": ((29,), False),
+    "one stream, whole vectors": ((32,), False),
+    "2 to 7 streams: generic, stream by stream": ((29, 3), False),
+    "8 to 31 streams: 8 per vector, groups overlapping": ((29, 11), False),
+    "32 streams or more: generic, row sweep": ((29, 40), False),
+    "one stream, strided": ((29,), True),
+    "11 streams, strided": ((29, 11), True),
+}
+# episode ends of every stream, on and next to the vectors' edges (steps 7/8, 15/16, 23/24)
+ENDS = {4: "terminated", 7: "truncated", 15: "terminated", 16: "truncated", 23: "terminated"}
+
+
+def _episodes(T):
+    """(first, last) steps of each episode of a stream of length T with the ENDS."""
+    lasts = [t for t in sorted(ENDS) if t < T - 1] + [T - 1]
+    return list(zip([0] + [t + 1 for t in lasts[:-1]], lasts, strict=True))
+
+
+def _computed(rewards, values, kw, strided):
+    """(advantages, returns), gamma 0.9 and lambda 0.8, of these arrays or of strided views of them."""
+    if strided:
+        T = rewards.shape[0]
+        view = {name: np.repeat(a, 2, axis=0)[::2] for name, a in kw.items() if np.shape(a)[:1] == (T,)}
+        kw = {**kw, **view}
+        rewards, values = np.repeat(rewards, 2, axis=0)[::2], np.repeat(values, 2, axis=0)[::2]
+        assert not rewards.flags.c_contiguous
+    return gae(rewards, values, 0.9, 0.8, **kw), reward_to_go(rewards, 0.9, **kw)
+
+
+def _injections(first, last, dtype):
+    """{step: value} put into one episode's rewards, and whether the steps up to the last of them must
+    be non-finite (a finite overflow need not make all of them so)."""
+    middle = (first + last) // 2
+    yield {last: np.nan}, True
+    yield {last: np.inf}, True
+    yield {middle: -np.inf}, True
+    yield {first: np.nan, last: np.inf}, True  # a NaN and an inf in one episode
+    big = np.finfo(dtype).max
+    yield {first: big, last: big}, False  # the sum overflows to inf: made, not given
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_an_inf_or_nan_reward_stays_in_its_episode(path, dtype):
+    """An inf or NaN put into one episode of one stream makes the steps of that episode up to it inf
+    or NaN (they sum it) and nothing else: every other step, the rest of the episode, the other
+    episodes and the other streams, equals the same computation without it, exactly. (An episode end
+    must drop the value after it by a select: 0 * inf is NaN.)"""
+    shape, strided = KERNEL_PATHS[path]
+    T = shape[0]
+    ends = {t: kind for t, kind in ENDS.items() if t < T}
+    rewards, values, kw = _inputs(shape, seed=T, dtype=dtype, ends=ends)
+    stream = (slice(None),) if len(shape) == 1 else (slice(None), shape[1] // 2)
+    clean = _computed(rewards, values, kw, strided)
+    for first, last in _episodes(T):
+        for injected, all_non_finite in _injections(first, last, dtype):
+            dirty_rewards = rewards.copy()
+            for step, value in injected.items():
+                dirty_rewards[stream][step] = value
+            touched = np.zeros(shape, bool)
+            touched[stream][first : max(injected) + 1] = True
+            for got, want in zip(_computed(dirty_rewards, values, kw, strided), clean, strict=True):
+                np.testing.assert_array_equal(got[~touched], want[~touched], err_msg=f"{injected}")
+                if all_non_finite:
+                    assert not np.isfinite(got[touched]).any(), injected
+
+
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_inf_or_nan_values_and_bootstrap_values_stay_in_their_episode(path):
+    """In one stream: V(s_8) NaN (the first state of an episode: step 7 before it was truncated and
+    bootstraps the value of the state it was cut in), V(s_16) inf (a one-step episode after a
+    termination), the value of the state cut in after step 7 NaN, and the bootstrap value NaN. They
+    make exactly the steps that use them non-finite: advantages at 5 to 8, 16 and the last episode,
+    returns (no V) at 5 to 7 and the last episode; every other step equals the computation without them."""
+    shape, strided = KERNEL_PATHS[path]
+    T = shape[0]
+    rewards, values, kw = _inputs(shape, seed=3, ends={t: kind for t, kind in ENDS.items() if t < T})
+    stream = (slice(None),) if len(shape) == 1 else (slice(None), shape[1] // 2)
+    dirty_values, dirty_kw = values.copy(), dict(kw, truncation_values_t=kw["truncation_values_t"].copy())
+    dirty_kw["bootstrap_value"] = np.array(kw["bootstrap_value"], copy=True)
+    dirty_kw["bootstrap_value"][stream[1:]] = np.nan
+    non_finite = {"advantages": np.zeros(shape, bool), "returns": np.zeros(shape, bool)}
+    for touched in non_finite.values():
+        touched[stream][_episodes(T)[-1][0] :] = True
+    if T > 16:
+        dirty_values[stream][8], dirty_values[stream][16] = np.nan, np.inf
+        dirty_kw["truncation_values_t"][stream][7] = np.nan
+        non_finite["advantages"][stream][[5, 6, 7, 8, 16]] = True
+        non_finite["returns"][stream][[5, 6, 7]] = True
+    clean = _computed(rewards, values, kw, strided)
+    dirty = _computed(rewards, dirty_values, dirty_kw, strided)
+    for got, want, touched in zip(dirty, clean, non_finite.values(), strict=True):
+        np.testing.assert_array_equal(got[~touched], want[~touched])
+        assert not np.isfinite(got[touched]).any()
+
+
 @njit
 def _takes_simd_path(rewards_t, out_t):
     return _simd_gae(rewards_t, None, 0.9, 0.9, None, None, None, np.zeros(rewards_t.shape[1]), out_t)

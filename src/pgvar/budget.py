@@ -26,8 +26,14 @@ from dataclasses import dataclass
 from pgvar.errors import PgvarError
 
 GB = 1e9
-MC_STEPS_PER_SECOND = 5e7  # agent steps per second of the Monte-Carlo kernels, a slow case (random MDP: 2e7 to 2e8)
+MAX_TABLE_ENTRIES = (
+    50_000_000  # entries of an MDP's tables (transitions per step, state, action and next state)
+)
+MC_STEPS_PER_SECOND = (
+    5e7  # agent steps per second of the Monte-Carlo kernels, a slow case (random MDP: 2e7 to 2e8)
+)
 EXACT_ENTRIES_PER_SECOND = 2e8  # entries of the exact engine's NumPy passes per second
+NUMPY_CALL_SECONDS = 1e-5  # one small NumPy call from Python: what a loop over steps pays per call
 
 
 class BudgetError(PgvarError):
@@ -52,7 +58,7 @@ class Limits:
         return f"{self.memory / GB:.3g} GB of memory and {_duration(self.seconds)} of work"
 
 
-DEFAULT = Limits(memory=min(8 * GB, 0.5 * _physical_memory()), seconds=3600.0)
+DEFAULT = Limits(memory=min(8 * GB, 0.5 * _physical_memory()), seconds=600.0)
 EXPLORER = Limits(memory=2 * GB, seconds=3.0)
 _current: ContextVar[Limits] = ContextVar("pgvar_limits", default=DEFAULT)
 
@@ -118,6 +124,17 @@ def check(what: str, *, memory: float = 0.0, seconds: float = 0.0, hint: str = "
 def check_steps(what: str, steps: float, *, memory: float = 0.0, hint: str = "") -> None:
     """:func:`check` for ``steps`` agent steps of Monte-Carlo sampling."""
     check(what, memory=memory, seconds=steps / MC_STEPS_PER_SECOND, hint=hint)
+
+
+def check_table(what: str, entries: float) -> None:
+    """Refuse an MDP whose tables would have more than ``MAX_TABLE_ENTRIES`` entries, or more than
+    the current limits allow to build and check (a few passes over them)."""
+    if entries > MAX_TABLE_ENTRIES:
+        raise BudgetError(
+            f"{what}: {entries:,.0f} table entries, over the {MAX_TABLE_ENTRIES:,} an MDP may have "
+            "(the exact engine and the sampler work on these tables)"
+        )
+    check_entries(what, 3.0 * entries, passes=3.0)
 
 
 def check_entries(what: str, entries: float, *, passes: float = 1.0, hint: str = "") -> None:

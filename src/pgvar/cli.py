@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
+import socket
 import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Annotated
 
 import numpy as np
@@ -12,11 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pgvar import __version__
+from pgvar import __version__, budget
 from pgvar.commands.train import train as train_command
-from pgvar.errors import PgvarError
+from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimators
-from pgvar.mdp import TabularMDP
+from pgvar.kpi import RELIABLE_DOF
+from pgvar.mdp import REWARD_LIMIT, TabularMDP
 from pgvar.validation import check_choice, check_int, check_int_list, check_number, check_seed
 from pgvar.vocabulary import LESSON_LABELS
 
@@ -42,7 +50,9 @@ ThetaOption = Annotated[
 EstimatorsOption = Annotated[
     str, typer.Option("--estimators", "-e", help="Comma-separated specs WEIGHT+BASELINE or presets.")
 ]
-EntropyOption = Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient beta >= 0.")]
+EntropyOption = Annotated[
+    float, typer.Option("--entropy", help=f"Entropy bonus coefficient beta, 0 to {REWARD_LIMIT:g}.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 BatchesOption = Annotated[int, typer.Option("--batches", help="Independent batches M per reading (>= 2).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of NumPy's Generator (>= 0).")]
@@ -56,21 +66,58 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    max_memory: Annotated[
+        float | None,
+        typer.Option(
+            "--max-memory",
+            metavar="GB",
+            help="Refuse up front any request estimated to need more memory, in GB "
+            f"(default here: {budget.DEFAULT.memory / budget.GB:.3g}).",
+        ),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-seconds",
+            metavar="S",
+            help="Refuse up front any request estimated at more seconds of one core's work "
+            f"(default: {budget.DEFAULT.seconds:g}).",
+        ),
+    ] = None,
 ) -> None:
     """Policy-gradient estimators and their variance: exact where mathematics allows."""
+    memory_gb = None if max_memory is None else check_number(max_memory, "--max-memory", low=0, low_open=True)
+    seconds = (
+        None if max_seconds is None else check_number(max_seconds, "--max-seconds", low=0, low_open=True)
+    )
+    ctx.with_resource(budget.limits(memory_gb=memory_gb, seconds=seconds))  # left when the command ends
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130.
+
+    User errors are a :class:`PgvarError` (budget refusals included), a usage error of the command
+    line, a file or port the system refuses (``OSError``) and, as a last resort, running out of
+    memory. NumPy's floating-point warnings are silenced: every command checks that its results are
+    finite numbers and says so in one line when they are not (the inputs' bounds make that rare)."""
     try:
-        code = app(standalone_mode=False)  # click returns an Exit's code instead of raising it
+        with ExitStack() as stack:
+            stack.enter_context(np.errstate(over="ignore", invalid="ignore", divide="ignore"))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore", RuntimeWarning)
+            # with standalone_mode=False click returns an Exit's code instead of raising it
+            code = app(standalone_mode=False, prog_name="pgvar")
     except PgvarError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(error)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         sys.exit(130)
@@ -78,12 +125,62 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
+    except MemoryError:
+        _fail(
+            "out of memory: this request needs more memory than the machine gives it; ask for less "
+            "(smaller --N, --batches, --count, MDP) or lower --max-memory to have it refused up front"
+        )
+    except BrokenPipeError:  # `pgvar ... | head`: the reader left; leave quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except OSError as error:  # a file or a port the system refuses
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(f"{where}{error.strerror or error}")
     except Exception as error:  # usage errors from typer's bundled click
         if hasattr(error, "show") and hasattr(error, "exit_code"):
-            error.show()
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError" or not hasattr(error, "format_message"):
+                error.show()  # a bare group (`pgvar mdp`): its help
+            else:
+                hint = f" (see '{context.command_path} --help')" if context is not None else ""
+                _say(f"{_one_line(error.format_message())}{hint}")
             sys.exit(error.exit_code)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say(error: object) -> None:
+    """``error: MESSAGE`` as one line on stderr (the message is never read as markup)."""
+    err.print("[bold red]error:[/] ", end="", highlight=False)
+    err.print(_one_line(error), highlight=False, soft_wrap=True, markup=False)
+
+
+def _fail(error: object) -> None:
+    """One line on stderr, exit code 2."""
+    _say(error)
+    sys.exit(2)
+
+
+def _require_finite(what: str, *values: object) -> None:
+    """The second line of defence: refuse to print a result that is not a finite number (NaN, an
+    overflow) though the inputs passed their bounds; ``what`` names the command's result."""
+    for value in values:
+        if value is None:
+            continue
+        array = np.asarray(value, dtype=float)
+        if not np.isfinite(array).all():
+            raise PgvarError(
+                f"{what}: the result is not a finite number (floating-point overflow); scale the "
+                "rewards down or move the logits toward 0"
+            )
+
+
+def _check_start(model: TabularMDP, logits: np.ndarray, what: str, entropy: float = 0.0) -> None:
+    """J and grad J at ``logits`` are finite numbers (before a command spends its time)."""
+    from pgvar.exact import chain_gradient, unroll, values
+
+    chain = unroll(model, logits, entropy)
+    _require_finite(what, float(model.initial_s @ values(chain)[0][0]), chain_gradient(chain))
 
 
 def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
@@ -95,7 +192,7 @@ def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
 
 
 def _specs(estimators: str, entropy: float) -> list[EstimatorSpec]:
-    return parse_estimators(estimators, entropy=check_number(entropy, "--entropy", low=0))
+    return parse_estimators(estimators, entropy=check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT))
 
 
 def display_name(spec: EstimatorSpec) -> str:
@@ -139,14 +236,18 @@ def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
     """The weight Psi_t in the lesson's notation (see LEGEND)."""
     discount = "γ^t·" if gamma < 1 and spec.discount_scores and spec.weight != "return" else ""
     if spec.weight == "gae":
-        value = {"none": "V=0", "value": "V exact"}.get(spec.baseline, "V=Ḡ_t")
+        value = {"none": "V=0", "value": "V exact", "running-value": "V=Ḡ_t(s)", "learned": "V learned"}.get(
+            spec.baseline, "V=Ḡ_t"
+        )
         return f"{discount}A_t^GAE(λ={spec.lam:g}, {value})"
     weight = "R(τ)" if spec.weight == "return" else "G_t"
     baseline = {
         "none": "",
         "lesson": "Ḡ_t",
         "running": "R̄_t" if spec.weight == "return" else "Ḡ_t",
+        "running-value": "Ḡ_t(s_t)",
         "value": "V(s_t)",
+        "learned": "V̂(s_t)",
         "optimal": "b*_t",
         "optimal-per-parameter": "b*_t,i",
     }[spec.baseline]
@@ -183,6 +284,9 @@ def exact(
     grad = chain_gradient(chain)
     objective = float(model.initial_s @ values(chain)[0][0])
     results = [exact_moments(model, logits, spec, method=method, chain=chain) for spec in specs]
+    _require_finite("exact", objective, grad)
+    for r in results:
+        _require_finite(f"exact: {r.spec.name}", r.mean, r.variance_trace, r.reward_noise, r.sampling)
     scale = max(1.0, float(np.abs(grad).max()))
     if as_json:
         payload = {
@@ -250,6 +354,25 @@ def exact(
     out.print(LEGEND, highlight=False)
 
 
+@contextlib.contextmanager
+def _progress_bar(episodes: float) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long sampling (shown on a terminal only, above 2e6 episodes);
+    yields the function that advances it by a number of episodes."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} episodes"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not (episodes > 2_000_000 and err.is_terminal),
+    ) as bar:
+        task = bar.add_task("episodes", total=episodes)
+        yield lambda k: bar.advance(task, k)
+
+
 @app.command()
 def variance(
     mdp: MdpOption = "lesson",
@@ -263,8 +386,6 @@ def variance(
 ) -> None:
     """Monte-Carlo variance of the batch-mean gradient over independent batches (the lesson's KPI),
     with the exact value beside it."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from pgvar.montecarlo import DEFAULT_WARMUP
     from pgvar.studies import variance_study
 
@@ -274,20 +395,10 @@ def variance(
     specs = _specs(estimators, entropy)
     model, logits = _load(mdp, theta)
     total = sum(batches * n + DEFAULT_WARMUP for n in sorted(set(n_list) | {1}))
-    show_progress = total > 2_000_000 and err.is_terminal
-    with Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} episodes"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not show_progress,
-    ) as bar:
-        task = bar.add_task("episodes", total=total)
-        study = variance_study(
-            model, logits, specs, n_list, batches, seed, progress=lambda k: bar.advance(task, k)
-        )
+    with _progress_bar(total) as advance:
+        study = variance_study(model, logits, specs, n_list, batches, seed, progress=advance)
+    for r in study.readings:
+        _require_finite(f"variance: {r.spec.name} at N = {r.n}", r.variance_trace, r.exact_variance_trace)
     if as_json:
         payload = {
             "mdp": model.name,
@@ -301,6 +412,7 @@ def variance(
                     "N": r.n,
                     "variance_trace": r.variance_trace,
                     "ci95": list(r.ci95),
+                    "ci95_reliable": r.reliable,
                     "exact_variance_trace": r.exact_variance_trace,
                     "vs_vanilla_n1": r.vs_vanilla_n1,
                     "vs_vanilla": r.vs_vanilla,
@@ -312,6 +424,7 @@ def variance(
             "slopes": study.slopes,
             "sampling": "steps" if study.sampled_paths is None else "paths",
             "paths": study.sampled_paths,
+            "exact_note": study.exact_note,
         }
         _print_json(payload)
         return
@@ -338,7 +451,7 @@ def variance(
             weight_formula(r.spec, model.gamma),
             str(r.n),
             _fmt(r.variance_trace),
-            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}",
+            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}" + ("" if r.reliable else " !"),
             _fmt(r.exact_variance_trace),
             f"{r.vs_vanilla:.3f}×" if r.vs_vanilla is not None else "—",
             f"{r.vs_vanilla_n1:.3f}×" if r.vs_vanilla_n1 is not None else "—",
@@ -361,6 +474,14 @@ def variance(
     if study.slopes:
         slopes = ", ".join(f"{name} {slope:+.2f}" for name, slope in study.slopes.items())
         out.print(f"slope of log variance against log N (1/N predicts −1): {slopes}")
+    if not all(r.reliable for r in study.readings):
+        out.print(
+            "! heavy tails: few batches carry this reading (effective degrees of freedom under "
+            f"{RELIABLE_DOF:g}); the reading and its interval are unreliable: take more --batches.",
+            highlight=False,
+        )
+    if study.exact_note:
+        out.print(f"no exact values: {study.exact_note}", highlight=False)
     truncated = max((r.truncated_episodes for r in study.readings), default=0)
     if truncated:
         out.print(f"[yellow]note:[/] {truncated} episodes hit the step cap and were cut short")
@@ -391,8 +512,11 @@ def readings(
     specs = _specs(estimators, entropy)
     model, logits = _load(mdp, theta)
     start = time.perf_counter()
-    spreads = reading_spread(model, logits, specs, n, batches, count, seed)
+    with _progress_bar(float(n) * batches * count * (len(specs) + 1)) as advance:
+        spreads = reading_spread(model, logits, specs, n, batches, count, seed, progress=advance)
     seconds = time.perf_counter() - start
+    for r in spreads:
+        _require_finite(f"readings: {r.spec.name}", r.exact, r.mean, r.low, r.high)
     if as_json:
         payload = {
             "mdp": model.name,
@@ -460,6 +584,7 @@ def verify(
 
     seed = check_seed(seed, "--seed")
     model, logits = _load(mdp, theta)
+    _check_start(model, logits, "verify")  # a claim on NaN numbers would fail for the wrong reason
     claims, summary = verify_lesson(model, logits, seed)
     if as_json:
         _print_json(
@@ -506,6 +631,7 @@ def report(
     batches = check_int(batches, "--batches", low=2)
     seed = check_seed(seed, "--seed")
     model, logits = _load(mdp, theta)
+    _check_start(model, logits, "report")
     path = build_report(model, logits, Path(out_dir), batches=batches, seed=seed, overwrite=overwrite)
     out.print(f"report: {path}", highlight=False)
 
@@ -544,7 +670,27 @@ def explore(
     from pgvar.explorer import serve
 
     port = check_int(port, "--port", low=0, high=65535)
-    serve(mdp=mdp, port=port, open_browser=not no_browser)  # a bad --mdp is reported on the page
+    if port:
+        check_port_free(port)
+    try:
+        serve(mdp=mdp, port=port, open_browser=not no_browser)  # a bad --mdp is reported on the page
+    except OSError as error:  # taken between the check and the server's own bind
+        if error.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise SpecError(f"--port: cannot serve on 127.0.0.1:{port}: {error.strerror}") from None
+        raise
+
+
+def check_port_free(port: int) -> None:
+    """Bind 127.0.0.1:``port`` as the server will (SO_REUSEADDR, like Tornado); one line if it cannot."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            why = "in use" if error.errno == errno.EADDRINUSE else error.strerror or str(error)
+            raise SpecError(
+                f"--port: 127.0.0.1:{port} is not free ({why}); choose another port, or 0 for a free one"
+            ) from None
 
 
 app.command()(train_command)  # defined beside the training core, listed after the variance commands

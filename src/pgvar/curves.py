@@ -48,18 +48,28 @@ def default_out(mdp_name: str) -> Path:
     return path
 
 
-def check_out_dir(out: Path, overwrite: bool, option: str = "out") -> None:
-    """Refuse (SpecError) to write into ``out`` when it already holds one of our result files."""
+def check_out_dir(out: Path, overwrite: bool, option: str = "out", *, parents: bool = True) -> None:
+    """Refuse (SpecError, one line) to write into ``out`` when it is a file or already holds one of our
+    result files; with ``parents=False`` (a directory the user named) also when it is new and its parent
+    is not an existing directory, so that only the last directory is ever created."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"{option}: {out} exists and is not a directory")
-    if out.is_dir() and not overwrite:
-        taken = [name for name in OUTPUT_NAMES if (out / name).exists()]
-        if taken:
+    try:
+        if out.exists() and not out.is_dir():
+            raise SpecError(f"{option}: {out} exists and is not a directory")
+        if out.is_dir():
+            taken = [] if overwrite else [name for name in OUTPUT_NAMES if (out / name).exists()]
+            if taken:
+                raise SpecError(
+                    f"{option}: {out} already holds results ({', '.join(taken)}); "
+                    "pass --overwrite to replace them or choose another directory"
+                )
+        elif not parents and not out.absolute().parent.is_dir():
             raise SpecError(
-                f"{option}: {out} already holds results ({', '.join(taken)}); "
-                "pass --overwrite to replace them or choose another directory"
+                f"{option}: {out.parent} is not an existing directory; create it first (only the last "
+                f"directory, {out.name}, is created)"
             )
+    except OSError as err:  # a name too long, a directory that cannot be listed
+        raise SpecError(f"{option}: cannot use {out}: {err.strerror}") from None
 
 
 def _replace(path: Path, write: Callable[[Path], None]) -> None:

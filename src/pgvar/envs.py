@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pgvar import budget
 from pgvar.errors import SpecError
-from pgvar.mdp import TabularMDP
+from pgvar.mdp import REWARD_LIMIT, TabularMDP
+from pgvar.validation import check_int, check_number, check_seed
 
 
 def lesson(noise_width: float = 0.6) -> TabularMDP:
@@ -79,8 +81,10 @@ def bandit(k: int = 10, seed: int = 0, mean: float = 4.0) -> TabularMDP:
     Arm means q*(a) ~ Normal(``mean``, 1) from ``seed``, rewards q*(a) + Normal(0, 1); one step.
     The offset ``mean`` = 4 is the figure's: without a baseline the gradient bandit then learns slowly.
     """
-    if k < 1:
-        raise SpecError(f"bandit: k must be >= 1, got {k}")
+    k = check_int(k, "bandit: k", low=1)
+    seed = check_seed(seed, "bandit: seed")
+    mean = check_number(mean, "bandit: mean", low=-REWARD_LIMIT, high=REWARD_LIMIT)
+    budget.check_table(f"bandit: k={k}", 4.0 * k)
     means = np.random.default_rng(seed).normal(mean, 1.0, size=k)
     transitions = np.zeros((2, k, 2))
     transitions[:, :, 1] = 1.0
@@ -106,8 +110,12 @@ def random_mdp(
 ) -> TabularMDP:
     """A random finite-horizon MDP: Dirichlet(1) transitions, Normal(0, 1) mean rewards per (s, a),
     Gaussian reward noise of std 0.5, uniform start; logits per observation (= state)."""
-    if states < 1 or actions < 1 or horizon < 1:
-        raise SpecError("random: states, actions and horizon must be >= 1")
+    seed = check_seed(seed, "random: seed")
+    states = check_int(states, "random: states", low=1)
+    actions = check_int(actions, "random: actions", low=1)
+    horizon = check_int(horizon, "random: horizon", low=1)
+    gamma = check_number(gamma, "random: gamma", low=0.0, high=1.0)
+    budget.check_table(f"random: states={states}, actions={actions}", float(states) * actions * states)
     rng = np.random.default_rng(seed)
     return TabularMDP(
         initial_s=np.full(states, 1.0 / states),
@@ -173,8 +181,9 @@ def deceptive(depth: int = 7, actions: int = 2, safe: float = 1.0, treasure: flo
     0.73 to 0.90 in each state and reaches the treasure a quarter of the time.
     ``pgvar train --mdp deceptive`` shows the learning curves (docs/training.md).
     """
-    if depth < 1 or actions < 2:
-        raise SpecError("deceptive: depth must be >= 1 and actions >= 2")
+    depth = check_int(depth, "deceptive: depth", low=1)
+    actions = check_int(actions, "deceptive: actions", low=2)
+    budget.check_table(f"deceptive: depth={depth}, actions={actions}", (depth + 2.0) ** 2 * actions)
     n_states = depth + 2  # 0 start, 1 .. depth corridor, depth + 1 end
     end = depth + 1
     transitions = np.zeros((n_states, actions, n_states))
@@ -182,7 +191,8 @@ def deceptive(depth: int = 7, actions: int = 2, safe: float = 1.0, treasure: flo
     transitions[:, :, end] = 1.0  # every action but "onward" stops
     rewards[0, 1:] = safe
     for state in range(depth + 1):
-        transitions[state, 0] = np.eye(n_states)[state + 1]  # "onward" (the last one reaches the end)
+        transitions[state, 0, :] = 0.0
+        transitions[state, 0, state + 1] = 1.0  # "onward" (the last one reaches the end)
     rewards[depth, 0] = treasure
     return TabularMDP(
         initial_s=np.eye(n_states)[0],

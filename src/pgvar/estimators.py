@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgvar.errors import SpecError
-from pgvar.mdp import TabularMDP
+from pgvar.mdp import REWARD_LIMIT, TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 from pgvar.returns import gae, reward_to_go
 from pgvar.vocabulary import BASELINE_KINDS, PRESETS, label
@@ -82,10 +82,14 @@ _GAE = re.compile(r"^gae(?P<lam>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
 
 def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
     """Parse ``WEIGHT+BASELINE[:common]`` or a preset into an :class:`EstimatorSpec`."""
-    if isinstance(entropy, bool) or not isinstance(entropy, (int, float)) or not np.isfinite(entropy):
-        raise SpecError(f"entropy: must be a finite number >= 0, got {entropy!r}")
-    if entropy < 0:
-        raise SpecError(f"entropy: must be a finite number >= 0, got {entropy!r}")
+    # the bonus entropy * H[pi] is added to every reward (H <= log A), so it obeys the rewards' bound
+    if (
+        isinstance(entropy, bool)
+        or not isinstance(entropy, (int, float))
+        or not np.isfinite(entropy)
+        or not 0 <= entropy <= REWARD_LIMIT
+    ):
+        raise SpecError(f"entropy: must be a finite number from 0 to {REWARD_LIMIT:g}, got {entropy!r}")
     raw = text.strip()
     body, _, convention = raw.partition(":")
     if convention not in ("", "common"):

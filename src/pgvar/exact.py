@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pgvar import budget
 from pgvar.errors import PgvarError
 from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, score_scale_t
 from pgvar.mdp import TabularMDP
@@ -67,55 +68,88 @@ class Chain:
 def unroll(
     mdp: TabularMDP, theta: np.ndarray, beta: float = 0.0, tail_tol: float = 1e-14, max_steps: int = 200_000
 ) -> Chain:
-    """Unroll ``mdp`` under softmax(theta) into a :class:`Chain` (see its docs)."""
+    """Unroll ``mdp`` under softmax(theta) into a :class:`Chain` (see its docs). Where neither the
+    transitions nor the logits depend on the step, the per-step tables are one table seen T times
+    (a read-only broadcast view), so memory does not grow with T."""
+    n_states, n_actions, n_params = mdp.n_states, mdp.n_actions, theta.size
     if mdp.horizon is not None:
         n_steps, tail = mdp.horizon, 0.0
     else:
         n_steps, tail = _steps_until_absorbed(mdp, theta, tail_tol, max_steps)
-    n_states, n_actions, n_params = mdp.n_states, mdp.n_actions, theta.size
+    per_step = theta.ndim == 3 or mdp.time_dependent
+    budget.check(  # the tables, and the passes over T steps that values and distributions make
+        f"mdp {mdp.name!r}: its exact tables over {n_steps} steps",
+        memory=8.0
+        * (chain_entries(n_steps, n_states, n_actions, n_params, per_step, beta > 0) + 4.0 * n_steps),
+        seconds=8.0 * n_steps * n_states * n_actions * n_states / budget.EXACT_ENTRIES_PER_SECOND
+        + 5.0 * n_steps * budget.NUMPY_CALL_SECONDS,
+        hint="exact results need fewer steps, states or actions",
+    )
     alive_s = ~mdp.terminal_s
-    flow, probs, reward, scores, ent_grad = [], [], [], [], []
-    cache: dict[int, tuple] = {}
-    for t in range(n_steps):
-        key = t if (theta.ndim == 3 or mdp.time_dependent) else 0
-        if key not in cache:
-            probs_sa = policy_table(theta, mdp, t)
-            entropy_s, grad_h_sa = entropy_table(theta, mdp, t)
-            index_sa = parameter_index(mdp, theta.shape, t)
-            score_saD = np.zeros((n_states, n_actions, n_params))
-            grad_h_sD = np.zeros((n_states, n_params))
-            for s in np.flatnonzero(alive_s):
-                score_saD[s][:, index_sa[s]] = np.eye(n_actions) - probs_sa[s][None, :]
-                grad_h_sD[s, index_sa[s]] = grad_h_sa[s]
-            flow_sas = probs_sa[:, :, None] * mdp.transitions_at(t) * alive_s[:, None, None]
-            reward_sas = mdp.reward_sas + beta * entropy_s[:, None, None]
-            cache[key] = (flow_sas, probs_sa, reward_sas, score_saD, grad_h_sD)
-        flow_sas, probs_sa, reward_sas, score_saD, grad_h_sD = cache[key]
-        flow.append(flow_sas)
-        probs.append(probs_sa)
-        reward.append(reward_sas)
-        scores.append(score_saD)
-        ent_grad.append(beta * mdp.gamma**t * grad_h_sD)
+    tables = []  # per distinct step: flow, probabilities, rewards, scores, entropy gradient
+    for t in range(n_steps if per_step else 1):
+        probs_sa = policy_table(theta, mdp, t)
+        entropy_s, grad_h_sa = entropy_table(theta, mdp, t)
+        index_sa = parameter_index(mdp, theta.shape, t)
+        score_saD = np.zeros((n_states, n_actions, n_params))
+        grad_h_sD = np.zeros((n_states, n_params))
+        for s in np.flatnonzero(alive_s):
+            score_saD[s][:, index_sa[s]] = np.eye(n_actions) - probs_sa[s][None, :]
+            grad_h_sD[s, index_sa[s]] = grad_h_sa[s]
+        flow_sas = probs_sa[:, :, None] * mdp.transitions_at(t) * alive_s[:, None, None]
+        reward_sas = mdp.reward_sas + beta * entropy_s[:, None, None]
+        tables.append((flow_sas, probs_sa, reward_sas, score_saD, grad_h_sD))
+
+    def over_steps(k: int) -> np.ndarray:
+        if per_step:
+            return np.array([table[k] for table in tables])
+        return np.broadcast_to(tables[0][k], (n_steps, *tables[0][k].shape))
+
+    discount_t = mdp.gamma ** np.arange(n_steps, dtype=float)
+    if beta > 0:
+        entropy_grad_tsD = beta * discount_t[:, None, None] * over_steps(4)
+    else:
+        entropy_grad_tsD = np.broadcast_to(np.zeros((1, n_states, n_params)), (n_steps, n_states, n_params))
     return Chain(
         mdp,
         theta,
         beta,
-        np.array(flow),
-        np.array(probs),
-        np.array(reward),
+        over_steps(0),
+        over_steps(1),
+        over_steps(2),
         mdp.noise_variance_sa,
-        np.array(scores),
-        np.array(ent_grad),
+        over_steps(3),
+        entropy_grad_tsD,
         tail,
     )
+
+
+def chain_entries(
+    steps: int, states: int, actions: int, params: int, per_step: bool = True, entropy: bool = True
+) -> float:
+    """Float entries an unrolled :class:`Chain` holds: the flow and rewards per (s, a, s') and the
+    score per (s, a, parameter), once or per step, and the entropy term per (t, s, parameter)."""
+    tables = float(steps if per_step else 1) * states * actions * (2 * states + params + 1)
+    return tables + (float(steps) * states * params if entropy else 0.0)
 
 
 def _steps_until_absorbed(
     mdp: TabularMDP, theta: np.ndarray, tol: float, max_steps: int
 ) -> tuple[int, float]:
+    n_states = mdp.n_states
+    budget.check_entries(f"mdp {mdp.name!r}: its transition table", 2.0 * n_states * mdp.n_actions * n_states)
     flow_ss = np.einsum("sa,sap->sp", policy_table(theta, mdp), mdp.transitions) * ~mdp.terminal_s[:, None]
     alive_s = mdp.initial_s * ~mdp.terminal_s
+    # how many steps fit in the current limits, at S^2 entries and a few NumPy calls each
+    per_step = n_states * n_states / budget.EXACT_ENTRIES_PER_SECOND + 2 * budget.NUMPY_CALL_SECONDS
+    affordable = budget.current().seconds / per_step
     for t in range(1, max_steps + 1):
+        if t > affordable:
+            raise budget.BudgetError(
+                f"mdp {mdp.name!r}: under this policy an episode is still running after {t - 1} steps with "
+                f"probability {alive_s.sum():.2g}; following it further exceeds the work limit of "
+                f"{budget.current().seconds:g} s (move the logits off the extremes, or raise --max-seconds)"
+            )
         alive_s = alive_s @ flow_ss
         mass = alive_s[~mdp.terminal_s].sum()
         if mass < tol:
@@ -180,6 +214,10 @@ class _Stationary:
     V = (I - gamma P_pi)^-1 r_pi over the non-terminal states, visits = rho0 (I - P_pi)^-1."""
 
     def __init__(self, mdp: TabularMDP, theta: np.ndarray, beta: float) -> None:
+        n_states = float(mdp.n_states)
+        budget.check_entries(  # a few S x A x S products and four S^3 solves
+            f"mdp {mdp.name!r}: its linear solves", 4 * n_states * mdp.n_actions * n_states, passes=n_states
+        )
         probs_sa = policy_table(theta, mdp)
         entropy_s, grad_h_sa = entropy_table(theta, mdp)
         alive = ~mdp.terminal_s
@@ -368,8 +406,21 @@ def exact_moments(
     if chain.beta != spec.entropy:
         raise PgvarError("exact_moments: the chain was unrolled with another entropy coefficient")
     estimator = resolve(chain, spec, learned_ts)
-    if method == "auto":
-        method = "enumeration" if count_paths(chain) <= MAX_ENUMERATED_PATHS else "recursion"
+    if method not in ("auto", "enumeration", "recursion"):
+        raise PgvarError(f"method: unknown {method!r}; use auto, enumeration or recursion")
+    n_paths = count_paths(chain) if method != "recursion" else 0
+    if method == "enumeration" and n_paths > MAX_ENUMERATED_PATHS:
+        unbounded = " (episodes without a horizon have no end to their paths)" if chain.tail_mass > 0 else ""
+        raise PgvarError(
+            f"method: enumeration lists at most {MAX_ENUMERATED_PATHS:,} paths and this MDP has more"
+            f"{unbounded}; use recursion or auto"
+        )
+    if method == "auto":  # enumeration, the independent check, where the paths are few and it is affordable
+        affordable = (
+            _enumeration_work(chain, n_paths) <= budget.current().seconds * budget.EXACT_ENTRIES_PER_SECOND
+        )
+        method = "enumeration" if n_paths <= MAX_ENUMERATED_PATHS and affordable else "recursion"
+    _check_moments_work(chain, method, n_paths)
     covariance = None
     if method == "enumeration":
         mean, second_DD, second_no_noise_DD = _enumerate_moments(chain, estimator)
@@ -378,8 +429,6 @@ def exact_moments(
     elif method == "recursion":
         mean, second = _recursion_moments(chain, estimator, noise=True)
         second_no_noise = _recursion_moments(chain, estimator, noise=False)[1]
-    else:
-        raise PgvarError(f"method: unknown {method!r}; use auto, enumeration or recursion")
     variance = np.maximum(second - mean**2, 0.0)
     total = float(variance.sum())
     sampling = float(np.maximum(second_no_noise - mean**2, 0.0).sum())
@@ -395,6 +444,69 @@ def exact_moments(
         chain.tail_mass,
         estimator.baseline_t,
         covariance,
+    )
+
+
+def _enumeration_work(chain: Chain, paths: int) -> float:
+    """Entries the enumeration touches: the estimator on every path once per step's noise (T + 1
+    times), and the D x D second moments summed over the paths (T + 1 times)."""
+    steps, params = chain.steps, float(chain.theta.size)
+    return (steps + 1.0) * paths * (steps * chain.mdp.n_actions * 4 + params + params * params)
+
+
+def _recursion_work(chain: Chain) -> float:
+    """Entries the recursion touches: about 30 contractions of (S, A, S) with (S, D) per step, twice
+    (with and without the reward noise)."""
+    mdp = chain.mdp
+    return 60.0 * chain.steps * mdp.n_states * mdp.n_actions * mdp.n_states * chain.theta.size
+
+
+def moments_refused(mdp: TabularMDP, theta: np.ndarray) -> str | None:
+    """Why exact moments of one estimator would exceed the current limits, judged before anything is
+    unrolled (None when they may fit): the recursion's work over the horizon, unless the paths are few
+    enough to enumerate. For unbounded episodes the horizon is not known yet: None."""
+    if mdp.horizon is None:
+        return None
+    steps, states, actions = float(mdp.horizon), float(mdp.n_states), float(mdp.n_actions)
+    recursion = 60.0 * steps * states * actions * states * theta.size
+    if recursion <= budget.current().seconds * budget.EXACT_ENTRIES_PER_SECOND:
+        return None
+    if mdp.horizon <= 64:  # few paths (counted over any action: an upper bound) can be enumerated
+
+        class Flow:  # one step's table at a time
+            def __len__(self) -> int:
+                return mdp.horizon
+
+            def __getitem__(self, t: int) -> np.ndarray:
+                return mdp.transitions_at(t) * ~mdp.terminal_s[:, None, None]
+
+        if (
+            count_flow_paths(mdp.initial_s, Flow(), mdp.terminal_s, MAX_ENUMERATED_PATHS)
+            <= MAX_ENUMERATED_PATHS
+        ):
+            return None
+    seconds = recursion / budget.EXACT_ENTRIES_PER_SECOND
+    return (
+        f"mdp {mdp.name!r}: exact moments need about {seconds:,.3g} s of work, over the limit of "
+        f"{budget.current().seconds:g} s"
+    )
+
+
+def _check_moments_work(chain: Chain, method: str, paths: int) -> None:
+    mdp, params = chain.mdp, float(chain.theta.size)
+    if method == "enumeration":
+        work, memory = (
+            _enumeration_work(chain, paths),
+            8.0 * (paths * (chain.steps * mdp.n_actions + params) + 3 * params**2),
+        )
+    else:
+        work, memory = _recursion_work(chain), 8.0 * 20 * mdp.n_states * mdp.n_actions * params
+    calls = 2 * 50.0 * chain.steps if method == "recursion" else 0.0  # NumPy calls of the two passes
+    budget.check(
+        f"mdp {mdp.name!r}: exact moments by {method}",
+        memory=memory,
+        seconds=work / budget.EXACT_ENTRIES_PER_SECOND + calls * budget.NUMPY_CALL_SECONDS,
+        hint="measure the variance by sampling (pgvar variance) instead",
     )
 
 

@@ -153,14 +153,16 @@ def first(typingctx, lanes):
 
 @intrinsic
 def shift(typingctx, lanes, k, fill):
-    """Lane i gets lane i + k (k a constant); the last k lanes get the scalar ``fill``."""
+    """Lane i gets lane i + k (k a constant); the last k lanes get the scalar ``fill`` (a bool when
+    ``lanes`` is a Mask: then lane i tells about step i + k)."""
     if not isinstance(k, types.IntegerLiteral):
         raise RequireLiteralValue("shift: k must be a constant")
+    element = types.boolean if isinstance(lanes, Mask) else lanes.dtype
     order = [min(i + k.literal_value, LANES) for i in range(LANES)]  # index LANES: lane 0 of the fill
 
     def codegen(context, builder, sig, args):
         lanes_value, _, fill_value = args
-        fill_value = context.cast(builder, fill_value, fill, lanes.dtype)
+        fill_value = context.cast(builder, fill_value, fill, element)
         filled = builder.insert_element(
             ir.Constant(lanes_value.type, None), fill_value, ir.Constant(ir.IntType(32), 0)
         )

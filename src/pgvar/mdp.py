@@ -20,6 +20,12 @@ from pgvar.errors import MDPError
 
 NOISE_KINDS = ("none", "uniform", "gaussian")
 _ATOL = 1e-9
+#: Largest |mean reward| and reward-noise scale an MDP may have (files and built-ins alike). Variances
+#: square the returns and the confidence intervals of Monte-Carlo readings square them again, so the
+#: engines raise rewards to the fourth power: with |r| <= 1e50 that stays below 1e200 (float64 ends at
+#: 1.8e308), leaving a factor of 1e100 for episode lengths, sums over paths and parameters. At 1e75
+#: the readings of the short corridor already overflow; any real reward scale is far below the limit.
+REWARD_LIMIT = 1e50
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,11 +144,19 @@ def _float_array(value, field_name: str) -> np.ndarray:
     return array
 
 
-def _check_finite(array: np.ndarray, field_name: str) -> None:
+def _check_finite(array: np.ndarray, field_name: str, limit: float | None = None) -> None:
+    """Every entry a finite number (and within +-``limit`` where one is given)."""
     bad = ~np.isfinite(array)
+    if limit is not None:
+        bad |= np.abs(np.where(bad, 0.0, array)) > limit
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise MDPError(f"{field_name}: entry {list(where)} is {array[where]}, must be a finite number")
+        entry = f"entry {list(where)} is" if where else "is"
+        value = array[where]
+        rule = "must be a finite number"
+        if limit is not None:
+            rule += f" within ±{limit:g} (rescale the rewards; larger ones overflow the variances)"
+        raise MDPError(f"{field_name}: {entry} {value:g}, {rule}")
 
 
 def _check_distribution(p: np.ndarray, field_name: str, index_names: str) -> None:
@@ -175,8 +189,9 @@ def validate(mdp: TabularMDP) -> None:
     n_actions = t.shape[-2]
     if n_actions < 1:
         raise MDPError("transitions: needs at least one action")
-    for array, name in ((mdp.initial_s, "initial"), (t, "transitions"), (mdp.rewards, "rewards")):
+    for array, name in ((mdp.initial_s, "initial"), (t, "transitions")):
         _check_finite(array, name)
+    _check_finite(mdp.rewards, "rewards", REWARD_LIMIT)
     _check_distribution(mdp.initial_s, "initial", "state")
     _check_distribution(t, "transitions", "(t, s, a)" if t.ndim == 4 else "(s, a)")
     if mdp.rewards.shape not in ((n_states, n_actions), (n_states, n_actions, n_states)):
@@ -215,7 +230,7 @@ def validate(mdp: TabularMDP) -> None:
     scale = mdp.noise_scale
     if scale.ndim != 0 and scale.shape != (n_states, n_actions):
         raise MDPError(f"noise.scale: must be a number or an (S, A) table, got shape {scale.shape}")
-    _check_finite(scale, "noise.scale")
+    _check_finite(scale, "noise.scale", REWARD_LIMIT)
     if (scale < 0).any():
         raise MDPError(f"noise.scale: width/std must be >= 0, got {scale.min():g}")
     if mdp.per_step_logits and mdp.horizon is None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pgvar import envs
+from pgvar import budget, envs
 from pgvar.errors import MDPError
 from pgvar.mdp import NOISE_KINDS, TabularMDP
 
@@ -59,7 +59,6 @@ REQUIRED_KEYS = ("states", "actions", "initial", "transitions", "rewards")
 NOISE_KEYS = ("kind", "scale")
 WILDCARD = "*"
 #: Largest transition table (entries S * A * S, times H when per step) a file may describe.
-MAX_TABLE_ENTRIES = 50_000_000
 _PROB_TOL = 1e-6
 
 # -- YAML dialect --------------------------------------------------------------------------------
@@ -391,10 +390,10 @@ def _parse_transitions(value: Any, states: _Space, actions: _Space, terminal: np
             f"state -> action -> next state(s), or a list of such mappings, got {_show(value)}"
         )
     if any(isinstance(step, dict) for step in value) or _depth(value) >= 4:
-        if len(value) * S * A * S > MAX_TABLE_ENTRIES:
+        if len(value) * S * A * S > budget.MAX_TABLE_ENTRIES:
             raise _fail(
                 f"transitions: {len(value)} steps x {S} states x {A} actions is too large "
-                f"(at most {MAX_TABLE_ENTRIES} entries)"
+                f"(at most {budget.MAX_TABLE_ENTRIES} entries)"
             )
         steps = []
         for t, step in enumerate(value):
@@ -576,10 +575,10 @@ def _build(data: Any, default_name: str) -> TabularMDP:
         )
     states = _Space(data["states"], "states", "state")
     actions = _Space(data["actions"], "actions", "action")
-    if states.count**2 * actions.count > MAX_TABLE_ENTRIES:
+    if states.count**2 * actions.count > budget.MAX_TABLE_ENTRIES:
         raise _fail(
             f"states: {states.count} states x {actions.count} actions is too large for exact tabular "
-            f"computations (at most {MAX_TABLE_ENTRIES} transition entries)"
+            f"computations (at most {budget.MAX_TABLE_ENTRIES} transition entries)"
         )
     terminal = _parse_terminal(data.get("terminal"), states)
     initial = _parse_initial(data["initial"], states)
@@ -883,8 +882,19 @@ def _target(name: str, p: float, extra: str = "") -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
+DESCRIBED_ROWS = 200  # (state, action) rows of the dynamics listed, at most, over all steps
+DESCRIBED_TARGETS = 12  # next states listed per row, at most
+DESCRIBED_NAMES = 40  # states (or actions) named in a one-line list, at most
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:DESCRIBED_NAMES])
+    return shown + (f", ... ({len(names) - DESCRIBED_NAMES:,} more)" if len(names) > DESCRIBED_NAMES else "")
+
+
 def describe(mdp: TabularMDP) -> str:
-    """A readable multi-line summary: sizes, discount, terminals, observations, noise, dynamics."""
+    """A readable multi-line summary: sizes, discount, terminals, observations, noise, dynamics (the
+    first ``DESCRIBED_ROWS`` rows of a large table, so a summary stays short whatever the size)."""
     S, A = mdp.n_states, mdp.n_actions
     s_name = [mdp.state_names[i] if mdp.state_names else str(i) for i in range(S)]
     a_name = [mdp.action_names[i] if mdp.action_names else str(i) for i in range(A)]
@@ -898,9 +908,9 @@ def describe(mdp: TabularMDP) -> str:
         f"gamma {_g(mdp.gamma)}, horizon {horizon}"
     )
     if mdp.state_names or mdp.action_names:
-        lines.append(f"  states: {', '.join(s_name)}; actions: {', '.join(a_name)}")
+        lines.append(f"  states: {_names(s_name)}; actions: {_names(a_name)}")
     terminal = [s_name[i] for i in np.flatnonzero(mdp.terminal_s)]
-    lines.append(f"  terminal: {', '.join(terminal) if terminal else 'none'}")
+    lines.append(f"  terminal: {_names(terminal) if terminal else 'none'}")
     obs = mdp.observation_s
     if np.array_equal(obs, np.arange(S)):
         lines.append("  observations: each state is its own observation")
@@ -908,10 +918,11 @@ def describe(mdp: TabularMDP) -> str:
         groups = {}
         for s in range(S):
             groups.setdefault(int(obs[s]), []).append(s_name[s])
-        parts = [f"{o} = {', '.join(names)}" for o, names in sorted(groups.items()) if o >= 0]
+        parts = [f"{o} = {_names(names)}" for o, names in sorted(groups.items()) if o >= 0]
         if -1 in groups:
-            parts.append(f"none (terminal) = {', '.join(groups[-1])}")
-        lines.append(f"  observations: {'; '.join(parts)}")
+            parts.append(f"none (terminal) = {_names(groups[-1])}")
+        more = f"; ... ({len(parts) - DESCRIBED_NAMES:,} more)" if len(parts) > DESCRIBED_NAMES else ""
+        lines.append(f"  observations: {'; '.join(parts[:DESCRIBED_NAMES])}{more}")
     scale = np.asarray(mdp.noise_scale)
     word = "width" if mdp.reward_noise == "uniform" else "std"
     if mdp.reward_noise == "none":
@@ -927,23 +938,33 @@ def describe(mdp: TabularMDP) -> str:
             f"  reward noise: {mdp.reward_noise}, {word} per (state, action) "
             f"{_g(scale.min())}..{_g(scale.max())} (variance {_g(var.min())}..{_g(var.max())})"
         )
-    start = [_target(s_name[i], mdp.initial_s[i]) for i in np.flatnonzero(mdp.initial_s)]
-    lines.append(f"  start: {', '.join(start)}")
+    starts = np.flatnonzero(mdp.initial_s)
+    start = [_target(s_name[i], mdp.initial_s[i]) for i in starts[:DESCRIBED_NAMES]]
+    more = f", ... ({starts.size - DESCRIBED_NAMES:,} more)" if starts.size > DESCRIBED_NAMES else ""
+    lines.append(f"  start: {', '.join(start)}{more}")
     steps = range(mdp.transitions.shape[0]) if mdp.time_dependent else [None]
     width_s = max(len(n) for n in s_name)
     width_a = max(len(n) for n in a_name)
     per_sa_noise = mdp.reward_noise != "none" and scale.ndim != 0
+    rows_left = DESCRIBED_ROWS
     for t in steps:
         table = mdp.transitions if t is None else mdp.transitions[t]
         lines.append("  transitions and mean rewards:" if t is None else f"  step {t}:")
         for s in range(S):
+            if rows_left <= 0:
+                break
             if mdp.terminal_s[s]:
                 lines.append(f"    {s_name[s]:<{width_s}}  (terminal)")
                 continue
-            for a in range(A):
+            for a in range(min(A, rows_left)):
+                rows_left -= 1
                 row = table[s, a]
                 targets = []
-                for j in np.flatnonzero(row):
+                nonzero = np.flatnonzero(row)
+                if nonzero.size > DESCRIBED_TARGETS:
+                    targets.append(f"{nonzero.size:,} next states")
+                    nonzero = nonzero[:0]
+                for j in nonzero:
                     r = f" r {_g(mdp.rewards[s, a, j])}" if mdp.rewards.ndim == 3 else ""
                     targets.append(_target(s_name[j], row[j], r))
                 reward = f"; r {_g(mdp.rewards[s, a])}" if mdp.rewards.ndim == 2 else ""
@@ -952,4 +973,8 @@ def describe(mdp: TabularMDP) -> str:
                 lines.append(
                     f"    {head:<{width_s}}  {a_name[a]:<{width_a}} -> {', '.join(targets)}{reward}{noise}"
                 )
+    listed = DESCRIBED_ROWS - rows_left
+    total = len(steps) * int((~mdp.terminal_s).sum()) * A
+    if listed < total:
+        lines.append(f"  ... {listed:,} of {total:,} (state, action) rows listed")
     return "\n".join(lines)

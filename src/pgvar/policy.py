@@ -96,10 +96,18 @@ def uniform_theta(mdp: TabularMDP, per_step: bool | None = None) -> np.ndarray:
     return np.zeros(mdp.theta_shape(per_step))
 
 
+#: Largest |logit| :func:`parse_theta` accepts. Only differences of logits matter, and softmax is
+#: deterministic to double precision once two logits differ by ~745 (exp underflows to 0), so 1e6
+#: leaves room for any policy; near 1e308 the differences themselves overflow and every result is NaN.
+#: The bound also keeps theta + lr * g of the first training steps far from overflow.
+LOGIT_LIMIT = 1e6
+
+
 def parse_theta(value: str | np.ndarray | list | None, mdp: TabularMDP) -> np.ndarray:
     """Read logits from ``uniform``, a JSON literal, a .json or .npy file, or an array.
 
-    The shape must be the MDP's (n_obs, A) or, with a finite horizon, (H, n_obs, A).
+    The shape must be the MDP's (n_obs, A) or, with a finite horizon, (H, n_obs, A); every logit a
+    finite number with |logit| <= ``LOGIT_LIMIT``.
     """
     if value is None or (isinstance(value, str) and value.strip() == "uniform"):
         return uniform_theta(mdp)
@@ -126,11 +134,13 @@ def parse_theta(value: str | np.ndarray | list | None, mdp: TabularMDP) -> np.nd
                 raise SpecError(
                     f"{source}: not 'uniform', a .json/.npy file or a JSON list ({err.msg} at char {err.pos})"
                 ) from None
+            except RecursionError:
+                raise SpecError(f"{source}: JSON nested too deeply for logits") from None
     else:
         array = value
     try:
         theta = np.asarray(array, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
         raise SpecError(f"{source}: must be a nested list of numbers") from None
     allowed = [mdp.theta_shape(per_step=False)]
     if mdp.horizon is not None:
@@ -143,4 +153,10 @@ def parse_theta(value: str | np.ndarray | list | None, mdp: TabularMDP) -> np.nd
         )
     if not np.isfinite(theta).all():
         raise SpecError(f"{source}: logits must be finite numbers")
+    if theta.size and np.abs(theta).max() > LOGIT_LIMIT:
+        where = [int(i) for i in np.unravel_index(np.abs(theta).argmax(), theta.shape)]
+        raise SpecError(
+            f"{source}: logit {where} is {theta[tuple(where)]:g}; logits must lie within "
+            f"±{LOGIT_LIMIT:g} (a difference of ~750 already makes the policy deterministic)"
+        )
     return theta

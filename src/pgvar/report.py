@@ -65,6 +65,11 @@ def figure_variance_by_estimator(mdp: TabularMDP, theta: np.ndarray, chain) -> F
     plt = _pyplot()
     names = [*LESSON_FOUR, "rtg+value", "rtg+optimal", "gae0.95+value"]
     moments = [exact_moments(mdp, theta, parse_estimator(n), chain=chain) for n in names]
+    if not all(np.isfinite([m.variance_trace, m.reward_noise, m.sampling]).all() for m in moments):
+        raise SpecError(
+            "report: the exact variances are not finite numbers (floating-point overflow); scale the "
+            "rewards down or move the logits toward 0"
+        )
     noise = [m.reward_noise for m in moments]
     sampling = [m.sampling for m in moments]
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -94,8 +99,9 @@ def figure_variance_against_n(mdp: TabularMDP, theta: np.ndarray, batches: int, 
         rows = [r for r in study.readings if r.spec.name == name]
         n = np.array([r.n for r in rows])
         value = np.array([r.variance_trace for r in rows])
-        low = value - np.array([r.ci95[0] for r in rows])
-        high = np.array([r.ci95[1] for r in rows]) - value
+        # at the ends of a zero-width interval (2 batches) rounding can leave an error bar at -1e-17
+        low = np.maximum(value - np.array([r.ci95[0] for r in rows]), 0.0)
+        high = np.maximum(np.array([r.ci95[1] for r in rows]) - value, 0.0)
         line = ax.errorbar(n, value, yerr=[low, high], fmt="o", capsize=3, label=f"{name} (Monte Carlo)")
         exact = rows[0].exact_variance_trace * rows[0].n
         ax.plot(n, exact / n, "-", color=line[0].get_color(), alpha=0.6)
@@ -193,6 +199,26 @@ def learning_curves(mdp: TabularMDP, theta: np.ndarray, out: Path, seed: int) ->
     return png, caption
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse (one-line :class:`SpecError`) an ``out`` that is a file, a non-empty folder without
+    ``overwrite``, or a new folder whose parent does not exist (only the last folder is created)."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise SpecError(f"--out: {out} exists and is not a folder; give a folder for the report")
+        if out.is_dir():
+            if any(out.iterdir()) and not overwrite:
+                raise SpecError(f"--out: {out} is not empty; pass --overwrite to replace its files")
+            return
+        parent = out.absolute().parent
+        if not parent.is_dir():
+            raise SpecError(
+                f"--out: {out.parent} is not an existing folder; create it first (the report creates "
+                f"only the last folder, {out.name})"
+            )
+    except OSError as err:  # a name too long, a folder that cannot be listed
+        raise SpecError(f"--out: cannot use {out}: {err.strerror}") from None
+
+
 def build_report(
     mdp: TabularMDP,
     theta: np.ndarray,
@@ -204,11 +230,13 @@ def build_report(
     overwrite: bool = False,
     learning: bool = True,
 ) -> Path:
-    """Write the figures (PNG + SVG) and ``report.html`` into ``out``; return the HTML path."""
+    """Write the figures (PNG + SVG) and ``report.html`` into ``out``; return the HTML path.
+
+    ``out`` is a folder: an empty or new one (only its last part is created, its parent must exist),
+    or one whose files may be replaced with ``overwrite``. It is created only once every figure is
+    computed, so a report that fails leaves nothing behind."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SpecError(f"--out: {out} is not empty; pass --overwrite to replace its files")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, overwrite)
     chain = unroll(mdp, theta)
     figures = [
         figure_variance_by_estimator(mdp, theta, chain),
@@ -217,6 +245,12 @@ def build_report(
     baseline_figure, _ = figure_baselines(mdp, theta, chain)
     figures += [baseline_figure, figure_gae(mdp, theta, chain, n)]
     plt = _pyplot()
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as err:
+        for fig in figures:
+            plt.close(fig.figure)
+        raise SpecError(f"--out: cannot create {out}: {err.strerror}") from None
     sections = []
     for fig in figures:
         png = io.BytesIO()

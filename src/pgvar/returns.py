@@ -13,16 +13,27 @@ Episode ends inside a stream are flagged per step:
 Both cut the trace: nothing flows back from the next episode. ``bootstrap_value`` (shape () or (B,))
 is V of the state after the last step of the array, used unless the last step ended an episode.
 
+Non-finite input propagates only within its own episode. An inf or NaN reward, value, truncation
+value or bootstrap value makes the results that sum it inf or NaN (in its episode, the steps up to
+the one that uses it), as the definition says; every other step, in every other episode and stream,
+gets exactly the value it would get without it, on every shape and kernel. An overflow to inf inside
+an episode stays there too. (The kernels cut the trace at an episode end by a select, not by a
+product with 0, since 0 * inf is NaN; the one-stream SIMD kernel keeps a product with 0 only when all
+its results are finite, and otherwise computes them again by selects: see below.)
+
 The work is done by numba kernels, each one reverse pass over time writing straight into the
-preallocated output. Both recurrences have the form y_t = d_t + k_t y_{t+1} (``_lanes_terms``): reward-to-go
-is GAE with no values and lambda 1, so the explicit-SIMD kernels serve both:
+preallocated output. Both recurrences have the form y_t = d_t + k_t y_{t+1} (k_t = gamma * lambda, 0 where
+an episode ended; ``_lanes_terms``): reward-to-go is GAE with no values and lambda 1, so the explicit-SIMD
+kernels serve both:
 - one C-contiguous stream: 8 consecutive steps per vector, solved with a 3-step scan inside the vector;
+  it cuts at episode ends by a product with 0 (a select on the running value would add its latency to
+  every vector) and, if any result is an inf or NaN, runs the vectors again cutting by selects;
 - 8 to 31 C-contiguous streams: 8 streams per vector, one stream group at a time down the whole time axis.
 Otherwise (more streams, 2 to 7 streams, or other strides) the generic kernels run: with a few streams one
 stream at a time with the running value in a register, else sweeping whole rows, step t reading row t + 1
 of the output and of the values, so the row loop vectorises. Nothing of size T x B is made besides the
 output (and an index array of length T). float32 and float64 are computed in their own precision, other
-float dtypes in float64.
+float dtypes in float64; arrays in the other byte order are converted to the native one first.
 """
 
 from __future__ import annotations
@@ -93,26 +104,41 @@ def _gae_step(reward, value, next_value, next_advantage, episode_end, gamma, gam
 _NARROW = 32  # from this many streams on, the generic row sweep is as fast (it reads whole rows at once)
 
 
+def _less_value(d, values_t, value):
+    """``d - value``, or ``d`` when there are no values (``values_t`` None, decided when numba compiles:
+    the subtraction of a zero it does not know to be 0 would cost the reward-to-go one operation)."""
+    return d if values_t is None else d - value
+
+
+@overload(_less_value, inline="always")
+def _less_value_overload(d, values_t, value):
+    if isinstance(values_t, types.NoneType):
+        return lambda d, values_t, value: d
+    return lambda d, values_t, value: d - value
+
+
 @njit(inline="always")
 def _lanes_terms(
-    i, value, next_value, rewards_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t
+    i, value, next_value, rewards_t, values_t, gamma, terminated_t, truncated_t, truncation_values_t
 ):
-    """(d, k) of A_t = d_t + k_t A_{t+1} for the LANES steps at flat index i, given V(s_t) and V(s_{t+1}):
-    d_t = r_t + gamma * V(s_{t+1}) - V(s_t), with V(s_{t+1}) 0 after a termination and the cut state's
-    value after a truncation, and k_t = gamma * lam, or 0 where an episode ended. With V = 0 and
-    lam = 1 this is the reward-to-go."""
+    """(d, ends) of A_t = d_t + gamma * lam * A_{t+1} for the LANES steps at flat index i, given V(s_t)
+    and V(s_{t+1}): d_t = r_t + gamma * V(s_{t+1}) - V(s_t), with V(s_{t+1}) 0 after a termination and
+    the cut state's value after a truncation, and ``ends`` the steps after which an episode ended, where
+    A_{t+1} is not followed. With V = 0 and lam = 1 this is the reward-to-go."""
     zero = splat(gamma - gamma)
     terminated = load_or(terminated_t, i, no_lanes())
     truncated = load_or(truncated_t, i, no_lanes())
     next_value = select(truncated, load_or(truncation_values_t, i, zero), next_value)
-    d = load(rewards_t, i) + gamma * select(terminated, zero, next_value) - value
-    return d, select(terminated | truncated, zero, splat(gamma_lam))
+    d = _less_value(load(rewards_t, i) + gamma * select(terminated, zero, next_value), values_t, value)
+    return d, terminated | truncated
 
 
 @njit(inline="always")
 def _scan_lanes(d, k, carry):
     """y_i = d_i + k_i y_{i+1} for lanes i of consecutive steps, the last lane following the scalar
-    ``carry``: three doubling steps (Hillis and Steele) compose each (d_i, k_i) up to the vector's end."""
+    ``carry``: three doubling steps (Hillis and Steele) compose each (d_i, k_i) up to the vector's end.
+    An episode end is a k_i of 0, so an inf or NaN after it leaks back as 0 * inf = NaN: the caller
+    checks (see _gae_stream_kernel)."""
     d = d + k * shift(d, 1, 0.0)
     k = k * shift(k, 1, 1.0)
     d = d + k * shift(d, 2, 0.0)
@@ -120,6 +146,89 @@ def _scan_lanes(d, k, carry):
     d = d + k * shift(d, 4, 0.0)
     k = k * shift(k, 4, 1.0)
     return fma(k, splat(carry), d)
+
+
+@njit(inline="always")
+def _powers(gamma_lam):
+    """The k_i of _scan_lanes, composed where no episode ends: gamma_lam ** (LANES - i), multiplied
+    in the same order."""
+    k = splat(gamma_lam)
+    k = k * shift(k, 1, 1.0)
+    k = k * shift(k, 2, 1.0)
+    return k * shift(k, 4, 1.0)
+
+
+@njit(inline="always")
+def _select_scan_lanes(d, gamma_lam, powers, ends, carry):
+    """_scan_lanes with selects: ``ends`` lane i, widened at each doubling step, tells whether an episode
+    ends between step i and the lanes composed so far; there what would be added is replaced by 0
+    rather than multiplied by 0, so that nothing after the end reaches the lane, inf and NaN included.
+    Where no episode ends the arithmetic is _scan_lanes', operation for operation."""
+    zero, squared = splat(gamma_lam - gamma_lam), gamma_lam * gamma_lam
+    d = d + gamma_lam * select(ends, zero, shift(d, 1, 0.0))
+    ends = ends | shift(ends, 1, False)
+    d = d + squared * select(ends, zero, shift(d, 2, 0.0))
+    ends = ends | shift(ends, 2, False)
+    d = d + squared * squared * select(ends, zero, shift(d, 4, 0.0))
+    ends = ends | shift(ends, 4, False)
+    return fma(powers, select(ends, zero, splat(carry)), d)
+
+
+@njit(inline="always")
+def _stream_vector(
+    t, value, following, carry, by_select, rewards_t, values_t, gamma, gamma_lam, powers, terminated_t,
+    truncated_t, truncation_values_t, out_t,
+):  # fmt: skip
+    """Steps t to t + LANES - 1 of one stream, given V(s_t) and V(s_{t+1}) (``value``, ``following``)
+    and A after the last (``carry``): stores and returns their A."""
+    d, ends = _lanes_terms(
+        t, value, following, rewards_t, values_t, gamma, terminated_t, truncated_t, truncation_values_t
+    )
+    if by_select:
+        advantages = _select_scan_lanes(d, gamma_lam, powers, ends, carry)
+    else:
+        advantages = _scan_lanes(d, select(ends, splat(gamma - gamma), splat(gamma_lam)), carry)
+    store(out_t, t, advantages)
+    return advantages
+
+
+@njit(inline="always")
+def _stream_vectors(
+    by_select, whole, next_value, next_advantage, rewards_t, values_t, gamma, gamma_lam, terminated_t,
+    truncated_t, truncation_values_t, out_t,
+):  # fmt: skip
+    """Steps 0 to whole - 1 of one stream (whole a multiple of LANES), given V(s) and A after them, LANES
+    steps per vector; ``by_select`` (a constant) picks _select_scan_lanes over _scan_lanes. Returns
+    Lanes that are all 0 unless some result is an inf or NaN. V(s_{t+1}) is read from values_t at
+    t + 1 (a load costs less than a shift), except in the last vector of a stream of whole vectors."""
+    zero = splat(gamma - gamma)
+    powers, nan_seen = _powers(gamma_lam), zero
+    t = whole - LANES
+    if t >= 0 and whole == rewards_t.shape[0]:
+        value = load_or(values_t, t, zero)
+        advantages = _stream_vector(
+            t, value, shift(value, 1, next_value), next_advantage, by_select, rewards_t, values_t, gamma,
+            gamma_lam, powers, terminated_t, truncated_t, truncation_values_t, out_t,
+        )  # fmt: skip
+        next_advantage, nan_seen = first(advantages), fma(advantages, zero, nan_seen)
+        t -= LANES
+    for s in range(t, -1, -LANES):
+        advantages = _stream_vector(
+            s, load_or(values_t, s, zero), load_or(values_t, s + 1, zero), next_advantage, by_select,
+            rewards_t, values_t, gamma, gamma_lam, powers, terminated_t, truncated_t, truncation_values_t,
+            out_t,
+        )  # fmt: skip
+        next_advantage = first(advantages)
+        nan_seen = fma(advantages, zero, nan_seen)  # 0 * inf and 0 * NaN are NaN
+    return nan_seen
+
+
+@njit(inline="always")
+def _all_finite(lanes):
+    """Whether every lane is finite, for Lanes that are 0 or NaN: their sum is 0."""
+    lanes = lanes + shift(lanes, 4, 0.0)
+    lanes = lanes + shift(lanes, 2, 0.0)
+    return first(lanes + shift(lanes, 1, 0.0)) == 0
 
 
 # The two kernels below take the generic GAE kernel's arguments, C-contiguous, with ``values_t`` None
@@ -131,7 +240,11 @@ def _gae_stream_kernel(
     rewards_t, values_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t, bootstrap_b, out_t
 ):
     """One stream, (T, 1): LANES consecutive steps per vector, the running value handed from vector to
-    vector as a scalar. The last T % LANES steps go first, one at a time."""
+    vector as a scalar. The last T % LANES steps go first, one at a time.
+
+    The vectors cut the trace at episode ends by multiplying by 0, the fast way (a select on the running
+    value would add its latency to every vector), and note whether any result is an inf or NaN (only
+    then can 0 * inf have been computed); if so they run again, cutting by selects."""
     T = rewards_t.shape[0]
     zero = gamma - gamma
     next_value, next_advantage = bootstrap_b[0], zero
@@ -142,15 +255,15 @@ def _gae_stream_kernel(
         next_advantage = _gae_step(rewards_t[s, 0], value, next_value, next_advantage, end, gamma, gamma_lam)
         out_t[s, 0] = next_advantage
         next_value = value
-    for t in range(whole - LANES, -1, -LANES):
-        value = load_or(values_t, t, splat(zero))
-        following = shift(value, 1, next_value)  # V(s_{t+1}): the next lane's, the last from the next vector
-        d, k = _lanes_terms(
-            t, value, following, rewards_t, gamma, gamma_lam, terminated_t, truncated_t, truncation_values_t
-        )
-        advantages = _scan_lanes(d, k, next_advantage)
-        store(out_t, t, advantages)
-        next_value, next_advantage = first(value), first(advantages)
+    nan_seen = _stream_vectors(
+        False, whole, next_value, next_advantage, rewards_t, values_t, gamma, gamma_lam, terminated_t,
+        truncated_t, truncation_values_t, out_t,
+    )  # fmt: skip
+    if not _all_finite(nan_seen):
+        _stream_vectors(
+            True, whole, next_value, next_advantage, rewards_t, values_t, gamma, gamma_lam, terminated_t,
+            truncated_t, truncation_values_t, out_t,
+        )  # fmt: skip
 
 
 @njit
@@ -161,25 +274,18 @@ def _gae_narrow_kernel(
     down the whole time axis with the running value in a register. When B is not a multiple of LANES
     the last group overlaps the one before; both write the same numbers there."""
     T, B = rewards_t.shape
-    zero = splat(gamma - gamma)
+    zero, factor = splat(gamma - gamma), splat(gamma_lam)
     for group in range(0, B, LANES):
         b = min(group, B - LANES)
         next_value, next_advantage = load(bootstrap_b, b), zero
         for s in range(T - 1, -1, -1):
             i = s * B + b
             value = load_or(values_t, i, zero)
-            d, k = _lanes_terms(
-                i,
-                value,
-                next_value,
-                rewards_t,
-                gamma,
-                gamma_lam,
-                terminated_t,
-                truncated_t,
+            d, ends = _lanes_terms(
+                i, value, next_value, rewards_t, values_t, gamma, terminated_t, truncated_t,
                 truncation_values_t,
-            )
-            next_advantage = fma(k, next_advantage, d)
+            )  # fmt: skip
+            next_advantage = select(ends, d, fma(factor, next_advantage, d))  # a select: 0 * inf is NaN
             store(out_t, i, next_advantage)
             next_value = value
 
@@ -314,10 +420,27 @@ def _gae_kernel(
             )
 
 
+def _discount(value: object, name: str) -> float:
+    """gamma or lam, a number in [0, 1] by ``check_number``, which is also given as an array of one
+    element (of any shape: its value; NumPy 2 deprecates, then refuses, float() of an array with
+    dimensions). Any other array is a SpecError naming its shape."""
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise SpecError(
+                f"{name}: must be a finite number from 0 to 1, got an array of shape {value.shape}"
+            )
+        value = value.item()  # a Python scalar: bool, str and the like are refused as they are alone
+    return check_number(value, name, low=0.0, high=1.0)
+
+
 def _float_rewards(rewards_t) -> np.ndarray:
+    """The rewards as a (T,) or (T, B) array of floats in native byte order (numba compiles no kernel
+    for an array in the other byte order: a big-endian one on a little-endian machine)."""
     rewards_t = np.asarray(rewards_t)
     if rewards_t.dtype.kind != "f":
         rewards_t = rewards_t.astype(float)
+    elif not rewards_t.dtype.isnative:
+        rewards_t = rewards_t.astype(rewards_t.dtype.newbyteorder("="))
     if rewards_t.ndim not in (1, 2) or rewards_t.shape[0] == 0:
         raise SpecError(f"rewards_t: must have shape (T,) or (T, B) with T >= 1, got {rewards_t.shape}")
     return rewards_t
@@ -429,14 +552,14 @@ def reward_to_go(
 
     Args:
       rewards_t: (T,) or (T, B) rewards.
-      gamma: discount in [0, 1].
+      gamma: discount in [0, 1] (a number, or an array of one element).
       terminated_t, truncated_t: optional (T,) or (T, B) episode-end flags (see module doc).
       bootstrap_value: value after the last step, () or (B,); default 0.
       truncation_values_t: (T,) or (T, B) value of the state each truncated step was cut in.
     Returns:
-      returns_t with the shape and dtype of rewards_t (float64 for integer input).
+      returns_t with the shape and dtype of rewards_t (float64 for integer input), in native byte order.
     """
-    gamma = check_number(gamma, "gamma", low=0.0, high=1.0)
+    gamma = _discount(gamma, "gamma")
     ends = _as_given(rewards_t, None, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         returns_t = np.empty(rewards_t.shape, rewards_t.dtype)
@@ -468,13 +591,13 @@ def gae(
     Args:
       rewards_t: (T,) or (T, B) rewards.
       values_t: V(s_t), same shape.
-      gamma, lam: discount and trace parameter, both in [0, 1].
+      gamma, lam: discount and trace parameter, both in [0, 1] (numbers, or arrays of one element).
       terminated_t, truncated_t, bootstrap_value, truncation_values_t: see the module doc.
     Returns:
-      advantages_t, the shape of rewards_t.
+      advantages_t, the shape of rewards_t, in native byte order.
     """
-    gamma = check_number(gamma, "gamma", low=0.0, high=1.0)
-    lam = check_number(lam, "lam", low=0.0, high=1.0)
+    gamma = _discount(gamma, "gamma")
+    lam = _discount(lam, "lam")
     ends = _as_given(rewards_t, values_t, terminated_t, truncated_t, bootstrap_value, truncation_values_t)
     if ends is not None:
         advantages_t = np.empty(rewards_t.shape, rewards_t.dtype)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pgvar import kpi
+from pgvar import budget, kpi
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec
-from pgvar.exact import chain_gradient, exact_moments, unroll
+from pgvar.exact import chain_gradient, exact_moments, moments_refused, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import DEFAULT_BATCHES, Sample, Sampler
 from pgvar.validation import check_int, check_int_list, check_seed
@@ -30,6 +30,8 @@ class VarianceReading:
     Attributes:
       variance_trace: the KPI, the trace of the covariance of the batch-mean gradient across batches.
       ci95: its 95% interval (``kpi.variance_trace_ci``).
+      effective_dof: its effective degrees of freedom (``kpi.effective_dof``); ``reliable`` is False
+        below ``kpi.RELIABLE_DOF``, where heavy tails make one reading and its interval untrustworthy.
       mean: (D,) the mean of the batch means.
       exact_variance_trace: the exact single-episode trace divided by N, where computed.
       vs_vanilla / vs_vanilla_n1: ratio to vanilla at the same N / to vanilla at N = 1.
@@ -49,6 +51,11 @@ class VarianceReading:
     snr: float | None = None
     cosine_to_exact: float | None = None
     truncated_episodes: int = 0
+    effective_dof: float = float("inf")
+
+    @property
+    def reliable(self) -> bool:
+        return self.effective_dof >= kpi.RELIABLE_DOF
 
 
 def read_sample(
@@ -73,6 +80,7 @@ def read_sample(
                 snr=kpi.signal_to_noise(grad if grad is not None else mean, trace),
                 cosine_to_exact=None if grad is None else kpi.mean_cosine(means_md, grad),
                 truncated_episodes=sample.truncated_episodes,
+                effective_dof=kpi.effective_dof(means_md),
             )
         )
     return readings
@@ -90,6 +98,7 @@ class Study:
     grad: np.ndarray | None
     slopes: dict[str, float]
     sampled_paths: int | None = None  # episodes drawn as whole paths, out of this many; None: step by step
+    exact_note: str | None = None  # why there are no exact values, where they were asked for and refused
 
 
 def with_vanilla(specs: Sequence[EstimatorSpec]) -> tuple[list[EstimatorSpec], EstimatorSpec]:
@@ -124,13 +133,18 @@ def variance_study(
     ns = check_int_list(list(ns), "N", low=1)
     check_int(batches, "batches", low=2)
     check_seed(seed)
-    chain = unroll(mdp, theta, vanilla.entropy) if exact else None
-    grad = chain_gradient(chain) if exact else None
-    exact_traces = None
-    if exact:
-        exact_traces = {
-            s.canonical: exact_moments(mdp, theta, s, chain=chain).variance_trace for s in measured
-        }
+    chain = grad = exact_traces = None
+    note = moments_refused(mdp, theta) if exact else None
+    if exact and note is None:  # exact values beside the measured ones, where the budget allows them
+        try:
+            chain = unroll(mdp, theta, vanilla.entropy)
+            grad = chain_gradient(chain)
+            exact_traces = {
+                s.canonical: exact_moments(mdp, theta, s, chain=chain).variance_trace for s in measured
+            }
+        except budget.BudgetError as error:
+            chain = grad = exact_traces = None
+            note = str(error)
     all_ns = sorted(set(ns) | {1})
     children = np.random.SeedSequence(seed).spawn(len(all_ns))
     by_n: dict[int, list[VarianceReading]] = {}
@@ -158,7 +172,7 @@ def variance_study(
         if slope is not None:
             slopes[spec.name] = slope
     paths = getattr(everything.source, "n_paths", None)
-    return Study(mdp, batches, seed, readings, grad, slopes, paths)
+    return Study(mdp, batches, seed, readings, grad, slopes, paths, note)
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,8 @@ def reading_spread(
     batches: int = DEFAULT_BATCHES,
     count: int = 1000,
     seed: int = 0,
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> list[ReadingSpread]:
     """Take ``count`` readings of every estimator (and vanilla, for the ordering) in one call and say
     how far one reading strays: the question behind the lesson's bar, which jumps from tick to tick."""
@@ -197,7 +213,8 @@ def reading_spread(
     check_seed(seed)
     chain = unroll(mdp, theta, vanilla.entropy)
     exact_e = np.array([exact_moments(mdp, theta, s, chain=chain).variance_trace / n for s in measured])
-    traces_re = Sampler(mdp, theta, measured, chain=chain).readings(n, batches, count, seed).variance_trace_re
+    sampler = Sampler(mdp, theta, measured, chain=chain)
+    traces_re = sampler.readings(n, batches, count, seed, progress=progress).variance_trace_re
     v = measured.index(vanilla)
     spreads = []
     for e, spec in enumerate(specs):

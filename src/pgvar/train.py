@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from pgvar import budget
 from pgvar.baselines import LEARNED_BY, LearnedBaseline, RunningBaselines
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimator
@@ -408,6 +409,11 @@ def train(
     ]
     if not specs and not exact_reference:
         raise SpecError("estimators: give at least one (or ask for the exact reference)")
+    episodes = float(config.runs) * len(specs) * config.updates * config.n
+    budget.check_steps(
+        f"train: {config.runs} runs x {len(specs)} estimators x {config.updates} updates x N={config.n}",
+        episodes * _episode_steps(mdps[0], theta0),
+    )
     run_seeds = np.random.SeedSequence(config.seed).spawn(config.runs)
     curves = []
     for spec in specs:
@@ -434,6 +440,19 @@ def train(
             thetas.append(theta)
         curves.append(_curve(EXACT_LABEL, "exact", logs, thetas, config, time.perf_counter() - started))
     return TrainResult(mdps[0].name, config, theta0, curves, probability_names(mdps[0], theta0.shape))
+
+
+def _episode_steps(mdp: TabularMDP, theta: np.ndarray) -> float:
+    """Steps an episode takes at the start, for the cost estimate: the horizon, or the expected
+    length of an unbounded episode (the step cap where episodes hardly end)."""
+    if mdp.horizon is not None:
+        return float(mdp.horizon)
+    try:
+        return min(float(expected_visits(mdp, theta).sum()), float(UNBOUNDED_CAP))
+    except budget.BudgetError:
+        raise
+    except PgvarError:
+        return float(UNBOUNDED_CAP)
 
 
 def _curve(label, spec, logs, thetas, config: TrainConfig, seconds: float) -> Curve:

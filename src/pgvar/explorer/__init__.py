@@ -2,15 +2,21 @@
 
 ``app(mdp)`` builds the page for one session (also usable in a notebook); ``serve(mdp, port)`` runs a
 local server on 127.0.0.1, prints its URL and opens a browser. Pure session logic lives in
-:mod:`pgvar.explorer.state` and runs without Panel.
+:mod:`pgvar.explorer.state` and runs without Panel; each session's work runs in its own thread
+(:mod:`pgvar.explorer.jobs`) under ``pgvar.budget.EXPLORER``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import webbrowser
 
 __all__ = ["app", "serve"]
+
+#: A session whose tab has gone is ended (its memory freed) this long after (Bokeh's default: 15 s).
+UNUSED_SESSION_LIFETIME_MS = 5_000
+CHECK_UNUSED_SESSIONS_MS = 1_000
 
 
 def app(mdp: str = "lesson", **kwargs):
@@ -54,7 +60,10 @@ def serve(
         threaded=False,
         title="pgvar explorer",
         verbose=False,
+        unused_session_lifetime_milliseconds=UNUSED_SESSION_LIFETIME_MS,
+        check_unused_sessions_milliseconds=CHECK_UNUSED_SESSIONS_MS,
     )
+    _quiet_closed_sockets(server.io_loop.asyncio_loop)
     host = f"[{address}]" if ":" in address else address
     url = f"http://{host}:{server.port}/"
     print(f"pgvar explorer: {url}", flush=True)
@@ -69,6 +78,21 @@ def serve(
     finally:
         server.stop()
     print("pgvar explorer: stopped", file=sys.stderr, flush=True)
+
+
+def _quiet_closed_sockets(loop) -> None:
+    """A write to a tab that has just closed fails with ``WebSocketClosedError`` in a task nobody
+    awaits any more (the session has ended): log it in one line at debug level, not as a traceback."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    def handler(loop, context) -> None:
+        if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+            logging.getLogger(__name__).debug("pgvar explorer: a message to a closed tab was dropped")
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _builtin_names() -> list[str]:

@@ -1,6 +1,7 @@
 """The explorer's exports: the readings and the history as CSV (Python's :mod:`csv`), the figure as a
 PNG (a matplotlib rendering). :class:`~pgvar.explorer.state.ExplorerState` keeps plain data; this
-module formats it.
+module formats it. The page calls these in the session's worker thread, never on the event loop
+(a PNG takes a second or two); PNGs are drawn one at a time in a process.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -32,6 +34,8 @@ READINGS_COLUMNS: tuple[str, ...] = (
     "entropy",
     "tick",
 )
+#: One PNG at a time in this process: matplotlib's font and text caches are shared between figures.
+PNG_LOCK = threading.Lock()
 HISTORY_COLUMNS: tuple[str, ...] = (
     "tick",
     "config",
@@ -107,6 +111,11 @@ def history_csv(state: ExplorerState) -> str:
 
 def render_png(state: ExplorerState, dpi: int = 110) -> bytes:
     """History, per-knob breakdown and variance against N of ``state`` as PNG bytes (no pyplot)."""
+    with PNG_LOCK:
+        return _render_png(state, dpi)
+
+
+def _render_png(state: ExplorerState, dpi: int) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

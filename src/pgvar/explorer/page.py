@@ -1,37 +1,58 @@
 """The page of ``pgvar explore``: Panel widgets and Bokeh plots around one :class:`ExplorerState`.
 
-Each browser session gets its own state and its own figures (:func:`build` runs per session). A
-periodic callback (every 300 ms, started when the page has loaded) runs one tick; a tick is skipped
-while another runs or when the last one was slow, so the server never queues work. Widgets only
-change the state (cheap); the tick measures and redraws. Every number shown comes from the state,
-which takes it from the core.
+Each browser session gets its own state, its own figures (:func:`build` runs per session) and its own
+worker thread (:class:`pgvar.explorer.jobs.SessionJobs`). Every piece of work runs there, one at a
+time and under the session's limits (``budget.EXPLORER``): a tick's measurement, a knob or policy
+change, loading an MDP, the exact values, the variance-vs-N sweep and the exports. The event loop only
+submits work and draws: each job ends with a :class:`~pgvar.explorer.state.Frame` (a copy of what the
+page shows), drawn on the event loop with the session's document lock (a next-tick callback) whatever
+started the job (a widget, a button, the query string, the periodic tick). So a session that builds
+a large MDP never stalls another one, and a refusal (:class:`pgvar.budget.BudgetError`) or any other
+:class:`~pgvar.errors.PgvarError` becomes a message on the page.
+
+A periodic callback (every 300 ms, started when the page has loaded) submits one tick when the
+session's worker is idle, and waits longer after slow ticks, so work never queues up. When the
+session ends, the tick stops, queued work is cancelled, running work is dropped when it finishes and
+the session's memory is freed. Outside a server (a notebook, the tests) the work runs inline.
 
 Stable CSS ids for tests and scripts: ``#pgvar-config``, ``#pgvar-n``, ``#pgvar-variance`` and
 ``#pgvar-ratio`` (with ``data-value``, ``data-lo``, ``data-hi``, ``data-exact``), ``#pgvar-objective``,
-``#pgvar-status`` (``data-tick``, ``data-history``, ``data-history-max``, ``data-ms``),
-``#pgvar-breakdown`` (one ``tr`` per configuration) and ``#pgvar-messages``; widgets carry the classes
-``pgvar-rtg``, ``pgvar-baseline``, ``pgvar-n-slider``, ``pgvar-kind``, ``pgvar-lam``, ``pgvar-gamma``,
-``pgvar-entropy``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-lr``, ``pgvar-mdp``. The history's
+``#pgvar-status`` (``data-tick``, ``data-history``, ``data-history-max``, ``data-ms``,
+``data-learning``, ``data-stale``, ``data-mdp``), ``#pgvar-stale`` (why the numbers are old, when
+they are), ``#pgvar-breakdown`` (one ``tr`` per configuration), ``#pgvar-messages``, ``#pgvar-header``,
+``#pgvar-mdp-info`` and ``#pgvar-activity`` (``data-busy``: work other than ticks in progress);
+widgets carry the classes ``pgvar-rtg``, ``pgvar-baseline``, ``pgvar-n-slider``, ``pgvar-kind``,
+``pgvar-lam``, ``pgvar-gamma``, ``pgvar-entropy``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-lr``,
+``pgvar-mdp``, ``pgvar-mdp-text``, ``pgvar-mdp-load``, ``pgvar-logit``. The history's
 ColumnDataSource is named ``pgvar-history``, the policy's ``pgvar-policy`` (column ``p``: pi(a|o) row
-by row). Sliders and selectors offer the ranges the query string accepts (:mod:`pgvar.explorer.state`
-defines each once).
+by row, column ``row``: the rows' names), the learning curve's ``pgvar-learn``, the measured points
+against N ``pgvar-vs-n``. Sliders and selectors
+offer the ranges the query string accepts (:mod:`pgvar.explorer.state` defines each once).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import io
+import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, PrintfTickFormatter, Range1d
 from bokeh.plotting import figure
+from panel.io.state import set_curdoc
 
+from pgvar import budget
 from pgvar.errors import PgvarError
 from pgvar.explorer.export import history_csv, readings_csv, render_png
+from pgvar.explorer.jobs import SessionJobs
 from pgvar.explorer.state import (
     BATCH_CHOICES,
     CONFIG_COLOURS,
@@ -44,22 +65,22 @@ from pgvar.explorer.state import (
     N_CHOICES,
     PAGE_BASELINE_KINDS,
     ExplorerState,
+    Frame,
     Span,
-    TickResult,
     builtin_choices,
     is_builtin_spec,
     parse_query,
 )
 from pgvar.vocabulary import BASELINE_KINDS, MEASURED_COLOUR
 
+log = logging.getLogger(__name__)
+
 PERIOD_MS = 300
+MAX_PAUSE_S = 2.0  # the longest wait after a slow tick
 MAX_SLIDERS = 36
 SPAN_DECADES = 5.3
 HEADROOM = 6.0  # top of the log axes = HEADROOM x vanilla's variance at N = 1
 CURRENT_ALPHA, OTHER_ALPHA = 0.95, 0.35
-
-#: Exact values run here, off the page's event loop (shared by sessions; each job is independent).
-EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgvar-exact")
 
 CSS = """
 :host { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
@@ -70,6 +91,10 @@ CSS = """
 .pgvar-v { font-size: 24px; font-weight: 650; color: #1d2330; font-variant-numeric: tabular-nums; }
 .pgvar-sub { font-size: 11.5px; color: #5b6470; font-variant-numeric: tabular-nums; }
 .pgvar-status { font-size: 11.5px; color: #6b7380; margin-top: 6px; }
+.pgvar-stale .pgvar-v, table.pgvar-stale td { color: #a0a6ae; text-decoration: line-through; }
+.pgvar-stale .pgvar-tile { background: #fafafa; border-style: dashed; }
+#pgvar-stale { background: #fff4e5; color: #6b3d00; border: 1px solid #f3d19e; border-radius: 6px;
+               padding: 4px 10px; font-size: 12.5px; margin-bottom: 6px; }
 table.pgvar-table { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
 table.pgvar-table th, table.pgvar-table td { padding: 2px 8px; text-align: right; }
 table.pgvar-table th:first-child, table.pgvar-table td:first-child { text-align: left; }
@@ -78,6 +103,7 @@ table.pgvar-table tr.pgvar-current td { font-weight: 650; background: #eef6ee; }
 #pgvar-messages { background: #fdecea; color: #7a1712; border: 1px solid #f5c2bd; border-radius: 6px;
                   padding: 6px 10px; font-size: 13px; }
 #pgvar-messages div + div { margin-top: 3px; }
+#pgvar-activity { font-size: 12px; color: #5b6470; min-height: 16px; }
 .pgvar-note { font-size: 12px; color: #5b6470; }
 """
 
@@ -124,7 +150,11 @@ def _ratio(value: float | None) -> str:
 
 
 class ExplorerView:
-    """Widgets, figures and the tick of one session."""
+    """Widgets, figures, the worker and the tick of one session.
+
+    ``doc`` is the session's Bokeh document on a server: work then runs in the session's thread and
+    frames are drawn on the event loop; without one (a notebook, the tests) work runs inline.
+    """
 
     def __init__(
         self,
@@ -134,38 +164,66 @@ class ExplorerView:
         seed: int | None = None,
         query: dict[str, str] | None = None,
         file_choice: str | None = None,
+        doc=None,
+        limits: budget.Limits = budget.EXPLORER,
     ) -> None:
         changes, query_messages = parse_query(query or {})
         history = int(changes.pop("history", history))
         wanted_mdp = changes.pop("mdp", None)
-        self.state = ExplorerState(mdp, history=history, seed=seed, executor=EXECUTOR)
+        self._doc = doc
+        self._loop = None
+        if doc is not None:
+            from tornado.ioloop import IOLoop
+
+            self._loop = IOLoop.current()
+        self._closed = False
+        self.jobs = SessionJobs(limits, inline=doc is None)
+        # exact values: one more thread per session, so that ticks go on while they are computed
+        self._exact_pool = None if doc is None else ThreadPoolExecutor(1, thread_name_prefix="pgvar-exact")
+        self.state = ExplorerState("lesson", history=history, seed=seed, executor=self._exact_pool)
         self.choices = builtin_choices()
         if file_choice is not None and file_choice not in self.choices.values():
             self.choices = {f"{file_choice} (--mdp)": file_choice, **self.choices}
-        if wanted_mdp is not None:
-            if wanted_mdp in self.choices.values() or is_builtin_spec(wanted_mdp):
-                self.state.load_mdp(wanted_mdp)
-            else:
-                query_messages.append(f"query string: mdp {wanted_mdp!r} is not a built-in MDP")
-        learn = changes.pop("learn", False)
-        lr = changes.pop("lr", None)
-        for name, value in changes.items():
-            if not self.state.apply(**{name: value}):
-                query_messages.append(f"query string: {self.state.messages.pop('knobs')}")
-        self.state.set_learning(learn, lr)
-        if query_messages:
-            self.state.messages["query"] = "; ".join(query_messages)
+        if wanted_mdp is not None and not (
+            wanted_mdp in self.choices.values() or is_builtin_spec(wanted_mdp)
+        ):
+            query_messages.append(f"query string: mdp {wanted_mdp!r} is not a built-in MDP")
+            wanted_mdp = None
         self._syncing = False
-        self._busy = False
+        self._ticking = False
         self._next_allowed = 0.0
         self._last_ms = 0.0
         self._range_anchor: float | None = None
         self._callback = None
+        self._seq = 0  # jobs submitted; a frame from the latest one may set the widgets
+        self._activity: dict[int, str] = {}  # work other than ticks in flight, by job number
+        self._frame: Frame | None = None
+        self._shown_version = -1
+        self._shown_epoch = -1
+        self._shown_theta: bytes | None = None
         self._history_seen = 0
+        self._sliders: list[pn.widgets.FloatSlider] = []
         self._build_widgets()
         self._build_figures()
         self._build_layout()
-        self._on_mdp_loaded()
+        learn = changes.pop("learn", False)
+        lr = changes.pop("lr", None)
+        setup = partial(self._setup, str(mdp), wanted_mdp, changes, learn, lr, query_messages)
+        self._submit(setup, "mdp", "loading the MDP")
+
+    def _setup(self, mdp, wanted_mdp, changes, learn, lr, query_messages) -> None:
+        """The session's first job: its MDP (``--mdp``, then the query string's), knobs and learn mode."""
+        state = self.state
+        if mdp != state.mdp_source:
+            state.load_mdp(mdp)
+        if wanted_mdp is not None:
+            state.load_mdp(wanted_mdp)
+        for name, value in changes.items():
+            if not state.apply(**{name: value}):
+                query_messages.append(f"query string: {state.messages.pop('knobs')}")
+        if query_messages:
+            state.messages["query"] = "; ".join(query_messages)
+        state.set_learning(learn, lr)
 
     # -- widgets ---------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -233,7 +291,7 @@ class ExplorerView:
         self.lr.param.watch(self._on_learn, "value")
         self.uniform = pn.widgets.Button(label="uniform policy", width=145)
         self.randomize = pn.widgets.Button(label="random logits", width=145)
-        self.uniform.on_click(lambda _: self._set_theta(np.zeros_like(self.state.theta)))
+        self.uniform.on_click(self._on_uniform)
         self.randomize.on_click(self._on_randomize)
         self.sliders_box = pn.Column(width=320, margin=0)
 
@@ -251,9 +309,12 @@ class ExplorerView:
         self.mdp_select.param.watch(lambda e: self._load_mdp(e.new), "value")
         self.mdp_load.on_click(lambda _: self._load_typed_mdp())
         self.mdp_info = pn.pane.HTML("", width=300, stylesheets=[CSS])
+        self.activity = pn.pane.HTML(
+            '<div id="pgvar-activity" data-busy="0"></div>', stylesheets=[CSS], sizing_mode="stretch_width"
+        )
 
         self.csv = pn.widgets.FileDownload(
-            callback=lambda: io.StringIO(readings_csv(self.state)),
+            callback=self._readings_csv,
             filename="pgvar-readings.csv",
             label="readings (CSV)",
             color="light",
@@ -261,7 +322,7 @@ class ExplorerView:
             css_classes=["pgvar-csv"],
         )
         self.history_csv = pn.widgets.FileDownload(
-            callback=lambda: io.StringIO(history_csv(self.state)),
+            callback=self._history_csv,
             filename="pgvar-history.csv",
             label="history (CSV)",
             color="light",
@@ -436,7 +497,7 @@ class ExplorerView:
         self.split = sp
 
         self.vs_n_lines = ColumnDataSource({"xs": [], "ys": [], "color": [], "width": [], "alpha": []})
-        self.vs_n_points = ColumnDataSource({"n": [], "variance": [], "lo": [], "hi": []})
+        self.vs_n_points = ColumnDataSource({"n": [], "variance": [], "lo": [], "hi": []}, name="pgvar-vs-n")
         self.vs_n_now = ColumnDataSource({"n": [], "variance": []})
         vn = figure(
             width=560,
@@ -493,7 +554,7 @@ class ExplorerView:
         pol.axis.axis_line_color = None
         self.policy_fig = pol
 
-        self.learn_src = ColumnDataSource({"step": [], "J": []})
+        self.learn_src = ColumnDataSource({"step": [], "J": []}, name="pgvar-learn")
         lf = figure(
             width=320, height=170, tools="save", title="J(θ) while learning (exact)", x_axis_label="step"
         )
@@ -559,25 +620,99 @@ class ExplorerView:
             ),
             width=920,
         )
-        self.layout = pn.Column(self.header, self.messages, pn.Row(controls, main), margin=(6, 10))
+        self.layout = pn.Column(
+            self.header, self.messages, self.activity, pn.Row(controls, main), margin=(6, 10)
+        )
+
+    # -- work: submitted from the event loop, run in the session's thread, drawn back on the loop ----
+    def _job(self, work: Callable[[], object] | None, topic: str) -> tuple[Frame, float]:
+        """Run ``work`` (in the session's thread, under its limits); a refusal or an error becomes a
+        message under ``topic``. Returns the frame to draw and the seconds it took."""
+        start = time.perf_counter()
+        state = self.state
+        try:
+            if work is not None:
+                work()
+        except (PgvarError, MemoryError) as err:
+            state.messages[topic] = str(err) or "out of memory"
+        except Exception as err:  # a bug must not kill the page: show it and carry on
+            log.exception("pgvar explorer: %s failed", topic)
+            state.messages["bug"] = f"internal error (please report): {err!r}"
+        return state.snapshot(), time.perf_counter() - start
+
+    def _submit(
+        self, work: Callable[[], object] | None, topic: str, doing: str | None = None, *, tick: bool = False
+    ) -> None:
+        """Queue ``work`` on the session's thread; its frame is drawn when it is done. ``doing`` (not
+        for ticks) is shown while it waits or runs."""
+        if self._closed:
+            return
+        self._seq += 1
+        seq = self._seq
+        if doing is not None:
+            self._activity[seq] = doing
+            self._render_activity()
+        future = self.jobs.submit(self._job, work, topic)
+        future.add_done_callback(lambda done: self._post(partial(self._finish, done, seq, tick)))
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the page's event loop with the document lock (from any thread); at once when
+        there is no server."""
+        if self._doc is None:
+            fn()
+            return
+        if self._closed:
+            return
+        doc = self._doc
+
+        def locked() -> None:
+            if self._closed:
+                return
+            try:
+                with set_curdoc(doc), pn.io.hold(doc):
+                    fn()
+            except Exception:  # drawing failed: log it, the next frame draws again
+                log.exception("pgvar explorer: drawing failed")
+
+        def on_loop() -> None:
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):  # the session has just ended
+                doc.add_next_tick_callback(locked)
+
+        with contextlib.suppress(Exception):  # the server has stopped
+            self._loop.add_callback(on_loop)  # tornado's add_callback is safe from any thread
+
+    def _finish(self, future: Future, seq: int, tick: bool) -> None:
+        """Draw a job's frame (on the event loop)."""
+        if self._closed or future.cancelled():
+            return
+        self._activity.pop(seq, None)
+        frame, seconds = future.result()
+        if tick:
+            self._ticking = False
+            self._last_ms = 1000 * seconds
+            # keep the session's duty cycle below about two thirds when ticks are slow (big MDPs), but
+            # never wait long (a first tick also compiles the kernels)
+            pause = min(max(0.0, 2 * seconds - PERIOD_MS / 1000), MAX_PAUSE_S)
+            self._next_allowed = time.monotonic() + pause
+        self.render(frame, latest=seq == self._seq)
 
     # -- state <-> widgets -----------------------------------------------------------------
     def _on_knob(self, name: str, value) -> None:
         if self._syncing:
             return
-        self.state.apply(**{name: value})
-        self._sync_widgets()
-        self._render_messages()
+        self._submit(partial(self.state.apply, **{name: value}), "knobs")
 
-    def _sync_widgets(self) -> None:
-        k = self.state.knobs
+    def _sync_widgets(self, frame: Frame) -> None:
+        k = frame.knobs
         values = {
             "rtg": k.rtg,
             "baseline": k.baseline,
             "n": k.n,
             "baseline_kind": k.baseline_kind,
             "lam": k.lam,
-            "gamma": self.state.gamma,
+            "gamma": frame.gamma,
             "entropy": k.entropy,
             "batches": k.batches,
         }
@@ -588,46 +723,47 @@ class ExplorerView:
                     widget.value = values[name]
             self.rtg.label = "reward-to-go: on" if k.rtg else "reward-to-go: off"
             self.baseline.label = "baseline: on" if k.baseline else "baseline: off"
-            if self.learn.value != self.state.learning:
-                self.learn.value = self.state.learning
+            if self.learn.value != frame.learning:
+                self.learn.value = frame.learning
+            if self.lr.value != frame.learning_rate:
+                self.lr.value = frame.learning_rate
+            if frame.mdp_source not in self.mdp_select.options.values():  # typed in: offer it too
+                self.mdp_select.options = {**self.choices, f"{frame.mdp_source} (typed)": frame.mdp_source}
+            if self.mdp_select.value != frame.mdp_source:
+                self.mdp_select.value = frame.mdp_source
         finally:
             self._syncing = False
 
     def _on_learn(self, _event=None) -> None:
         if self._syncing:
             return
-        try:
-            self.state.set_learning(self.learn.value, self.lr.value)
-        except PgvarError as err:
-            self.state.messages["policy"] = str(err)
-        self._render_messages()
+        self._submit(partial(self.state.set_learning, self.learn.value, self.lr.value), "policy")
+
+    def _on_uniform(self, _event=None) -> None:
+        self._submit(lambda: self.state.set_theta(np.zeros_like(self.state.theta)), "policy")
 
     def _on_randomize(self, _event=None) -> None:
         rng = np.random.default_rng()
-        self._set_theta(rng.normal(0.0, 1.0, self.state.theta.shape).round(1))
 
-    def _set_theta(self, theta) -> None:
-        try:
-            self.state.set_theta(theta)
-        except PgvarError as err:
-            self.state.messages["policy"] = str(err)
-        self._sync_sliders()
-        self._render_policy()
-        self._render_messages()
+        def randomize() -> None:
+            self.state.set_theta(rng.normal(0.0, 1.0, self.state.theta.shape).round(1))
 
-    def _on_logit(self, index: int, value: float) -> None:
+        self._submit(randomize, "policy")
+
+    def _on_logit(self, index: int, value: float, version: int) -> None:
         if self._syncing:
             return
-        try:
-            self.state.set_logit(index, value)
-        except PgvarError as err:
-            self.state.messages["policy"] = str(err)
-        self._render_policy()
 
-    def _build_sliders(self) -> None:
+        def set_logit() -> None:
+            if self.state.mdp_version == version:  # a slider of the MDP before does nothing
+                self.state.set_logit(index, value)
+
+        self._submit(set_logit, "policy")
+
+    def _build_sliders(self, frame: Frame) -> None:
         """One slider per logit, grouped under the name of its observation (row of theta)."""
-        theta = self.state.theta
-        rows, actions = self.state.row_names(), self.state.action_names()
+        theta = frame.theta
+        rows, actions = frame.row_names, frame.action_names
         sliders = []
         if theta.size <= MAX_SLIDERS:
             groups = []
@@ -646,7 +782,8 @@ class ExplorerView:
                         margin=(0, 6),
                         css_classes=["pgvar-logit"],
                     )
-                    slider.param.watch(lambda e, i=index: self._on_logit(i, e.new), "value")
+                    watcher = partial(self._on_logit, index, version=frame.mdp_version)
+                    slider.param.watch(lambda e, watcher=watcher: watcher(e.new), "value")
                     row_sliders.append(slider)
                 sliders.extend(row_sliders)
                 groups.append(
@@ -668,11 +805,11 @@ class ExplorerView:
             ]
         self._sliders = sliders
 
-    def _sync_sliders(self) -> None:
+    def _sync_sliders(self, frame: Frame) -> None:
         self._syncing = True
         try:
             for index, slider in enumerate(self._sliders):
-                value = round(float(self.state.theta.flat[index]), 2)
+                value = round(float(frame.theta.flat[index]), 2)
                 if slider.value != value:
                     slider.value = value
         finally:
@@ -681,114 +818,145 @@ class ExplorerView:
     def _load_mdp(self, spec: str) -> None:
         if self._syncing:
             return
-        self.state.load_mdp(spec)
-        self._on_mdp_loaded()
+        self._submit(partial(self.state.load_mdp, spec), "mdp", f"loading MDP {spec!r}…")
 
     def _load_typed_mdp(self) -> None:
         text = self.mdp_text.value.strip()
         if not text:
             return
         if not is_builtin_spec(text):
-            self.state.messages["mdp"] = (
+            message = (
                 f"{text!r}: type a built-in ({', '.join(builtin_choices())}, "
                 "with options like random:seed=3); files come from --mdp"
             )
+            self._submit(partial(self.state.messages.__setitem__, "mdp", message), "mdp")
         else:
-            self.state.load_mdp(text)
-        self._on_mdp_loaded()
-
-    def _on_mdp_loaded(self) -> None:
-        state = self.state
-        self._syncing = True
-        try:
-            if state.mdp_source in self.mdp_select.options.values():
-                self.mdp_select.value = state.mdp_source
-        finally:
-            self._syncing = False
-        self._sync_widgets()
-        self._build_sliders()
-        self._render_policy()
-        mdp = state.base_mdp
-        horizon = "unbounded" if mdp.horizon is None else f"horizon {mdp.horizon}"
-        self.mdp_info.object = (
-            f'<div class="pgvar-note"><b>{html.escape(mdp.name)}</b>: {html.escape(mdp.description)}<br>'
-            f"{mdp.n_states} states, {mdp.n_actions} actions, {horizon}, γ={mdp.gamma:g}, "
-            f"{state.theta.size} logits</div>"
-        )
-        self.header.object = (
-            '<div style="display:flex;align-items:baseline;gap:14px">'
-            '<span style="font-size:21px;font-weight:700">pgvar explorer</span>'
-            '<span class="pgvar-note">gradient-estimate variance: three knobs, one villain · MDP '
-            f"<b>{html.escape(mdp.name)}</b> · each tick measures {state.knobs.batches} fresh independent "
-            "batches</span></div>"
-        )
-        self.history_src.data = {"tick": [], "variance": [], "lo": [], "hi": [], "exact": []}
-        self.learn_src.data = {"step": [], "J": []}
-        self._history_seen = 0
-        self._range_anchor = None
-        self._render_messages()
+            self._submit(partial(self.state.load_mdp, text), "mdp", f"loading MDP {text!r}…")
 
     def _on_sweep(self, _event=None) -> None:
-        try:
+        def sweep() -> None:
+            self.state.messages.pop("sweep", None)
             self.state.sweep()
-        except PgvarError as err:
-            self.state.messages["measure"] = str(err)
-        self._render_vs_n(self.state.last)
-        self._render_messages()
+
+        self._submit(sweep, "sweep", "measuring every N…")
+
+    # -- exports: computed in the session's thread, while the page goes on ----------------
+    async def _export(self, make: Callable[[ExplorerState], object], topic: str):
+        def job() -> object:
+            try:
+                return make(self.state)
+            except (PgvarError, MemoryError) as err:
+                self.state.messages[topic] = f"{topic}: {err or 'out of memory'}"
+                raise
+
+        return await asyncio.wrap_future(self.jobs.submit(job))
+
+    async def _readings_csv(self) -> io.StringIO:
+        return io.StringIO(await self._export(readings_csv, "export"))
+
+    async def _history_csv(self) -> io.StringIO:
+        return io.StringIO(await self._export(history_csv, "export"))
+
+    async def _png(self) -> io.BytesIO:
+        return io.BytesIO(await self._export(render_png, "export"))
 
     # -- the tick --------------------------------------------------------------------------
     def start(self) -> None:
         """Start the periodic tick (call once the page has loaded)."""
-        if self._callback is None:
+        if self._callback is None and not self._closed:
             self._callback = pn.state.add_periodic_callback(self.on_tick, period=PERIOD_MS)
 
     def stop(self) -> None:
         if self._callback is not None:
-            self._callback.stop()
-            self._callback = None
+            callback, self._callback = self._callback, None
+            with contextlib.suppress(Exception):  # the session is already gone
+                callback.stop()
+
+    def close(self) -> None:
+        """The session has ended: stop the tick, cancel queued work, drop the running job's result
+        when it finishes, then free the state's memory (in the session's thread, after that job)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        state, pool = self.state, self._exact_pool
+
+        def release() -> None:
+            state.close()
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+        self.jobs.close(last=release)
+
+    def _connected(self) -> bool:
+        """False once the browser tab has gone (nothing to draw for until the session ends)."""
+        context = getattr(self._doc, "session_context", None) if self._doc is not None else None
+        session = getattr(context, "session", None) if context is not None else None
+        return session is None or session.connection_count > 0
 
     def on_tick(self) -> None:
-        now = time.monotonic()
-        if self._busy or now < self._next_allowed:
+        """Submit one tick, unless one is running, other work is queued, the last tick was slow or
+        the tab has gone."""
+        if self._closed or self._ticking or self.jobs.busy or time.monotonic() < self._next_allowed:
             return
-        self._busy = True
-        start = time.perf_counter()
-        try:
-            try:
-                result = self.state.tick()
-            except Exception as err:  # a bug must not kill the page: show it and carry on
-                self.state.messages["bug"] = f"internal error (please report): {err!r}"
-                result = None
-            with pn.io.hold():
-                self.render(result)
-        finally:
-            self._busy = False
-        elapsed = time.perf_counter() - start
-        self._last_ms = 1000 * elapsed
-        # keep the server's duty cycle below about two thirds when ticks are slow (big MDPs)
-        self._next_allowed = time.monotonic() + max(0.0, 2 * elapsed - PERIOD_MS / 1000)
+        if not self._connected():
+            return
+        self._ticking = True
+        self._submit(self.state.tick, "measure", tick=True)
 
-    # -- rendering -------------------------------------------------------------------------
-    def render(self, result: TickResult | None) -> None:
-        if result is not None:
-            if result.learned:
-                self._sync_sliders()
-                self._render_policy()
-                self._sync_widgets()
-            elif self.learn.value != self.state.learning:
-                self._sync_widgets()
-            self._update_range(result)
-            self._render_readout(result)
-            self._render_gauge(result)
-            self._render_history(result)
-            self._render_breakdown(result)
-            self._render_vs_n(result)
-            self._render_learning()
-        else:
-            self._sync_widgets()
-        self._render_messages()
+    # -- rendering (on the event loop, from a frame) ----------------------------------------
+    def render(self, frame: Frame, *, latest: bool = True) -> None:
+        """Draw ``frame``; the widgets follow it only when it comes from the latest job (``latest``),
+        so a frame never undoes a change still queued."""
+        self._frame = frame
+        if frame.mdp_version != self._shown_version:
+            self._render_mdp(frame)
+        if latest:
+            self._sync_widgets(frame)
+            self._sync_sliders(frame)
+        theta = frame.theta.tobytes()
+        if theta != self._shown_theta:
+            self._shown_theta = theta
+            self._render_policy(frame)
+        self._render_header(frame)
+        if frame.last is not None:
+            self._update_range(frame)
+        self._render_readout(frame)
+        self._render_gauge(frame)
+        self._render_history(frame)
+        self._render_breakdown(frame)
+        self._render_vs_n(frame)
+        self._render_learning(frame)
+        self._render_messages(frame)
+        self._render_activity()
 
-    def _update_range(self, result: TickResult) -> None:
+    def _render_mdp(self, frame: Frame) -> None:
+        """A new MDP: its description, its sliders, empty plots."""
+        self._shown_version = frame.mdp_version
+        self._build_sliders(frame)
+        horizon = "unbounded" if frame.horizon is None else f"horizon {frame.horizon}"
+        self.mdp_info.object = (
+            f'<div id="pgvar-mdp-info" class="pgvar-note" data-mdp="{html.escape(frame.mdp_name)}">'
+            f"<b>{html.escape(frame.mdp_name)}</b>: {html.escape(frame.mdp_description)}<br>"
+            f"{frame.n_states} states, {frame.n_actions} actions, {horizon}, γ={frame.mdp_gamma:g}, "
+            f"{frame.theta.size} logits</div>"
+        )
+        self.learn_src.data = {"step": [], "J": []}
+        self._range_anchor = None
+
+    def _render_header(self, frame: Frame) -> None:
+        name = html.escape(frame.mdp_name)
+        self.header.object = (
+            f'<div id="pgvar-header" data-mdp="{name}" data-batches="{frame.knobs.batches}" '
+            'style="display:flex;align-items:baseline;gap:14px">'
+            '<span style="font-size:21px;font-weight:700">pgvar explorer</span>'
+            '<span class="pgvar-note">gradient-estimate variance: three knobs, one villain · MDP '
+            f"<b>{name}</b> · each tick measures {frame.knobs.batches} fresh independent "
+            "batches</span></div>"
+        )
+
+    def _update_range(self, frame: Frame) -> None:
+        result = frame.last
         van = result.vanilla_n1
         anchor = van.exact if van.exact is not None and van.exact > 0 else van.variance
         if not anchor or not math.isfinite(anchor) or anchor <= 0:
@@ -808,47 +976,76 @@ class ExplorerView:
             return math.nan
         return max(value, bottom * 1.0001)
 
-    def _render_readout(self, r: TickResult) -> None:
-        now = r.reading
-        state = self.state
-        exact = state.exact
+    def _render_readout(self, frame: Frame) -> None:
+        r = frame.last
+        k = frame.knobs
+        exact = frame.exact
         if exact is not None:
             exact_note = f"exact values in {1000 * exact.seconds:.0f} ms"
         else:
-            exact_note = "exact: computing…" if state.exact_pending else "exact: unavailable"
-        var_sub = f"95% CI [{_fmt(now.lo)}, {_fmt(now.hi)}]<br>exact / N: {_fmt(now.exact)}"
-        ratio_sub = f"bound [{_ratio(r.ratio_lo)}, {_ratio(r.ratio_hi)}]<br>exact: {_ratio(r.ratio_exact)}"
-        j = r.objective
-        k = state.knobs
-        self.readout.object = f"""
-<div class="pgvar-tiles">
+            exact_note = "exact: computing…" if frame.exact_pending else "exact: unavailable"
+        stale = frame.stale
+        notice = ""
+        if stale is not None:
+            notice = f'<div id="pgvar-stale">stale: {html.escape(stale)}</div>'
+        elif r is None:
+            notice = '<div class="pgvar-note">measuring…</div>'
+        if r is not None:
+            now = r.reading
+            label, spec, n, batches = now.label, now.spec, r.n, r.batches
+            variance, lo, hi, exact_n = now.variance, now.lo, now.hi, now.exact
+            ratio, ratio_lo, ratio_hi, ratio_exact, j = (
+                r.ratio,
+                r.ratio_lo,
+                r.ratio_hi,
+                r.ratio_exact,
+                r.objective,
+            )
+            tick, truncated = r.tick, r.truncated_episodes
+            measure_ms = f"{1000 * r.seconds:.0f} ms to measure ({self._last_ms:.0f} ms last tick)"
+        else:
+            label, spec, n, batches = frame.label, "", k.n, k.batches
+            variance = lo = hi = exact_n = ratio = ratio_lo = ratio_hi = ratio_exact = j = None
+            tick, truncated = frame.tick_count, 0
+            measure_ms = "no reading of this MDP yet"
+        var_sub = f"95% CI [{_fmt(lo)}, {_fmt(hi)}]<br>exact / N: {_fmt(exact_n)}"
+        ratio_sub = f"bound [{_ratio(ratio_lo)}, {_ratio(ratio_hi)}]<br>exact: {_ratio(ratio_exact)}"
+        learning = ""
+        if frame.learning:
+            learning = (
+                " · learning (running baselines average the recent policies; they restart when it stops)"
+            )
+        tiles_class = "pgvar-tiles pgvar-stale" if stale is not None and r is not None else "pgvar-tiles"
+        self.readout.object = f"""{notice}
+<div class="{tiles_class}">
   <div class="pgvar-tile" style="min-width:170px"><div class="pgvar-k">Config</div>
-    <div id="pgvar-config" class="pgvar-v" data-spec="{now.spec}">{html.escape(now.label)}</div>
-    <div class="pgvar-sub">{now.spec}</div></div>
+    <div id="pgvar-config" class="pgvar-v" data-spec="{spec}">{html.escape(label)}</div>
+    <div class="pgvar-sub">{spec}</div></div>
   <div class="pgvar-tile"><div class="pgvar-k">Batch N</div>
-    <div id="pgvar-n" class="pgvar-v">{r.n}</div>
-    <div class="pgvar-sub">episodes per batch<br>{r.batches} batches</div></div>
+    <div id="pgvar-n" class="pgvar-v">{n}</div>
+    <div class="pgvar-sub">episodes per batch<br>{batches} batches</div></div>
   <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">Grad variance</div>
-    <div id="pgvar-variance" class="pgvar-v" data-value="{_attr(now.variance)}" data-lo="{_attr(now.lo)}"
-      data-hi="{_attr(now.hi)}" data-exact="{_attr(now.exact)}">{_fmt(now.variance)}</div>
+    <div id="pgvar-variance" class="pgvar-v" data-value="{_attr(variance)}" data-lo="{_attr(lo)}"
+      data-hi="{_attr(hi)}" data-exact="{_attr(exact_n)}">{_fmt(variance)}</div>
     <div class="pgvar-sub">{var_sub}</div></div>
   <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">vs vanilla (N = 1)</div>
-    <div id="pgvar-ratio" class="pgvar-v" data-value="{_attr(r.ratio)}" data-lo="{_attr(r.ratio_lo)}"
-      data-hi="{_attr(r.ratio_hi)}" data-exact="{_attr(r.ratio_exact)}">{_ratio(r.ratio)}</div>
+    <div id="pgvar-ratio" class="pgvar-v" data-value="{_attr(ratio)}" data-lo="{_attr(ratio_lo)}"
+      data-hi="{_attr(ratio_hi)}" data-exact="{_attr(ratio_exact)}">{_ratio(ratio)}</div>
     <div class="pgvar-sub">{ratio_sub}</div></div>
   <div class="pgvar-tile"><div class="pgvar-k">J(θ) exact</div>
     <div id="pgvar-objective" class="pgvar-v" data-value="{_attr(j)}">{"–" if j is None else f"{j:.3f}"}</div>
-    <div class="pgvar-sub">γ={state.gamma:g}<br>entropy {k.entropy:g}</div></div>
+    <div class="pgvar-sub">γ={frame.gamma:g}<br>entropy {k.entropy:g}</div></div>
 </div>
-<div id="pgvar-status" class="pgvar-status" data-tick="{r.tick}" data-history="{len(state.history)}"
-  data-history-max="{state.history.maxlen}" data-ms="{self._last_ms:.1f}"
-  data-learning="{int(state.learning)}">
-  tick {r.tick} · {1000 * r.seconds:.0f} ms to measure ({self._last_ms:.0f} ms last tick) · {exact_note}
-  · history {len(state.history)}/{state.history.maxlen}{" · learning" if state.learning else ""}
-  {f" · {r.truncated_episodes} episodes cut at the step cap" if r.truncated_episodes else ""}
+<div id="pgvar-status" class="pgvar-status" data-tick="{tick}" data-history="{len(frame.history)}"
+  data-history-max="{frame.history_maxlen}" data-ms="{self._last_ms:.1f}"
+  data-learning="{int(frame.learning)}" data-stale="{int(stale is not None)}"
+  data-mdp="{html.escape(frame.mdp_name)}">
+  tick {tick} · {measure_ms} · {exact_note}
+  · history {len(frame.history)}/{frame.history_maxlen}{learning}
+  {f" · {truncated} episodes cut at the step cap" if truncated else ""}
 </div>"""
         rows = []
-        for i, c in enumerate(r.configs):
+        for i, c in enumerate(r.configs if r is not None else ()):
             cls = ' class="pgvar-current"' if i == r.current else ""
             rows.append(
                 f'<tr{cls} data-config="{html.escape(c.label)}" data-value="{_attr(c.variance)}" '
@@ -857,14 +1054,21 @@ class ExplorerView:
                 f"<td>[{_fmt(c.lo)}, {_fmt(c.hi)}]</td><td>{_fmt(c.exact)}</td>"
                 f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td></tr>"
             )
+        table_class = "pgvar-table pgvar-stale" if stale is not None else "pgvar-table"
         self.table.object = (
-            '<table id="pgvar-breakdown" class="pgvar-table"><tr><th>config</th><th>measured</th>'
+            f'<table id="pgvar-breakdown" class="{table_class}"><tr><th>config</th><th>measured</th>'
             "<th>95% CI</th><th>exact</th><th>reward noise</th><th>sampling</th></tr>"
             + "".join(rows)
             + "</table>"
         )
 
-    def _render_gauge(self, r: TickResult) -> None:
+    def _render_gauge(self, frame: Frame) -> None:
+        r = frame.last
+        if r is None:
+            self.gauge_src.data = {"x": [0], "bottom": [np.nan], "top": [np.nan], "lo": [np.nan],
+                                   "hi": [np.nan], "exact": [np.nan]}  # fmt: skip
+            self.gauge.title.text = "no reading"
+            return
         now = r.reading
         self.gauge_src.data = {
             "x": [0],
@@ -874,10 +1078,14 @@ class ExplorerView:
             "hi": [self._floor(now.hi)],
             "exact": [self._floor(now.exact)],
         }
-        self.gauge.title.text = f"N={r.n}"
+        self.gauge.title.text = f"N={r.n}" + (" (stale)" if frame.stale else "")
 
-    def _render_history(self, r: TickResult) -> None:
-        points = list(self.state.history)
+    def _render_history(self, frame: Frame) -> None:
+        points = frame.history
+        if frame.history_epoch != self._shown_epoch:  # cleared (a new MDP): start the plot afresh
+            self._shown_epoch = frame.history_epoch
+            self._history_seen = 0
+            self.history_src.data = {"tick": [], "variance": [], "lo": [], "hi": [], "exact": []}
         new = [p for p in points if p.tick > self._history_seen]
         if not new:
             return
@@ -890,12 +1098,13 @@ class ExplorerView:
                 "hi": [self._floor(p.hi) for p in new],
                 "exact": [self._floor(p.exact) for p in new],
             },
-            rollover=self.state.history.maxlen,
+            rollover=frame.history_maxlen,
         )
 
-    def _breakdown_data(self, r: TickResult | None) -> dict:
-        labels = self.state.labels()
+    def _breakdown_data(self, frame: Frame | None) -> dict:
+        r = frame.last if frame is not None else None
         if r is None:
+            labels = list(frame.labels) if frame is not None else self.state.labels()
             return {
                 "label": labels,
                 "variance": [np.nan] * 4,
@@ -918,26 +1127,28 @@ class ExplorerView:
             "alpha": [CURRENT_ALPHA if i == current else OTHER_ALPHA for i in range(4)],
         }
 
-    def _render_breakdown(self, r: TickResult) -> None:
-        labels = [c.label for c in r.configs]
+    def _render_breakdown(self, frame: Frame) -> None:
+        r = frame.last
+        configs = r.configs if r is not None else ()
+        labels = [c.label for c in configs] if r is not None else list(frame.labels)
         factors = labels[::-1]
         if list(self.breakdown.y_range.factors) != factors:
             self.breakdown.y_range.factors = factors
             self.split.y_range.factors = factors
-        self.breakdown_src.data = self._breakdown_data(r)
-        noise = [c.reward_noise if c.reward_noise is not None else 0.0 for c in r.configs]
-        sampling = [c.sampling if c.sampling is not None else 0.0 for c in r.configs]
+        self.breakdown_src.data = self._breakdown_data(frame)
+        noise = [c.reward_noise if c.reward_noise is not None else 0.0 for c in configs] or [0.0] * 4
+        sampling = [c.sampling if c.sampling is not None else 0.0 for c in configs] or [0.0] * 4
         self.split_src.data = {"label": labels, "noise": noise, "sampling": sampling}
-        self.breakdown.title.text = f"per-knob breakdown at N={r.n} (bar: measured, ◆ exact / N)"
-        top = max([n + s for n, s in zip(noise, sampling, strict=True)] + [1e-12])
+        n = r.n if r is not None else frame.knobs.n
+        self.breakdown.title.text = f"per-knob breakdown at N={n} (bar: measured, ◆ exact / N)"
+        top = max([a + b for a, b in zip(noise, sampling, strict=True)] + [1e-12])
         self.split_range.end = top * 1.08
 
-    def _render_vs_n(self, r: TickResult | None) -> None:
-        state = self.state
-        exact = state.exact
+    def _render_vs_n(self, frame: Frame) -> None:
+        exact = frame.exact
         if exact is not None:
             ns = np.array(N_CHOICES, dtype=float)
-            current = state.current_index
+            current = frame.current_index
             traces = [m.variance_trace for m in exact.moments]
             self.vs_n_lines.data = {
                 "xs": [list(ns)] * 4,
@@ -946,21 +1157,25 @@ class ExplorerView:
                 "width": [4 if i == current else 1.5 for i in range(4)],
                 "alpha": [CURRENT_ALPHA if i == current else 0.5 for i in range(4)],
             }
-        points = sorted(state.by_n.items())
+        elif frame.last is None:
+            self.vs_n_lines.data = {"xs": [], "ys": [], "color": [], "width": [], "alpha": []}
+        points = sorted(frame.by_n.items())
         self.vs_n_points.data = {
             "n": [n for n, _ in points],
             "variance": [self._floor(v[0]) for _, v in points],
             "lo": [self._floor(v[1]) for _, v in points],
             "hi": [self._floor(v[2]) for _, v in points],
         }
+        r = frame.last
         if r is not None:
             self.vs_n_now.data = {"n": [r.n], "variance": [self._floor(r.reading.variance)]}
-        self.vs_n.title.text = f"variance against N: {state.label} (exact / N lines; measured points)"
+        else:
+            self.vs_n_now.data = {"n": [], "variance": []}
+        self.vs_n.title.text = f"variance against N: {frame.label} (exact / N lines; measured points)"
 
-    def _render_policy(self) -> None:
-        state = self.state
-        probs = state.policy().reshape(-1, state.theta.shape[-1])
-        rows, actions = state.row_names()[:40], state.action_names()
+    def _render_policy(self, frame: Frame) -> None:
+        probs = frame.policy
+        rows, actions = list(frame.row_names), list(frame.action_names)
         data = {"row": [], "action": [], "p": [], "text": [], "color": []}
         for i, row in enumerate(rows):
             for j, action in enumerate(actions):
@@ -978,22 +1193,24 @@ class ExplorerView:
             fig.height = 60 + 24 * len(rows)
         self.policy_src.data = data
 
-    def _render_learning(self) -> None:
-        steps = list(self.state.learn_history)
-        exact = self.state.exact
+    def _render_learning(self, frame: Frame) -> None:
+        steps = list(frame.learn_history)
+        exact = frame.exact
         if not steps and exact is not None:
-            steps = [(self.state.learn_steps, exact.objective)]
+            steps = [(frame.learn_steps, exact.objective)]
         shown = self.learn_src.data["step"]
-        if len(steps) != len(shown) or (steps and steps[-1][0] != shown[-1]):
+        shown_j = self.learn_src.data["J"]
+        if len(steps) != len(shown) or (steps and (steps[-1][0] != shown[-1] or steps[-1][1] != shown_j[-1])):
             self.learn_src.data = {"step": [s for s, _ in steps], "J": [j for _, j in steps]}
 
-    def _render_messages(self) -> None:
-        items = "".join(f"<div>{html.escape(m)}</div>" for m in self.state.messages.values())
+    def _render_messages(self, frame: Frame) -> None:
+        items = "".join(f"<div>{html.escape(m)}</div>" for m in frame.messages.values())
         self.messages.object = f'<div id="pgvar-messages" role="alert">{items}</div>'
 
-    # -- export ----------------------------------------------------------------------------
-    def _png(self) -> io.BytesIO:
-        return io.BytesIO(render_png(self.state))
+    def _render_activity(self) -> None:
+        doing = " · ".join(dict.fromkeys(self._activity.values()))
+        busy = int(bool(self._activity))
+        self.activity.object = f'<div id="pgvar-activity" data-busy="{busy}">{html.escape(doing)}</div>'
 
 
 def build(mdp: str = "lesson", **kwargs) -> ExplorerView:
@@ -1021,12 +1238,19 @@ def in_server_session() -> bool:
 def app(mdp: str = "lesson", *, history: int = DEFAULT_HISTORY, file_choice: str | None = None):
     """The explorer for one session: a Panel layout whose tick starts when the page has loaded.
 
-    Outside a server session (a notebook) this also calls ``pn.extension(inline=True)``: no CDN needed."""
+    Outside a server session (a notebook) this also calls ``pn.extension(inline=True)``: no CDN needed,
+    and the work runs inline."""
     served = in_server_session()
     if not served:
         pn.extension(inline=True)
-    view = build(mdp, history=history, query=session_query() if served else None, file_choice=file_choice)
+    view = build(
+        mdp,
+        history=history,
+        query=session_query() if served else None,
+        file_choice=file_choice,
+        doc=pn.state.curdoc if served else None,
+    )
     pn.state.onload(view.start)
     if served:
-        pn.state.on_session_destroyed(lambda _context: view.stop())
+        pn.state.on_session_destroyed(lambda _context: view.close())
     return view.layout

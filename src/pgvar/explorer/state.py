@@ -17,10 +17,27 @@ together), so they are recomputed only when one of those changes, at most once p
 worker thread when an executor is given (the page then shows "computing" until the result arrives; a
 newer change supersedes an older one). A tick measures the four configurations at the current N on
 the same episodes (common random numbers) plus vanilla at N = 1 for the ratio.
+
+Limits: every library call here checks its cost against the limits in force (:mod:`pgvar.budget`);
+the page runs each session's work under ``budget.EXPLORER`` in that session's worker thread, and the
+exact values' worker inherits those limits (the job is submitted with a copy of the caller's
+context). A refusal (:class:`pgvar.budget.BudgetError`) becomes a message, never a crash.
+
+Threads: the state is not thread-safe. The page calls it from one worker thread per session and reads
+only :class:`Frame` copies (:meth:`ExplorerState.snapshot`), so the page's event loop never waits on
+it and never sees it half changed.
+
+Running baselines and learning: the running means stay warm across ticks and across learning steps
+(as the lesson's ``bRtg`` does while it trains), so while learning they average episodes of the
+recent policies. When learning stops (switched off, or stopped by an error) they restart, and they
+restart whenever the policy is changed by hand: a reading of a fixed policy then compares with its
+exact value (a mean warmed by thousands of episodes of older policies would hardly move and would
+hold the measured variance away from the exact line indefinitely).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import time
@@ -328,18 +345,66 @@ def safe_ratio(top: float, bottom: float) -> float:
     return math.inf if top > 0 else math.nan
 
 
+#: Rows of the policy table a frame carries (the page draws at most this many).
+MAX_POLICY_ROWS = 40
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A copy of everything the page shows, taken after each piece of work (:meth:`ExplorerState.snapshot`).
+
+    The page reads only frames, never the live state, so it can draw while the session's worker
+    thread computes. ``stale`` says why the numbers of ``last`` are old (the latest tick could not
+    measure), or why there are none yet; None when ``last`` is this setting's latest reading.
+    ``history_epoch`` changes when the history is cleared (a new MDP).
+    """
+
+    mdp_version: int
+    mdp_source: str
+    mdp_name: str
+    mdp_description: str
+    n_states: int
+    n_actions: int
+    horizon: int | None
+    mdp_gamma: float
+    knobs: Knobs
+    gamma: float
+    label: str
+    labels: tuple[str, ...]
+    current_index: int
+    theta: np.ndarray
+    policy: np.ndarray  # pi(a|o) of the first MAX_POLICY_ROWS rows of theta
+    row_names: tuple[str, ...]  # the same rows' names
+    action_names: tuple[str, ...]
+    last: TickResult | None
+    stale: str | None
+    history: tuple[HistoryPoint, ...]
+    history_maxlen: int
+    history_epoch: int
+    by_n: dict[int, tuple[float, float, float]]
+    exact: ExactValues | None
+    exact_pending: bool
+    learning: bool
+    learning_rate: float
+    learn_steps: int
+    learn_history: tuple[tuple[int, float], ...]
+    messages: dict[str, str]
+    tick_count: int
+
+
 # -- the session ---------------------------------------------------------------------------------
 
 
 class ExplorerState:
-    """One explorer session. Not thread-safe: call it from one thread (the page's event loop).
+    """One explorer session. Not thread-safe: call it from one thread (the page: the session's worker).
 
     Args:
       mdp: a built-in name (``lesson``, ``random:seed=3``) or a YAML/JSON file; a bad one falls back to
         the lesson's MDP and leaves a message in ``messages["mdp"]``.
       history: length of the rolling history (bounded).
       seed: root of the random streams (None: fresh entropy, so sessions differ).
-      executor: where to compute exact values; None computes them in the tick that needs them.
+      executor: where to compute exact values (under the limits in force where the tick runs); None
+        computes them in the tick that needs them.
     """
 
     def __init__(
@@ -372,6 +437,10 @@ class ExplorerState:
         self._curve_key: tuple | None = None
         self._mdp_version = 0
         self._gamma_mdps: dict[float, TabularMDP] = {}
+        self._names: tuple[int, tuple[str, ...]] | None = None  # row names of the MDP of that version
+        self.history_epoch = 0
+        self.measure_error: str | None = None  # why the latest tick could not measure
+        self.closed = False
         self.mdp_source = "lesson"
         self.base_mdp: TabularMDP = envs.make("lesson")
         self.theta = np.zeros(self.base_mdp.theta_shape())
@@ -392,6 +461,9 @@ class ExplorerState:
         except (OSError, ValueError, TypeError) as err:  # anything a hand-made file can still trip
             self.messages["mdp"] = f"cannot load MDP {name_or_path!r}: {err}"
             return False
+        except MemoryError:
+            self.messages["mdp"] = f"cannot load MDP {name_or_path!r}: out of memory"
+            return False
         self._install(mdp, str(name_or_path))
         self.messages.pop("mdp", None)
         return True
@@ -402,13 +474,33 @@ class ExplorerState:
         self.mdp_source = source
         self._mdp_version += 1
         self._exact_seconds: float | None = None
+        # the old MDP's caches go now (its tables can be large); a job still computing its exact
+        # values finishes in its thread and is dropped
+        self._samplers.clear()
+        self._chain_cache = None
+        self._exact = None
+        self._failed_key = None
+        if self._future is not None:
+            self._future.cancel()
+            self._future = None
         self.theta = np.zeros(mdp.theta_shape())
         self.knobs = dataclasses.replace(self.knobs, gamma=None)
         self._reset_measurements()
         self.learn_history.clear()
         self.learn_steps = 0
-        for topic in ("measure", "exact", "policy"):
+        for topic in ("measure", "exact", "policy", "sweep"):
             self.messages.pop(topic, None)
+
+    @property
+    def mdp_version(self) -> int:
+        """Counts the MDPs loaded: a widget made for one MDP checks it before changing the policy."""
+        return self._mdp_version
+
+    def close(self) -> None:
+        """Drop the MDP and every cache (the session has ended): the memory goes back at once."""
+        self._install(envs.make("lesson"), "closed")
+        self.messages.clear()
+        self.closed = True
 
     @property
     def mdp(self) -> TabularMDP:
@@ -456,7 +548,8 @@ class ExplorerState:
         return True
 
     def set_theta(self, theta, *, keep_running: bool = False) -> None:
-        """Set the logits (shape of ``mdp.theta_shape()``, finite, clipped to +-LOGIT_LIMIT)."""
+        """Set the logits (shape of ``mdp.theta_shape()``, finite, clipped to +-LOGIT_LIMIT); the running
+        baselines restart unless ``keep_running`` (a learning step)."""
         try:
             array = np.asarray(theta, dtype=float)
         except (TypeError, ValueError):
@@ -494,20 +587,31 @@ class ExplorerState:
         """pi(a|o) for every row of theta, shape theta.shape (the page's probability table)."""
         return softmax(self.theta)
 
-    def row_names(self) -> list[str]:
-        """One name per row of theta: the observation (with its step for per-step logits)."""
+    def row_names(self, limit: int | None = None) -> list[str]:
+        """One name per row of theta (the first ``limit`` rows): the observation (with its step for
+        per-step logits)."""
+        rows = self.theta.size // self.theta.shape[-1]
+        limit = rows if limit is None else min(limit, rows)
+        if self._names is None or self._names[0] != self._mdp_version or len(self._names[1]) < limit:
+            self._names = (self._mdp_version, tuple(self._row_names(limit)))
+        return list(self._names[1][:limit])
+
+    def _row_names(self, limit: int) -> list[str]:
         mdp = self.base_mdp
-        names = []
         n_obs = self.theta.shape[-2]
-        for o in range(n_obs):
-            states = [i for i in range(mdp.n_states) if mdp.observation_s[i] == o]
-            if mdp.state_names and states:
-                more = " …" if len(states) > 2 else ""
+        wanted = range(min(n_obs, limit))
+        names = []
+        observation_s = np.asarray(mdp.observation_s)
+        for o in wanted:
+            states = np.flatnonzero(observation_s == o)[:3]
+            if mdp.state_names and states.size:
+                more = " …" if states.size > 2 else ""
                 names.append(" / ".join(mdp.state_names[i] for i in states[:2]) + more)
             else:
                 names.append(f"obs {o}")
         if self.theta.ndim == 3:
-            return [f"t={t} {name}" for t in range(self.theta.shape[0]) for name in names]
+            steps = -(-limit // n_obs)
+            return [f"t={t} {name}" for t in range(steps) for name in names][:limit]
         return names
 
     def action_names(self) -> list[str]:
@@ -540,8 +644,8 @@ class ExplorerState:
                 self._exact = future.result()
                 self._exact_seconds = self._exact.seconds
                 self.messages.pop("exact", None)
-            except PgvarError as err:
-                self.messages["exact"] = f"exact values: {err}"
+            except (PgvarError, MemoryError) as err:
+                self.messages["exact"] = f"exact values: {err or 'out of memory'}"
                 self._failed_key = future.pgvar_key  # type: ignore[attr-defined]
         if self._exact is not None and self._exact.key == key:
             return self._exact
@@ -553,13 +657,14 @@ class ExplorerState:
             try:
                 self._exact = compute_exact(*args)
                 self._exact_seconds = self._exact.seconds
-            except PgvarError as err:
-                self.messages["exact"] = f"exact values: {err}"
+            except (PgvarError, MemoryError) as err:
+                self.messages["exact"] = f"exact values: {err or 'out of memory'}"
                 self._failed_key = key
                 return None
             self.messages.pop("exact", None)
             return self._exact
-        self._future = self._executor.submit(compute_exact, *args)
+        # the worker runs under the limits in force here (context variables do not cross threads)
+        self._future = self._executor.submit(contextvars.copy_context().run, compute_exact, *args)
         self._future.pgvar_key = key  # type: ignore[attr-defined]
         return None
 
@@ -605,11 +710,21 @@ class ExplorerState:
         self.by_n.clear()
         self._curve_key = None
         self.last = None
+        self.measure_error = None
+        self.history_epoch += 1
+
+    def _stop_learning(self) -> None:
+        """Learning ends: the running baselines restart, so that readings of the policy now fixed
+        compare with its exact values (see the module's notes)."""
+        if self.learning:
+            self.learning = False
+            self._running = None
 
     def tick(self) -> TickResult | None:
         """Measure once: fresh independent batches of every configuration at N, vanilla at N = 1,
         the exact values where known; then, in learn mode, one gradient-ascent step. None (and a
-        message) when the setting cannot be measured."""
+        message, and ``measure_error``) when the setting cannot be measured: too long a tick, or a
+        request over the limits in force (:mod:`pgvar.budget`)."""
         start = time.perf_counter()
         knobs = self.knobs
         try:
@@ -621,24 +736,27 @@ class ExplorerState:
                     f"one tick would simulate about {cost:.3g} steps (episodes last {length:.3g} steps on "
                     "average); lower N or the number of batches, or change the policy"
                 )
-        except PgvarError as err:
-            self.messages["measure"] = f"cannot measure: {err}"
-            self.learning = False
+            exact = self.refresh_exact()
+            specs = self.specs()
+            seeds = self._seeds.spawn(3)
+            sampler = self._sampler(specs, chain)
+            sample = sampler.sample(knobs.n, knobs.batches, seeds[0], running=self._running)
+            self._running = sample.running
+            traces = exact.traces if exact is not None else None
+            grad = exact.grad if exact is not None else None
+            readings = read_sample(sample, grad, traces)
+            if knobs.n == 1:
+                vanilla = readings[0]
+            else:
+                sample_n1 = self._sampler(specs[:1], chain).sample(1, knobs.batches, seeds[1])
+                vanilla = read_sample(sample_n1, grad, traces)[0]
+        except (PgvarError, MemoryError) as err:
+            self.measure_error = f"cannot measure: {err or 'out of memory'}"
+            self.messages["measure"] = self.measure_error
+            self._stop_learning()
             return None
         self.messages.pop("measure", None)
-        exact = self.refresh_exact()
-        specs = self.specs()
-        seeds = self._seeds.spawn(3)
-        sample = self._sampler(specs, chain).sample(knobs.n, knobs.batches, seeds[0], running=self._running)
-        self._running = sample.running
-        traces = exact.traces if exact is not None else None
-        grad = exact.grad if exact is not None else None
-        readings = read_sample(sample, grad, traces)
-        if knobs.n == 1:
-            vanilla = readings[0]
-        else:
-            sample_n1 = self._sampler(specs[:1], chain).sample(1, knobs.batches, seeds[1])
-            vanilla = read_sample(sample_n1, grad, traces)[0]
+        self.measure_error = None
         labels = self.labels()
         configs = tuple(
             self._reading(lab, r, b, reading, exact, knobs.n)
@@ -737,23 +855,71 @@ class ExplorerState:
             self.set_theta(self.theta + self.learning_rate * grad, keep_running=True)
             self._chain()
             value = objective(self.mdp, self.theta, self.knobs.entropy)
-        except PgvarError as err:
-            self.messages["policy"] = f"learning stopped: {err}"
-            self.learning = False
+        except (PgvarError, MemoryError) as err:
+            self.messages["policy"] = f"learning stopped: {err or 'out of memory'}"
+            self._stop_learning()
             return False
         self.learn_steps += 1
         self.learn_history.append((self.learn_steps, value))
         return True
 
     def set_learning(self, on: bool, learning_rate: float | None = None) -> None:
+        """Start or stop learn mode (stopping restarts the running baselines)."""
         if learning_rate is not None:
             self.learning_rate = check_learning_rate(learning_rate)
-        self.learning = check_flag(on, "learn")
-        if self.learning and not self.learn_history:
+        on = check_flag(on, "learn")
+        if not on:
+            self._stop_learning()
+            return
+        if not self.learn_history:
             self.learn_history.append((self.learn_steps, objective(self.mdp, self.theta, self.knobs.entropy)))
+        self.learning = True
 
     def objective(self) -> float:
         return objective(self.mdp, self.theta, self.knobs.entropy)
+
+    # -- what the page shows --------------------------------------------------------------
+    def snapshot(self) -> Frame:
+        """A :class:`Frame`: copies of everything the page shows, safe to read from another thread."""
+        mdp = self.base_mdp
+        rows = self.row_names(MAX_POLICY_ROWS)
+        policy = self.policy().reshape(-1, self.theta.shape[-1])[: len(rows)]
+        stale = self.measure_error
+        if stale is not None and self.last is not None:
+            stale = f"numbers of tick {self.last.tick}; {stale}"
+        return Frame(
+            mdp_version=self._mdp_version,
+            mdp_source=self.mdp_source,
+            mdp_name=mdp.name,
+            mdp_description=mdp.description,
+            n_states=mdp.n_states,
+            n_actions=mdp.n_actions,
+            horizon=mdp.horizon,
+            mdp_gamma=mdp.gamma,
+            knobs=self.knobs,
+            gamma=self.gamma,
+            label=self.label,
+            labels=tuple(self.labels()),
+            current_index=self.current_index,
+            theta=self.theta.copy(),
+            policy=policy,
+            row_names=tuple(rows),
+            action_names=tuple(self.action_names()),
+            last=self.last,
+            stale=stale,
+            history=tuple(self.history),
+            history_maxlen=self.history.maxlen or 0,
+            history_epoch=self.history_epoch,
+            by_n=dict(self.by_n),
+            exact=self.exact,
+            exact_pending=self.exact_pending and self.measure_error is None,
+            learning=self.learning,
+            learning_rate=self.learning_rate,
+            learn_steps=self.learn_steps,
+            learn_history=tuple(self.learn_history),
+            messages=dict(self.messages),
+            tick_count=self.tick_count,
+        )
 
 
 def builtin_choices() -> dict[str, str]:

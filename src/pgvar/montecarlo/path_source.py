@@ -21,6 +21,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 from numba import njit
 
+from pgvar import budget
 from pgvar.montecarlo.plan import Episodes, Plan
 from pgvar.paths import count_flow_paths, enumerate_flow_paths
 from pgvar.returns import gae, reward_to_go
@@ -203,6 +204,14 @@ class PathSource:
         if mdp.horizon is None:
             return None
         flow = _Flow(plan)
+        budget.check_entries(  # the flow of one step at a time, made once per step to count the paths
+            f"mdp {mdp.name!r}: counting its paths",
+            float(mdp.n_states) * mdp.n_actions * mdp.n_states,
+            passes=2.0 * plan.steps,
+        )
+        budget.check(
+            f"mdp {mdp.name!r}: counting its paths", seconds=4.0 * plan.steps * budget.NUMPY_CALL_SECONDS
+        )
         if count_flow_paths(mdp.initial_s, flow, mdp.terminal_s, MAX_PATHS) > MAX_PATHS:
             return None
         prob_k, states_tk, actions_tk, next_tk, alive_tk = enumerate_flow_paths(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pgvar import budget
 from pgvar.baselines import running_mean_kind
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec, ResolvedEstimator, score_scale_t
@@ -103,6 +104,17 @@ def make_plan(
     entropy = entropies.pop()
     steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_STEPS
     max_steps = mdp.horizon if mdp.horizon is not None else UNBOUNDED_CAP
+    cells = float(steps) * mdp.n_states * mdp.n_actions
+    budget.check_entries(
+        f"mdp {mdp.name!r}: the sampler's tables of {len(specs)} estimators over {steps} steps",
+        cells * (4 + len(specs)) + theta.size,
+        passes=2,
+    )
+    budget.check(  # and the per-step tables made one step at a time, and one batch's per-cell statistics
+        f"mdp {mdp.name!r}: the sampler's tables over {steps} steps",
+        memory=8.0 * cells * (4 + 2 * len(specs)),
+        seconds=4.0 * steps * budget.NUMPY_CALL_SECONDS,
+    )
     if any(_needs_chain(spec) for spec in specs) and (chain is None or chain.beta != entropy):
         chain = unroll(mdp, theta, entropy)
     policy_steps = theta.shape[0] if theta.ndim == 3 else 1

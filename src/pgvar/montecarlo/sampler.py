@@ -13,13 +13,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from pgvar import budget
 from pgvar.baselines import RunningBaselines
-from pgvar.errors import SpecError
+from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec
-from pgvar.exact import Chain
+from pgvar.exact import Chain, expected_visits
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo.cells import Cells
 from pgvar.montecarlo.path_moments import PathMoments
@@ -97,6 +99,30 @@ class Sampler:
         self._read_outs: dict[str, ReadOut] = {}
         self._chosen: dict[tuple, ReadOut] = {}
 
+    @cached_property
+    def episode_steps(self) -> float:
+        """Steps an episode takes on average, for cost estimates: the horizon (an upper bound) for
+        finite horizons, the expected length (capped at the step cap) for unbounded episodes."""
+        plan = self.plan
+        if plan.mdp.horizon is not None:
+            return float(plan.mdp.horizon)
+        try:
+            return min(float(expected_visits(plan.mdp, plan.theta).sum()), float(plan.max_steps))
+        except budget.BudgetError:
+            raise
+        except PgvarError:  # episodes that (almost) never end: every one runs to the cap
+            return float(plan.max_steps)
+
+    def check_cost(self, what: str, episodes: float, readings: float) -> None:
+        """Refuse ``episodes`` episodes kept as ``readings`` sums of every estimator's gradient when
+        they exceed the current limits (``pgvar.budget``); ``what`` names the request."""
+        plan = self.plan
+        steps = episodes * self.episode_steps
+        memory = 8.0 * 3 * readings * plan.n_estimators * plan.n_params
+        budget.check_steps(
+            f"{what}: {episodes:,.0f} episodes, about {steps:,.3g} agent steps", steps, memory=memory
+        )
+
     @property
     def specs(self) -> list[EstimatorSpec]:
         return list(self.plan.specs)
@@ -146,6 +172,7 @@ class Sampler:
         table. Episodes are split into blocks of whole batches, each with its own random stream, so
         ``workers`` threads give the same numbers as one. ``route`` forces a read-out by name."""
         request = Request(check_int(n, "N", low=1), check_int(batches, "batches", low=1), 1)
+        self.check_cost(f"N={n}, batches={batches}", float(n) * batches + (warmup or 0), batches)
         running = self._running(running, warmup, seed)
         count_ts, sum_g_ts = running.count_ts.copy(), running.sum_g_ts.copy()
         read_out, sums, truncated = self._run(request, seed, running, workers, progress, route)
@@ -176,6 +203,9 @@ class Sampler:
         check_int(n, "N", low=1)
         check_int(batches, "batches", low=2)
         check_int(count, "count", low=1)
+        self.check_cost(
+            f"N={n}, batches={batches}, count={count}", float(n) * batches * count + (warmup or 0), count
+        )
         running = self._running(running, warmup, seed)
         request = Request(n, batches * count, batches)
         read_out, sums, truncated = self._run(request, seed, running, workers, progress, route)

@@ -20,6 +20,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 from numba import njit
 
+from pgvar import budget
 from pgvar.errors import PgvarError
 from pgvar.montecarlo.path_source import COUNT, SUM_ADV, SUM_G, SUM_R, TO_UNIT
 from pgvar.montecarlo.plan import Episodes, Plan
@@ -206,6 +207,10 @@ class StepSource:
     def build(cls, plan: Plan) -> StepSource:
         mdp = plan.mdp
         trans_steps = mdp.horizon if mdp.time_dependent else 1
+        budget.check_entries(
+            f"mdp {mdp.name!r}: the step walker's transition tables",
+            3.0 * trans_steps * mdp.n_states * mdp.n_actions * mdp.n_states + 5.0 * plan.max_steps,
+        )
         trans_qsas = np.array([mdp.transitions_at(t) for t in range(trans_steps)])
         fixed_qsa = np.where(np.isclose(trans_qsas.max(axis=-1), 1.0), trans_qsas.argmax(axis=-1), -1)
         stochastic = (fixed_qsa < 0).any()
@@ -284,6 +289,7 @@ class StepSource:
         ``max_length``, default the plan's steps: a longer episode is refused)."""
         plan = self.plan
         width = max_length or plan.steps
+        budget.check_entries(f"episodes: {episodes} episodes of up to {width} steps", 4.0 * episodes * width)
         trace = Trace(
             np.zeros((episodes, width), dtype=np.int64),
             np.zeros((episodes, width), dtype=np.int64),
