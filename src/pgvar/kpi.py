@@ -5,12 +5,13 @@ each give M estimates g_1 .. g_M in R^D, and the KPI is the trace of their sampl
 over parameters of each parameter's variance (what the lesson's bar shows). Everything else here is
 read off the same arrays: its 95% interval, the ratio to vanilla, the signal-to-noise ratio
 |grad J|^2 / trace, the cosine of each batch estimate to a reference gradient, the slope of
-log-variance against log-N (-1 when the variance falls like 1/N), and the mean over training runs with
-its t-interval. A tabular sampler, a neural-policy sampler or a sweep feeds these functions the same
-arrays, so every surface reports the same numbers.
+log-variance against log-N (-1 when the variance falls like 1/N), the agreement of independent
+batches (mean pairwise cosine), the gradient noise scale B_simple and the batch size it implies, and
+the mean over training runs with its t-interval. A tabular sampler, a neural-policy sampler or a
+sweep feeds these functions the same arrays, so every surface reports the same numbers.
 
 Shape suffixes follow docs/architecture.md: ``_md`` M batches by D parameters, ``_rd`` R readings by
-D, ``_r`` per reading, ``_rk`` runs by records.
+D, ``_r`` per reading, ``_rk`` runs by records, ``_hd`` H chunks of a reference sample by D.
 """
 
 from __future__ import annotations
@@ -102,6 +103,82 @@ def mean_cosine(batch_means_md: np.ndarray, reference_d: np.ndarray) -> float | 
         batch_means_md @ reference_d, norms_m, out=np.zeros(len(norms_m)), where=norms_m > 0
     )
     return float(cosines_m.mean())
+
+
+def mean_pairwise_cosine(batch_means_md: np.ndarray) -> float | None:
+    """Mean over pairs of batches i < j of cos(g_i, g_j): how well two independent estimates agree
+    (Ilyas et al. 2020, "A closer look at deep policy gradients"); None with fewer than two nonzero."""
+    batch_means_md = np.asarray(batch_means_md, dtype=float)
+    norms_m = np.linalg.norm(batch_means_md, axis=1)
+    units_md = batch_means_md[norms_m > 0] / norms_m[norms_m > 0, None]
+    count = units_md.shape[0]
+    if count < 2:
+        return None
+    summed_d = units_md.sum(axis=0)
+    return float((summed_d @ summed_d - count) / (count * (count - 1)))
+
+
+def squared_norm_estimate(mean_d: np.ndarray, single_trace: float, episodes: int) -> float:
+    """Unbiased |G|^2 from the mean of ``episodes`` single-episode gradients: |mean|^2 is too large
+    by tr(Sigma) / episodes (McCandlish et al. 2018, "An empirical model of large-batch training",
+    appendix A); ``single_trace`` is tr(Sigma) of one episode's gradient."""
+    mean_d = np.asarray(mean_d, dtype=float)
+    return float(mean_d @ mean_d) - single_trace / episodes
+
+
+def squared_norm_ci(chunk_means_hd: np.ndarray) -> tuple[float, float, float]:
+    """|G|^2 and its 95% interval from K equal chunks of a reference sample, (K, D) their means:
+    the unbiased estimate of :func:`squared_norm_estimate` and the delta method's standard error
+    2 sqrt(m' C m / K) (C the covariance of the chunk means), the low end clipped at 0."""
+    chunk_means_hd = np.asarray(chunk_means_hd, dtype=float)
+    count = chunk_means_hd.shape[0]
+    mean_d = chunk_means_hd.mean(axis=0)
+    deviations_hd = chunk_means_hd - mean_d
+    estimate = float(mean_d @ mean_d) - variance_trace(chunk_means_hd) / count
+    spread = float(np.sum((deviations_hd @ mean_d) ** 2) / (count - 1))
+    half = Z95 * 2.0 * math.sqrt(spread / count)
+    return estimate, max(estimate - half, 0.0), estimate + half
+
+
+def noise_scale(single_trace: float, squared_norm: float) -> float | None:
+    """The simple gradient noise scale B_simple = tr(Sigma) / |G|^2, in episodes (McCandlish et al.
+    2018): the batch size at which the estimate's noise equals its signal. None where |G|^2 <= 0."""
+    return single_trace / squared_norm if squared_norm > 0 else None
+
+
+def noise_scale_ci(
+    trace_ci: tuple[float, float], squared_norm_interval: tuple[float, float]
+) -> tuple[float, float]:
+    """A conservative 95%-or-more interval of :func:`noise_scale` from the intervals of its numerator
+    and denominator (the low trace over the high norm, the high trace over the low norm)."""
+    low_trace, high_trace = trace_ci
+    low_norm, high_norm = squared_norm_interval
+    return (
+        low_trace / high_norm if high_norm > 0 else 0.0,
+        high_trace / low_norm if low_norm > 0 else math.inf,
+    )
+
+
+def expected_cosine(noise_scale_value: float, n: float) -> float:
+    """Expected cosine between a mean of N episodes' gradients and the true gradient,
+    (1 + B_simple / N)^(-1/2) (McCandlish et al. 2018; the noise taken as isotropic-enough)."""
+    return (1.0 + noise_scale_value / n) ** -0.5
+
+
+def batch_for_cosine(noise_scale_value: float, cosine: float = 0.9) -> float:
+    """The N at which :func:`expected_cosine` reaches ``cosine``: B_simple / (1 / cosine^2 - 1)."""
+    return noise_scale_value / (1.0 / cosine**2 - 1.0)
+
+
+def two_batch_estimates(
+    small_squared_norm: float, big_squared_norm: float, small: float, big: float
+) -> tuple[float, float]:
+    """|G|^2 and tr(Sigma) from the squared norms of gradients averaged over two batch sizes
+    ``small`` < ``big`` (McCandlish et al. 2018, appendix A), for loops where per-episode gradients
+    cost too much. Average many such pairs' numerators and denominators before dividing."""
+    squared_norm = (big * big_squared_norm - small * small_squared_norm) / (big - small)
+    trace = (small_squared_norm - big_squared_norm) / (1.0 / small - 1.0 / big)
+    return float(squared_norm), float(trace)
 
 
 def loglog_slope(ns: Sequence[float], traces: Sequence[float]) -> float | None:
