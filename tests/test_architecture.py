@@ -11,11 +11,11 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "pgvar"
 LAYERS = {  # module (or package) -> layer, bottom up, as in docs/architecture.md
     "errors": 0, "validation": 0, "vocabulary": 0, "lanes": 0, "kpi": 0, "paths": 0, "budget": 0,
-    "mdp": 1, "envs": 1, "mdpfile": 1,
+    "mdp": 1, "envs": 1, "mdpfile": 1, "gym": 1,
     "policy": 2,
     "returns": 3, "estimators": 3, "baselines": 3,
     "exact": 4,
-    "montecarlo": 5,
+    "montecarlo": 5, "torch": 5,
     "studies": 6, "claims": 6, "train": 6, "curves": 6, "report": 6,
     "cli": 7, "commands": 7, "explorer": 7,
 }  # fmt: skip
