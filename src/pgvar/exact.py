@@ -21,6 +21,7 @@ variance, and the difference is the reward-noise part (law of total variance).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -47,6 +48,9 @@ class Chain:
       score_tsaD: (T, S, A, D) score e_a - pi(.|s) placed in theta's flat layout.
       entropy_grad_tsD: (T, S, D) beta * gamma^t * grad H[pi(.|s)] (the direct term of the bonus).
       tail_mass: probability that an unbounded episode is still running after T steps (0 if finite).
+      lift_zD: None for the table's own parameters; for a chain lifted to another parameterisation
+        (:func:`lift_chain`), the (Z, D) factor W that maps each logit-space score to its Z components,
+        and D in the shapes above reads Z.
     """
 
     mdp: TabularMDP
@@ -59,10 +63,16 @@ class Chain:
     score_tsaD: np.ndarray
     entropy_grad_tsD: np.ndarray
     tail_mass: float
+    lift_zD: np.ndarray | None = None
 
     @property
     def steps(self) -> int:
         return self.flow_tsas.shape[0]
+
+    @property
+    def dimension(self) -> int:
+        """Components of each score: theta.size, or the rows of the lift."""
+        return self.score_tsaD.shape[-1]
 
 
 def unroll(
@@ -292,6 +302,15 @@ def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = N
         return value_baseline(mdp, spec, values(chain)[0])
     elif spec.baseline == "learned":
         return value_baseline(mdp, spec, learned_table(mdp, learned_ts, n_steps))
+    elif chain.lift_zD is not None and spec.baseline == "optimal-per-parameter":
+        raise PgvarError(
+            "baseline 'optimal-per-parameter': its constants belong to the logit table; a network's "
+            "exact values take the other baselines"
+        )
+    elif chain.lift_zD is not None:  # one constant per step, optimal for the network's parameters
+        coefficient_tD = _optimal_coefficients(chain, spec)
+        offsets_tsa[:] = coefficient_tD[:, :1, None]
+        baseline_t = coefficient_tD[:, 0] / scale_t
     else:
         coefficient_tD = _optimal_coefficients(chain, spec)
         for t in range(n_steps):
@@ -428,7 +447,9 @@ def exact_moments(
         second, second_no_noise = np.diag(second_DD), np.diag(second_no_noise_DD)
     elif method == "recursion":
         mean, second = _recursion_moments(chain, estimator, noise=True)
-        second_no_noise = _recursion_moments(chain, estimator, noise=False)[1]
+        second_no_noise = (
+            _recursion_moments(chain, estimator, noise=False)[1] if chain.noise_var_sa.any() else second
+        )
     variance = np.maximum(second - mean**2, 0.0)
     total = float(variance.sum())
     sampling = float(np.maximum(second_no_noise - mean**2, 0.0).sum())
@@ -447,10 +468,107 @@ def exact_moments(
     )
 
 
+# -- lifted to a network's parameters ---------------------------------------------------------------
+
+
+def lift_chain(chain: Chain, factor_zD: np.ndarray) -> Chain:
+    """The chain with every score (and entropy term) x replaced by W x, W = ``factor_zD`` (Z, D).
+
+    Each estimator is a sum of terms Psi_t score_t, linear in the score, so the moments of the
+    lifted chain are the moments of W g: with W'W = J J' for a Jacobian J (D, P) of the logits with
+    respect to a network's parameters, |W (g - E g)|^2 = |J'(g - E g)|^2, and the lifted variance
+    trace is the network's. Per-step tables that are one table seen T times stay so."""
+    factor_zD = np.asarray(factor_zD, dtype=float)
+    if factor_zD.ndim != 2 or factor_zD.shape[1] != chain.dimension or chain.lift_zD is not None:
+        raise PgvarError(f"lift: the factor must be (Z, {chain.dimension}) and the chain not lifted yet")
+
+    def lifted(table: np.ndarray) -> np.ndarray:
+        if table.strides[0] == 0:  # a broadcast over steps: lift its one table
+            return np.broadcast_to(table[0] @ factor_zD.T, (*table.shape[:-1], factor_zD.shape[0]))
+        return table @ factor_zD.T
+
+    return replace(
+        chain,
+        score_tsaD=lifted(chain.score_tsaD),
+        entropy_grad_tsD=lifted(chain.entropy_grad_tsD),
+        lift_zD=factor_zD,
+    )
+
+
+@dataclass(frozen=True)
+class LiftedMoments:
+    """Exact single-episode moments of an estimator for a network whose logits on every observation
+    are ``theta``, in the network's own parameters.
+
+    Attributes:
+      mean: (P,) E[g] = J' E[g_logits] (the policy gradient for every unbiased estimator).
+      variance_trace: tr Cov(g) = E |J'(g_logits - E g_logits)|^2.
+      block_traces: (N,) the share of each parameter tensor (``block_sizes``), summing to the trace.
+    """
+
+    spec: EstimatorSpec
+    mean: np.ndarray
+    variance_trace: float
+    block_traces: np.ndarray
+    method: str
+    steps: int
+    tail_mass: float
+
+
+def lifted_moments(
+    mdp: TabularMDP,
+    theta: np.ndarray,
+    spec: EstimatorSpec,
+    jacobian_dP: np.ndarray,
+    block_sizes: Sequence[int],
+    method: str = "auto",
+) -> LiftedMoments:
+    """Exact mean and variance of ``spec``'s estimate for a network with one-hot observations.
+
+    Each episode's gradient in the network's P parameters is J' g, g its gradient in the logits of
+    every observation and J = d theta / d params (D, P) (``jacobian_dP``, columns grouped into
+    parameter tensors of ``block_sizes``). So the exact engine lifts to any network: the mean is
+    J' E[g] and the covariance J' Cov(g) J. Its trace, per tensor n, is the variance of R_n g with
+    R_n the triangular factor of J_n' (|R_n x| = |J_n' x|), at most D components each: the moment
+    recursion runs once on the stacked factors and the identity (which gives E[g]).
+    """
+    theta = np.asarray(theta, dtype=float)
+    jacobian_dP = np.asarray(jacobian_dP, dtype=float)
+    n_logits = theta.size
+    if jacobian_dP.ndim != 2 or jacobian_dP.shape[0] != n_logits:
+        raise PgvarError(f"lift: the Jacobian must have {n_logits} rows, got {jacobian_dP.shape}")
+    if sum(block_sizes) != jacobian_dP.shape[1] or min(block_sizes, default=0) < 1:
+        raise PgvarError(f"lift: block sizes {list(block_sizes)} must add up to {jacobian_dP.shape[1]}")
+    if not np.isfinite(jacobian_dP).all():
+        raise PgvarError("lift: the Jacobian has non-finite entries")
+    blocks = np.split(jacobian_dP, np.cumsum(block_sizes)[:-1], axis=1)
+    components = sum(min(block.shape[1], n_logits) for block in blocks) + n_logits
+    budget.check(
+        f"lift: {len(blocks)} parameter tensors into {components} components",
+        memory=8.0 * components * (n_logits + 2 * mdp.n_states * mdp.n_actions),
+        seconds=float(jacobian_dP.size) * n_logits / budget.EXACT_ENTRIES_PER_SECOND,
+    )
+    factors = [np.linalg.qr(block.T, mode="r") for block in blocks]
+    factor_zD = np.vstack([*factors, np.eye(n_logits)])
+    chain = lift_chain(unroll(mdp, theta, spec.entropy), factor_zD)
+    moments = exact_moments(mdp, theta, spec, method, chain=chain)
+    ends = np.cumsum([factor.shape[0] for factor in factors])
+    block_traces = np.array([part.sum() for part in np.split(moments.variance[: ends[-1]], ends[:-1])])
+    return LiftedMoments(
+        spec,
+        jacobian_dP.T @ moments.mean[ends[-1] :],
+        float(block_traces.sum()),
+        block_traces,
+        moments.method,
+        moments.steps,
+        moments.tail_mass,
+    )
+
+
 def _enumeration_work(chain: Chain, paths: int) -> float:
     """Entries the enumeration touches: the estimator on every path once per step's noise (T + 1
     times), and the D x D second moments summed over the paths (T + 1 times)."""
-    steps, params = chain.steps, float(chain.theta.size)
+    steps, params = chain.steps, float(chain.dimension)
     return (steps + 1.0) * paths * (steps * chain.mdp.n_actions * 4 + params + params * params)
 
 
@@ -458,7 +576,7 @@ def _recursion_work(chain: Chain) -> float:
     """Entries the recursion touches: about 30 contractions of (S, A, S) with (S, D) per step, twice
     (with and without the reward noise)."""
     mdp = chain.mdp
-    return 60.0 * chain.steps * mdp.n_states * mdp.n_actions * mdp.n_states * chain.theta.size
+    return 60.0 * chain.steps * mdp.n_states * mdp.n_actions * mdp.n_states * chain.dimension
 
 
 def moments_refused(mdp: TabularMDP, theta: np.ndarray) -> str | None:
@@ -493,7 +611,7 @@ def moments_refused(mdp: TabularMDP, theta: np.ndarray) -> str | None:
 
 
 def _check_moments_work(chain: Chain, method: str, paths: int) -> None:
-    mdp, params = chain.mdp, float(chain.theta.size)
+    mdp, params = chain.mdp, float(chain.dimension)
     if method == "enumeration":
         work, memory = (
             _enumeration_work(chain, paths),
@@ -527,25 +645,32 @@ def _coefficients(chain: Chain, spec: EstimatorSpec, values_ts: np.ndarray):
     return x_tsas, rho, c_t, d_t
 
 
-@dataclass(frozen=True)
 class _StepSums:
     """Expectations over (a, s') given s at one step, for a per-(s, a, s') factor k (or a scalar):
-    t1: E[k score], t2: E[k m(s')], t3: E[k score * m(s')], t4: E[k score^2]; each (S, D)."""
+    t1: E[k score], t2: E[k m(s')], t3: E[k score * m(s')], t4: E[k score^2]; each (S, D). Written as
+    sums over s' first and matrix products after, so the work is S A S + S A D (S S D in BLAS for
+    t2, S A S D for t3) rather than S A S D element by element."""
 
-    flow: np.ndarray  # (S, A, S)
-    score: np.ndarray  # (S, A, D)
+    def __init__(self, flow: np.ndarray, score: np.ndarray) -> None:
+        self.flow = flow  # (S, A, S)
+        self.score = score  # (S, A, D)
+        self.score_squared = score**2
 
     def t1(self, k):
-        return np.einsum("sap,sad->sd", self.flow * k, self.score)
+        return np.einsum("sa,sad->sd", (self.flow * k).sum(axis=2), self.score)
 
     def t2(self, k, m):
-        return np.einsum("sap,pd->sd", self.flow * k, m)
+        return (self.flow * k).sum(axis=1) @ m
 
     def t3(self, k, m):
-        return np.einsum("sad,sad->sd", np.einsum("sap,pd->sad", self.flow * k, m), self.score)
+        n_states, n_actions, _ = self.flow.shape
+        following_sad = ((self.flow * k).reshape(n_states * n_actions, -1) @ m).reshape(
+            n_states, n_actions, -1
+        )
+        return np.einsum("sad,sad->sd", following_sad, self.score)
 
     def t4(self, k):
-        return np.einsum("sap,sad->sd", self.flow * k, self.score**2)
+        return np.einsum("sa,sad->sd", (self.flow * k).sum(axis=2), self.score_squared)
 
     def all(self):
         return self.t1, self.t2, self.t3, self.t4
@@ -554,7 +679,7 @@ class _StepSums:
 def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_optimum: bool = False):
     """One backward pass; returns the moments at t = 0 per state and, optionally, per-step terms."""
     mdp, n_steps = chain.mdp, chain.steps
-    n_states, n_params = mdp.n_states, chain.theta.size
+    n_states, n_params = mdp.n_states, chain.dimension
     x_tsas, rho, c_t, d_t = _coefficients(chain, estimator.spec, estimator.values_ts)
     noise_var_sa = chain.noise_var_sa if noise else np.zeros_like(chain.noise_var_sa)
     zeros_s, zeros_sD = np.zeros(n_states), np.zeros((n_states, n_params))
@@ -611,8 +736,11 @@ def _backward(chain: Chain, estimator: ResolvedEstimator, noise: bool, keep_for_
 
 
 def _dense_offsets(chain: Chain, estimator: ResolvedEstimator, t: int) -> np.ndarray:
-    """(S, D) the baseline offsets of step t placed where each state's scores live."""
+    """(S, D) the baseline offsets of step t placed where each state's scores live (in a lifted chain
+    every component carries its state's score, so a baseline per state covers them all)."""
     mdp = chain.mdp
+    if chain.lift_zD is not None:
+        return np.broadcast_to(estimator.offsets_tsa[t][:, :1], (mdp.n_states, chain.dimension))
     index_sa = parameter_index(mdp, chain.theta.shape, t)
     dense = np.zeros((mdp.n_states, chain.theta.size))
     np.put_along_axis(dense, index_sa, estimator.offsets_tsa[t], axis=1)
@@ -638,7 +766,7 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
     (``optimal-per-parameter``) or one number per step broadcast over D (``optimal``):
     b*_t = E[score_t . g0] / E[|score_t|^2], g0 the estimator without baseline (cross-step terms of
     the scores have zero mean, so the steps decouple)."""
-    mdp, n_steps, n_params = chain.mdp, chain.steps, chain.theta.size
+    mdp, n_steps, n_params = chain.mdp, chain.steps, chain.dimension
     zero = ResolvedEstimator(
         spec, np.zeros((n_steps, mdp.n_states, mdp.n_actions)), np.zeros((n_steps + 1, mdp.n_states))
     )
@@ -702,6 +830,12 @@ def _enumerate_moments(chain: Chain, estimator: ResolvedEstimator):
 
     def grads(rewards_tb):
         return episode_gradients(mdp, chain.theta, estimator, states_tb, actions_tb, rewards_tb, alive_tb)
+
+    if chain.lift_zD is not None:
+        logit_grads, lift_zD = grads, chain.lift_zD
+
+        def grads(rewards_tb):
+            return logit_grads(rewards_tb) @ lift_zD.T
 
     g_bD = grads(base_rewards_tb)
     mean = prob_b @ g_bD
