@@ -743,6 +743,20 @@ def test_each_input_loads_an_mdp_into_every_panel(via):
     assert "mdp" not in view.state.messages
 
 
+def test_a_gymnasium_model_loads_from_the_text_box():
+    pytest.importorskip("panel")
+    pytest.importorskip("gymnasium")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0)
+    tick(view)
+    view.mdp_text.value = "gym:FrozenLake-v1,map_name=4x4"
+    view.mdp_load.clicks += 1
+    tick(view)
+    assert view.state.base_mdp.name == "gym:FrozenLake-v1,map_name=4x4"
+    assert view.state.base_mdp.n_states == 16 and "mdp" not in view.state.messages
+
+
 def test_a_typed_mdp_over_the_limits_is_refused_with_a_message():
     pytest.importorskip("panel")
     from pgvar import budget

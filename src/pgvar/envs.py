@@ -225,10 +225,15 @@ BUILTINS: dict[str, Callable[..., TabularMDP]] = {
 
 
 def make(name: str) -> TabularMDP:
-    """Build a built-in MDP from ``NAME`` or ``NAME:key=value,key=value``."""
+    """Build a built-in MDP from ``NAME`` or ``NAME:key=value,key=value``, or a Gymnasium environment's
+    model from ``gym:ID[,key=value,...]`` (``pgvar.gym.tabular.from_gym``)."""
     base, _, options = name.partition(":")
+    if base.strip() == "gym":
+        return _from_gym(options)
     if base not in BUILTINS:
-        raise SpecError(f"mdp: unknown built-in {base!r}; choose one of {', '.join(BUILTINS)} or give a file")
+        raise SpecError(
+            f"mdp: unknown built-in {base!r}; choose one of {', '.join(BUILTINS)}, gym:ID or give a file"
+        )
     builder = BUILTINS[base]
     parameters = inspect.signature(builder).parameters
     kwargs: dict[str, float | int] = {}
@@ -251,3 +256,16 @@ def make(name: str) -> TabularMDP:
         else:
             kwargs[key] = number
     return builder(**kwargs)
+
+
+def _from_gym(text: str) -> TabularMDP:
+    # imported here: the core never loads Gymnasium, which is an optional extra
+    try:
+        from pgvar.gym.tabular import from_gym
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] != "gymnasium":
+            raise
+        raise SpecError(
+            f"mdp: gym:{text} needs Gymnasium, which is not installed: pip install 'pgvar[gym]'"
+        ) from None
+    return from_gym(text)

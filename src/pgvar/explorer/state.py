@@ -928,5 +928,7 @@ def builtin_choices() -> dict[str, str]:
 
 
 def is_builtin_spec(text: str) -> bool:
+    """A built-in with options or a Gymnasium model (``gym:ID,...``), not a file name."""
     suffix = Path(text).suffix.lower()
-    return text.partition(":")[0].strip() in envs.BUILTINS and suffix not in (".yaml", ".yml", ".json")
+    base = text.partition(":")[0].strip()
+    return (base in envs.BUILTINS or base == "gym") and suffix not in (".yaml", ".yml", ".json")

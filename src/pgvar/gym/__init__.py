@@ -2,4 +2,17 @@
 
 ``pgvar.gym.tabular`` reads the model of a tabular Gymnasium environment (``env.unwrapped.P``) into
 a :class:`~pgvar.mdp.TabularMDP`, so the exact engine runs on it (``--mdp gym:FrozenLake-v1``).
+
+``pgvar.gym.lqr`` is a linear-quadratic regulator with its exact policy gradient in closed form;
+importing this package registers it as ``pgvar/LQR-v0`` (50 steps), so ``gym.make("pgvar/LQR-v0")``
+works after ``import pgvar.gym`` (or ``gym.make("pgvar.gym:pgvar/LQR-v0")`` without it).
 """
+
+import gymnasium
+
+LQR_ID = "pgvar/LQR-v0"
+
+# the entry point is a string, so importing this package costs Gymnasium alone; checking the
+# registry first keeps a second registration (importlib.reload) from warning
+if LQR_ID not in gymnasium.registry:
+    gymnasium.register(id=LQR_ID, entry_point="pgvar.gym.lqr:LQREnv", max_episode_steps=50)
