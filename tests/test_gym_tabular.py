@@ -9,13 +9,16 @@ import sys
 import numpy as np
 import pytest
 
+import pgvar
+
 gymnasium = pytest.importorskip("gymnasium")
 
 from pgvar import budget, cli, envs  # noqa: E402
 from pgvar.errors import MDPError, PgvarError, SpecError  # noqa: E402
 from pgvar.exact import objective  # noqa: E402
 from pgvar.gym import tabular  # noqa: E402
-from pgvar.gym.tabular import from_gym, parse_value  # noqa: E402
+from pgvar.gym.envspec import parse_value  # noqa: E402
+from pgvar.gym.tabular import from_gym  # noqa: E402
 from pgvar.mdpfile import resolve_mdp  # noqa: E402
 from pgvar.policy import uniform_theta  # noqa: E402
 
@@ -74,11 +77,12 @@ def test_the_non_slippery_8x8_map_is_deterministic():
 def test_pgvar_takes_horizon_and_gamma_and_the_time_limit_follows_max_episode_steps():
     mdp = envs.make("gym:FrozenLake-v1, gamma=0.9, horizon=20")
     assert (mdp.gamma, mdp.horizon) == (0.9, 20)
-    assert envs.make("gym:FrozenLake-v1,max_episode_steps=7").horizon == 7
+    with pytest.raises(SpecError, match="horizon=7"):  # one spelling of the time limit
+        envs.make("gym:FrozenLake-v1,max_episode_steps=7")
 
 
 def test_option_values_are_booleans_numbers_or_text():
-    assert [parse_value(v) for v in ("false", "True", "3", "-2", "0.5", "1e-3", "8x8", "")] == [
+    assert [parse_value(v) for v in ("false", "True", "3", "-2", "0.5", "1e-3", "8x8")] == [
         False,
         True,
         3,
@@ -86,7 +90,6 @@ def test_option_values_are_booleans_numbers_or_text():
         0.5,
         1e-3,
         "8x8",
-        "",
     ]
     assert isinstance(parse_value("3"), int)
 
@@ -219,15 +222,15 @@ def test_models_pgvar_cannot_represent_are_refused_in_one_line(text, error, frag
     [
         ("gym:CartPole-v1", "gym:CartPole-v1 exposes no tabular model (env.unwrapped.P); use --env"),
         ("gym:MountainCar-v0", "gym:MountainCar-v0 exposes no tabular model"),
-        ("gym:NoSuchEnv-v0", "Gymnasium cannot make 'NoSuchEnv-v0': Environment `NoSuchEnv` doesn't exist"),
+        ("gym:NoSuchEnv-v0", "env 'NoSuchEnv-v0': Environment `NoSuchEnv` doesn't exist"),
         ("gym:Taxi-v3", "Please use `Taxi-v4` instead"),
-        ("gym:FrozenLake-v1,foo=1", "bad option for FrozenLake-v1: FrozenLakeEnv.__init__() got an"),
-        ("gym:FrozenLake-v1,map_name=9x9", "failed: KeyError: '9x9'"),
-        ("gym:FrozenLake-v1,horizon=0", "horizon: must be a whole number >= 1"),
-        ("gym:FrozenLake-v1,gamma=1.5", "gamma: must be a finite number from 0 to 1"),
+        ("gym:FrozenLake-v1,foo=1", "options refused: FrozenLakeEnv.__init__() got an"),
+        ("gym:FrozenLake-v1,map_name=9x9", "options refused: KeyError: '9x9'"),
+        ("gym:FrozenLake-v1,horizon=0", "horizon must be a whole number >= 1"),
+        ("gym:FrozenLake-v1,gamma=1.5", "gamma must be a number from 0 to 1"),
         ("gym:FrozenLake-v1,is_slippery", "must look like key=value"),
-        ("gym:FrozenLake-v1,horizon=5,horizon=6", "'horizon' is given twice"),
-        ("gym:", "start with an environment ID"),
+        ("gym:FrozenLake-v1,horizon=5,horizon=6", "'horizon' given twice"),
+        ("gym:", "give a Gymnasium id"),
     ],
 )
 def test_each_error_is_one_line(name, fragment):
@@ -250,6 +253,7 @@ def test_an_oversized_table_is_refused_before_the_dense_tables_are_built(monkeyp
 def test_without_gymnasium_the_error_says_how_to_install_it(monkeypatch):
     for module in ("pgvar.gym", "pgvar.gym.tabular"):
         monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.delattr(pgvar, "gym", raising=False)  # restored afterwards, as sys.modules is
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # import gymnasium now fails
     with pytest.raises(SpecError) as info:
         envs.make("gym:FrozenLake-v1")

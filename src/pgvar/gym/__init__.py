@@ -8,11 +8,14 @@ importing this package registers it as ``pgvar/LQR-v0`` (50 steps), so ``gym.mak
 works after ``import pgvar.gym`` (or ``gym.make("pgvar.gym:pgvar/LQR-v0")`` without it).
 """
 
-import gymnasium
-
 LQR_ID = "pgvar/LQR-v0"
+
+try:
+    import gymnasium
+except ImportError:  # pgvar.gym.envspec still parses, and says how to install the extra
+    gymnasium = None
 
 # the entry point is a string, so importing this package costs Gymnasium alone; checking the
 # registry first keeps a second registration (importlib.reload) from warning
-if LQR_ID not in gymnasium.registry:
+if gymnasium is not None and LQR_ID not in gymnasium.registry:
     gymnasium.register(id=LQR_ID, entry_point="pgvar.gym.lqr:LQREnv", max_episode_steps=50)

@@ -24,7 +24,6 @@ How the model becomes pgvar's:
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -34,11 +33,9 @@ import numpy as np
 
 from pgvar import budget
 from pgvar.errors import MDPError, SpecError
+from pgvar.gym.envspec import env_horizon, make_env, parse_env
 from pgvar.mdp import TabularMDP
-from pgvar.validation import check_int, check_number
 
-#: Options pgvar takes itself; every other key=value goes to ``gymnasium.make``.
-PGVAR_OPTIONS = ("horizon", "gamma")
 #: Action names of the toy-text environments, by the class of ``env.unwrapped`` (from their docs).
 ACTION_NAMES = {
     "FrozenLakeEnv": ("left", "down", "right", "up"),
@@ -49,66 +46,7 @@ _TAXI_PLACES = ("R", "G", "Y", "B", "taxi")  # Taxi's pickup/drop-off letters; i
 _NOISE_RTOL = 1e-9  # reward spreads below this (relative to the reward) are rounding, not noise
 
 
-# -- the text after "gym:" ---------------------------------------------------------------------
-def parse_value(raw: str) -> bool | int | float | str:
-    """An option's value: true/false, an int, a float, else the text itself."""
-    text = raw.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_gym_text(text: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """``ID[,key=value...]`` -> (environment ID, options for gymnasium.make, pgvar's options as text)."""
-    label = f"gym:{text}"
-    env_id, *items = (part.strip() for part in text.split(","))
-    if not env_id or "=" in env_id:
-        raise SpecError(f"mdp: {label!r}: start with an environment ID, e.g. gym:FrozenLake-v1")
-    make_kwargs: dict[str, Any] = {}
-    ours: dict[str, str] = {}
-    for item in filter(None, items):
-        key, eq, raw = (part.strip() for part in item.partition("="))
-        if not eq or not key:
-            raise SpecError(f"mdp: option {item!r} in {label!r} must look like key=value")
-        if key in make_kwargs or key in ours:
-            raise SpecError(f"mdp: option {key!r} is given twice in {label!r}")
-        if key in PGVAR_OPTIONS:
-            ours[key] = raw
-        else:
-            make_kwargs[key] = parse_value(raw)
-    return env_id, make_kwargs, ours
-
-
 # -- the environment -------------------------------------------------------------------------
-def _one_line(text: object) -> str:
-    lines = str(text).strip().splitlines()
-    return " ".join(lines[0].split()) if lines else ""
-
-
-def _make_env(env_id: str, make_kwargs: dict[str, Any], label: str) -> gymnasium.Env:
-    """``gymnasium.make``, its failures turned into one line naming the ID."""
-    try:
-        with warnings.catch_warnings():  # a deprecation notice would add lines to a one-line error
-            warnings.simplefilter("ignore")
-            return gymnasium.make(env_id, **make_kwargs)
-    except gymnasium.error.Error as err:  # unknown ID or version, deprecated, missing dependency
-        raise SpecError(f"{label}: Gymnasium cannot make {env_id!r}: {_one_line(err)}") from None
-    except TypeError as err:  # an unknown keyword; Gymnasium appends where it was raised
-        reason = _one_line(err).split(" was raised from the environment creator")[0]
-        raise SpecError(f"{label}: bad option for {env_id}: {reason}") from None
-    except MemoryError:
-        raise
-    except Exception as err:  # the environment's constructor refused a value (FrozenLake: KeyError)
-        raise SpecError(
-            f"{label}: gymnasium.make({env_id!r}, ...) failed: {type(err).__name__}: {_one_line(err)}"
-        ) from None
-
-
 def _spaces(env: gymnasium.Env, label: str) -> tuple[int, int]:
     """(S, A) of Discrete observation and action spaces that start at 0."""
     sizes = []
@@ -300,18 +238,6 @@ def _action_names(unwrapped: Any, n_actions: int) -> tuple[str, ...] | None:
 
 
 # -- the whole -------------------------------------------------------------------------------
-def _horizon(env: gymnasium.Env, ours: dict[str, str], env_id: str, label: str) -> tuple[int, str]:
-    if "horizon" in ours:
-        return check_int(ours["horizon"], f"{label}: horizon", low=1), "given"
-    limit = env.spec.max_episode_steps if env.spec is not None else None
-    if limit is None:
-        raise SpecError(
-            f"{label}: {env_id} has no time limit (spec.max_episode_steps is None); give one, "
-            f"e.g. gym:{env_id},horizon=100"
-        )
-    return int(limit), "the time limit"
-
-
 def from_gym(text: str) -> TabularMDP:
     """The MDP of a tabular Gymnasium environment, from the text after ``gym:``:
     ``ID[,key=value...]``, e.g. ``FrozenLake-v1,map_name=8x8,is_slippery=false``.
@@ -321,11 +247,9 @@ def from_gym(text: str) -> TabularMDP:
     ``env.spec.max_episode_steps``. ``horizon=`` and ``gamma=`` are pgvar's (horizon defaults to the
     time limit, gamma to 1); other options go to ``gymnasium.make`` as true/false, ints, floats or text.
     """
-    text = text.strip()
-    label = f"gym:{text}"
-    env_id, make_kwargs, ours = parse_gym_text(text)
-    gamma = check_number(ours.get("gamma", 1.0), f"{label}: gamma", low=0.0, high=1.0)
-    env = _make_env(env_id, make_kwargs, label)
+    spec = parse_env(text)
+    env_id, label = spec.id, f"gym:{spec.text}"
+    env = make_env(spec)
     try:
         unwrapped = env.unwrapped
         model = getattr(unwrapped, "P", None)
@@ -334,7 +258,8 @@ def from_gym(text: str) -> TabularMDP:
                 f"{label} exposes no tabular model (env.unwrapped.P); use --env for neural policies"
             )
         n_states, n_actions = _spaces(env, label)
-        horizon, horizon_source = _horizon(env, ours, env_id, label)
+        horizon = env_horizon(spec)
+        horizon_source = "the time limit" if spec.horizon is None else "given"
         initial_s = _initial_s(unwrapped, n_states, label)
         budget.check_table(label, float(n_states) * n_actions * n_states)
         state_i, action_i, next_i, prob_i, reward_i, term_i = flatten_model(model, n_states, n_actions, label)
@@ -359,7 +284,7 @@ def from_gym(text: str) -> TabularMDP:
             initial_s=initial_s,
             transitions=transitions_sas,
             rewards=rewards_sas,
-            gamma=gamma,
+            gamma=spec.gamma,
             horizon=horizon,
             terminal_s=terminal_s,
             reward_noise="none" if std_sa is None else "gaussian",
