@@ -1,6 +1,10 @@
-"""Small shared pieces for the tests: random MDPs (finite differences: pgvar.claims)."""
+"""Small shared pieces for the tests: random MDPs (finite differences: pgvar.claims), the CLI run
+in-process as a user runs it, and strict JSON."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import numpy as np
 
@@ -45,3 +49,30 @@ def random_mdp(
 def _start(rng, terminal_s):
     start = rng.dirichlet(np.ones(terminal_s.size)) * ~terminal_s
     return start / start.sum()
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``pgvar ARGS`` in-process through ``pgvar.cli.main`` (its one-line errors and exit codes);
+    return (exit code, stdout, stderr)."""
+    from pgvar import cli
+
+    old = sys.argv
+    sys.argv = ["pgvar", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def strict_json(text: str) -> dict:
+    """json.loads that refuses NaN and Infinity, which are not JSON (RFC 8259)."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)

@@ -9,33 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import run, strict_json
 
 import pgvar
 from pgvar import cli
-
-
-def run(args, capsys):
-    """Run ``pgvar ARGS`` in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["pgvar", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def strict_json(text):
-    """json.loads that refuses NaN and Infinity, which are not JSON (RFC 8259)."""
-
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_version_prints_the_package_version(capsys):

@@ -56,6 +56,22 @@ EntropyOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 BatchesOption = Annotated[int, typer.Option("--batches", help="Independent batches M per reading (>= 2).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of NumPy's Generator (>= 0).")]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        help="A Gymnasium environment, ID[,gamma=G][,horizon=H][,key=value...], for a neural policy "
+        "(needs pgvar[gym]); instead of --mdp.",
+    ),
+]
+PolicyOption = Annotated[
+    str, typer.Option("--policy", help="With --env: tabular, linear or mlp:WIDTH,WIDTH,... (tanh).")
+]
+PolicySeedOption = Annotated[int, typer.Option("--policy-seed", help="Seed of the policy's initial weights.")]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option("--weights", help="With --env: trained weights, a state_dict saved by torch.save."),
+]
 
 
 def _print_version(value: bool) -> None:
@@ -273,12 +289,20 @@ def exact(
     entropy: EntropyOption = 0.0,
     method: Annotated[str, typer.Option(help="auto, enumeration or recursion.")] = "auto",
     as_json: JsonOption = False,
+    env: EnvOption = None,
+    policy: PolicyOption = "tabular",
+    policy_seed: PolicySeedOption = 0,
+    weights: WeightsOption = None,
 ) -> None:
-    """Exact J, grad J and each estimator's single-episode mean and variance (no sampling)."""
+    """Exact J, grad J and each estimator's single-episode mean and variance (no sampling); with
+    --env, for a network on a tabular Gymnasium environment, in the network's parameters."""
     from pgvar.exact import chain_gradient, exact_moments, unroll, values
 
     method = check_choice(method, "--method", ("auto", "enumeration", "recursion"))
     specs = _specs(estimators, entropy)
+    if env is not None:
+        _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json)
+        return
     model, logits = _load(mdp, theta)
     chain = unroll(model, logits, entropy)
     grad = chain_gradient(chain)
@@ -383,9 +407,21 @@ def variance(
     seed: SeedOption = 0,
     entropy: EntropyOption = 0.0,
     as_json: JsonOption = False,
+    env: EnvOption = None,
+    policy: PolicyOption = "mlp:64,64",
+    policy_seed: PolicySeedOption = 0,
+    weights: WeightsOption = None,
+    reference_episodes: Annotated[
+        int,
+        typer.Option(
+            "--reference-episodes",
+            help="With --env: episodes of the reference gradient (0: none; exact where tabular).",
+        ),
+    ] = 2048,
 ) -> None:
     """Monte-Carlo variance of the batch-mean gradient over independent batches (the lesson's KPI),
-    with the exact value beside it."""
+    with the exact value beside it; with --env, of a neural policy on a Gymnasium environment, with
+    the gradient noise scale, cosines to the true gradient and the variance per parameter tensor."""
     from pgvar.montecarlo import DEFAULT_WARMUP
     from pgvar.studies import variance_study
 
@@ -393,6 +429,11 @@ def variance(
     batches = check_int(batches, "--batches", low=2)
     seed = check_seed(seed, "--seed")
     specs = _specs(estimators, entropy)
+    if env is not None:
+        reference_episodes = check_int(reference_episodes, "--reference-episodes", low=0)
+        study_args = (specs, n_list, batches, seed, reference_episodes)
+        _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json)
+        return
     model, logits = _load(mdp, theta)
     total = sum(batches * n + DEFAULT_WARMUP for n in sorted(set(n_list) | {1}))
     with _progress_bar(total) as advance:
@@ -481,10 +522,204 @@ def variance(
             highlight=False,
         )
     if study.exact_note:
-        out.print(f"no exact values: {study.exact_note}", highlight=False)
+        out.print(f"note: {study.exact_note}", highlight=False)
     truncated = max((r.truncated_episodes for r in study.readings), default=0)
     if truncated:
         out.print(f"[yellow]note:[/] {truncated} episodes hit the step cap and were cut short")
+
+
+def _network(env: str, mdp: str, policy: str, policy_seed: int, weights: str | None):
+    """The environment spec and the policy of ``--env``/``--policy`` (``--mdp`` must be left alone)."""
+    if mdp != "lesson":
+        raise SpecError("--env: give --mdp or --env, not both")
+    try:
+        from pgvar.gym.envspec import make_env, parse_env
+        from pgvar.torch.policies import make_policy
+    except ImportError as missing:
+        raise SpecError(
+            f"--env: needs the gym extra ({missing.name} is missing): pip install 'pgvar[gym]'"
+        ) from None
+    spec = parse_env(env)
+    probe = make_env(spec)
+    try:
+        network = make_policy(
+            policy,
+            probe.observation_space,
+            probe.action_space,
+            seed=check_seed(policy_seed, "--policy-seed"),
+            weights=weights,
+        )
+    finally:
+        probe.close()
+    return spec, network
+
+
+def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json) -> None:
+    """``pgvar exact --env``: the lifted exact engine on a tabular Gymnasium environment."""
+    from pgvar.exact import objective
+    from pgvar.torch.gradients import parameter_layout
+    from pgvar.torch.lift import exact_network_moments, logit_jacobian
+    from pgvar.torch.study import tabular_model
+
+    spec, network = _network(env, mdp, policy, policy_seed, weights)
+    model, note = tabular_model(spec, network)
+    if model is None:
+        raise SpecError(f"exact --env {spec.text}: {note}")
+    results = [exact_network_moments(network, model, s, method) for s in specs]
+    theta = logit_jacobian(network, int(model.observation_s.max()) + 1)[0]
+    value = objective(model, theta)
+    grad = next((r.mean for r in results if r.spec.canonical == "rtg+none"), results[0].mean)
+    names = [name for name, _ in parameter_layout(network)]
+    for r in results:
+        _require_finite(f"exact: {r.spec.name}", r.mean, r.variance_trace)
+    if as_json:
+        _print_json({
+            "env": spec.text,
+            "policy": network.spec,
+            "parameters": int(grad.size),
+            "method": results[0].method,
+            "steps": results[0].steps,
+            "J": value,
+            "grad_norm": float(np.linalg.norm(grad)),
+            "estimators": {
+                r.spec.name: {
+                    **_estimator_keys(r.spec),
+                    "bias": float(np.abs(r.mean - grad).max()),
+                    "variance_trace": r.variance_trace,
+                    "layers": dict(zip(names, r.block_traces.tolist(), strict=True)),
+                }
+                for r in results
+            },
+        })  # fmt: skip
+        return
+    out.print(
+        f"J = {value:.6g}   |∇J| = {np.linalg.norm(grad):.6g}   {grad.size} parameters of "
+        f"{network.spec!r}   method: {results[0].method}",
+        highlight=False,
+    )
+    table = Table(title=f"Exact single-episode moments on {spec.text!r}", title_justify="left")
+    for column in ("estimator", "Ψ_t", "variance", *names):
+        table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
+    for r in results:
+        shares = [
+            f"{share / r.variance_trace:.0%}" if r.variance_trace > 0 else "—" for share in r.block_traces
+        ]
+        table.add_row(
+            display_name(r.spec), weight_formula(r.spec, model.gamma), _fmt(r.variance_trace), *shares
+        )
+    out.print(table)
+    out.print(
+        "variance = trace of the covariance of the single-episode estimate in the network's parameters; "
+        "the other columns: each parameter tensor's share of it.",
+        highlight=False,
+    )
+
+
+def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json) -> None:
+    """``pgvar variance --env``: the KPI of a neural policy, and what deep-RL practice needs besides."""
+    from pgvar.torch.study import COSINE, network_variance_study
+
+    spec, network = _network(env, mdp, policy, policy_seed, weights)
+    specs, n_list, batches, seed, reference_episodes = study_args
+    study = network_variance_study(spec, network, specs, n_list, batches, seed,
+                                   reference_episodes=reference_episodes)  # fmt: skip
+    for r in study.readings:
+        _require_finite(f"variance: {r.spec.name} at N = {r.n}", r.variance_trace)
+    exact_truth = study.true_source == "exact"
+    if as_json:
+        reference = study.reference
+        _print_json({
+            "env": spec.text,
+            "policy": network.spec,
+            "parameters": study.parameters,
+            "batches": batches,
+            "seed": seed,
+            "entropy": specs[0].entropy,
+            "results": [
+                {
+                    **_estimator_keys(r.spec),
+                    "N": r.n,
+                    "variance_trace": r.variance_trace,
+                    "ci95": list(r.ci95),
+                    "ci95_reliable": r.reliable,
+                    "exact_variance_trace": r.exact_variance_trace,
+                    "vs_vanilla_n1": r.vs_vanilla_n1,
+                    "vs_vanilla": r.vs_vanilla,
+                    "snr": r.snr,
+                    "cosine_to_exact": r.cosine_to_true if exact_truth else None,
+                    "cosine_to_true": r.cosine_to_true,
+                    "pairwise_cosine": r.pairwise_cosine,
+                    "noise_scale": {
+                        "value": r.noise_scale,
+                        "ci95": None if r.noise_scale_ci is None else list(r.noise_scale_ci),
+                        f"batch_for_cosine_{COSINE:g}": r.batch_for_cosine,
+                    },
+                    "layers": r.layer_traces,
+                }
+                for r in study.readings
+            ],
+            "slopes": study.slopes,
+            "sampling": "episodes",
+            "paths": None,
+            "exact_note": study.exact_note,
+            "true_gradient": study.true_source,
+            "reference": None if reference is None else {
+                "episodes": reference.episodes,
+                "norm": reference.norm,
+                "standard_error": reference.standard_error,
+            },
+        })  # fmt: skip
+        return
+    table = Table(
+        title=f"Gradient variance of {network.spec!r} ({study.parameters} parameters) on {spec.text!r}: "
+        f"{batches} batches per reading, seed {seed}",
+        title_justify="left",
+    )
+    columns = ("estimator", "Ψ_t", "N", "variance", "95% CI", "exact", "vs vanilla", "SNR",
+               "cos to ∇J", "cos pairs", "B_simple", f"N for cos {COSINE:g}")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
+    for r in study.readings:
+        table.add_row(
+            display_name(r.spec),
+            weight_formula(r.spec, spec.gamma),
+            str(r.n),
+            _fmt(r.variance_trace),
+            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}" + ("" if r.reliable else " !"),
+            _fmt(r.exact_variance_trace),
+            f"{r.vs_vanilla:.3f}×" if r.vs_vanilla is not None else "—",
+            _fmt(r.snr, 3),
+            _fmt(r.cosine_to_true, 3),
+            _fmt(r.pairwise_cosine, 3),
+            _fmt(r.noise_scale, 3),
+            _fmt(r.batch_for_cosine, 3),
+        )
+    out.print(table)
+    truth = {"exact": "the exact gradient", "reference": "the reference gradient"}
+    out.print(
+        "variance = trace of the covariance of the batch-mean gradient across batches; B_simple = "
+        "tr Σ / |∇J|² in episodes (McCandlish et al. 2018); cosines to "
+        f"{truth.get(study.true_source, 'no true gradient')}.",
+        highlight=False,
+    )
+    if study.reference is not None:
+        ref = study.reference
+        out.print(
+            f"reference: {ref.episodes} episodes of reward-to-go, "
+            f"|∇J| ≈ {ref.norm:.4g} ± {ref.standard_error:.2g}",
+            highlight=False,
+        )
+    widest = max(r.n for r in study.readings)
+    shares = Table(title=f"Variance per parameter tensor at N = {widest}", title_justify="left")
+    layers = list(study.readings[0].layer_traces)
+    for column in ("estimator", *layers):
+        shares.add_column(column, justify="left" if column == "estimator" else "right")
+    for r in study.readings:
+        if r.n == widest:
+            shares.add_row(display_name(r.spec), *(_fmt(r.layer_traces[name], 3) for name in layers))
+    out.print(shares)
+    if study.exact_note:
+        out.print(f"note: {study.exact_note}", highlight=False)
 
 
 @app.command()

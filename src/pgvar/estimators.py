@@ -32,6 +32,7 @@ The functions below are the reference: the estimator's formula written once, in 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,3 +253,16 @@ def episode_gradients(
     episode_tbA = np.broadcast_to(np.arange(n_episodes)[None, :, None], index_tbA.shape)
     np.add.at(grads_bD, (episode_tbA, index_tbA), terms_tbA)
     return grads_bD
+
+
+def with_vanilla(specs: Sequence[EstimatorSpec]) -> tuple[list[EstimatorSpec], EstimatorSpec]:
+    """(the estimators to measure: ``specs`` and vanilla unless it is among them, vanilla); vanilla
+    gets the estimators' entropy coefficient."""
+    specs = list(specs)
+    if not specs:
+        raise SpecError("estimators: give at least one")
+    vanilla = next(
+        (s for s in specs if s.canonical == "return+none"),
+        EstimatorSpec("return", "none", entropy=specs[0].entropy, name="vanilla"),
+    )
+    return (specs if vanilla in specs else [*specs, vanilla]), vanilla

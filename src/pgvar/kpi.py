@@ -46,7 +46,11 @@ def effective_dof(batch_means_md: np.ndarray) -> float:
     batches dominate (heavy tails), where any interval from M batches is unreliable."""
     squared_m = _squared_deviations(batch_means_md)
     spread = float(squared_m.var(ddof=1)) / squared_m.size
-    return 2.0 * float(squared_m.mean()) ** 2 / spread if spread > 0 else math.inf
+    if spread > 0:
+        return 2.0 * float(squared_m.mean()) ** 2 / spread
+    # no spread to go on: M = 2, or every batch the same (a KPI of 0 from identical batches, as with
+    # a sparse reward never seen, is no evidence of zero variance)
+    return (squared_m.size - 1) * np.shape(batch_means_md)[1] if squared_m.mean() > 0 else 0.0
 
 
 RELIABLE_DOF = 30.0  # below this many effective degrees of freedom an interval is flagged unreliable
@@ -67,7 +71,7 @@ def variance_trace_ci(batch_means_md: np.ndarray) -> tuple[float, float]:
     where :func:`effective_dof` falls below ``RELIABLE_DOF`` and the reading is flagged."""
     estimate = variance_trace(batch_means_md)
     dof = effective_dof(batch_means_md)
-    if not math.isfinite(dof):  # every batch the same distance from the mean: no spread to go on
+    if dof == 0:  # every batch the same: nothing to build an interval on
         return estimate, estimate
     high = _chi2_quantile(dof, -Z95)
     return dof * estimate / _chi2_quantile(dof, Z95), (dof * estimate / high if high > 0 else math.inf)
@@ -107,15 +111,17 @@ def mean_cosine(batch_means_md: np.ndarray, reference_d: np.ndarray) -> float | 
 
 def mean_pairwise_cosine(batch_means_md: np.ndarray) -> float | None:
     """Mean over pairs of batches i < j of cos(g_i, g_j): how well two independent estimates agree
-    (Ilyas et al. 2020, "A closer look at deep policy gradients"); None with fewer than two nonzero."""
+    (Ilyas et al. 2020, "A closer look at deep policy gradients"); a zero estimate counts as 0, as in
+    :func:`mean_cosine` (a sparse reward leaves many). None with fewer than two batches."""
     batch_means_md = np.asarray(batch_means_md, dtype=float)
-    norms_m = np.linalg.norm(batch_means_md, axis=1)
-    units_md = batch_means_md[norms_m > 0] / norms_m[norms_m > 0, None]
-    count = units_md.shape[0]
+    count = batch_means_md.shape[0]
     if count < 2:
         return None
+    norms_m = np.linalg.norm(batch_means_md, axis=1)
+    units_md = np.divide(batch_means_md, norms_m[:, None], out=np.zeros(batch_means_md.shape),
+                         where=norms_m[:, None] > 0)  # fmt: skip
     summed_d = units_md.sum(axis=0)
-    return float((summed_d @ summed_d - count) / (count * (count - 1)))
+    return float((summed_d @ summed_d - np.count_nonzero(norms_m)) / (count * (count - 1)))
 
 
 def squared_norm_estimate(mean_d: np.ndarray, single_trace: float, episodes: int) -> float:
@@ -138,6 +144,19 @@ def squared_norm_ci(chunk_means_hd: np.ndarray) -> tuple[float, float, float]:
     spread = float(np.sum((deviations_hd @ mean_d) ** 2) / (count - 1))
     half = Z95 * 2.0 * math.sqrt(spread / count)
     return estimate, max(estimate - half, 0.0), estimate + half
+
+
+def norm_standard_error(chunk_means_hd: np.ndarray) -> tuple[float, float]:
+    """|mean| of a reference sample and its standard error, from K equal chunks' means (K, D): the
+    spread of the chunk means along the mean's direction, sqrt(u' C u / K) with u = mean / |mean|."""
+    chunk_means_hd = np.asarray(chunk_means_hd, dtype=float)
+    count = chunk_means_hd.shape[0]
+    mean_d = chunk_means_hd.mean(axis=0)
+    norm = float(np.linalg.norm(mean_d))
+    if norm == 0 or count < 2:
+        return norm, math.nan
+    along_h = (chunk_means_hd - mean_d) @ (mean_d / norm)
+    return norm, float(math.sqrt(along_h @ along_h / (count - 1) / count))
 
 
 def noise_scale(single_trace: float, squared_norm: float) -> float | None:

@@ -15,8 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pgvar import budget, kpi
-from pgvar.errors import SpecError
-from pgvar.estimators import EstimatorSpec
+from pgvar.estimators import EstimatorSpec, with_vanilla
 from pgvar.exact import chain_gradient, exact_moments, moments_refused, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import DEFAULT_BATCHES, Sample, Sampler
@@ -99,19 +98,6 @@ class Study:
     slopes: dict[str, float]
     sampled_paths: int | None = None  # episodes drawn as whole paths, out of this many; None: step by step
     exact_note: str | None = None  # why there are no exact values, where they were asked for and refused
-
-
-def with_vanilla(specs: Sequence[EstimatorSpec]) -> tuple[list[EstimatorSpec], EstimatorSpec]:
-    """(the estimators to measure: ``specs`` and vanilla unless it is among them, vanilla); vanilla
-    gets the estimators' entropy coefficient."""
-    specs = list(specs)
-    if not specs:
-        raise SpecError("estimators: give at least one")
-    vanilla = next(
-        (s for s in specs if s.canonical == "return+none"),
-        EstimatorSpec("return", "none", entropy=specs[0].entropy, name="vanilla"),
-    )
-    return (specs if vanilla in specs else [*specs, vanilla]), vanilla
 
 
 def variance_study(
