@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import run
 
 import pgvar
 
 gymnasium = pytest.importorskip("gymnasium")
 
-from pgvar import budget, cli, envs  # noqa: E402
+from pgvar import budget, envs  # noqa: E402
 from pgvar.errors import MDPError, PgvarError, SpecError  # noqa: E402
 from pgvar.exact import objective  # noqa: E402
 from pgvar.gym import tabular  # noqa: E402
@@ -267,21 +268,6 @@ def test_importing_the_core_does_not_load_gymnasium():
 
 
 # -- the command line --------------------------------------------------------------------------------
-def run(args, capsys):
-    """Run ``pgvar ARGS`` in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["pgvar", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_the_command_line_takes_gym_mdps(capsys):
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import socket
 import sys
@@ -21,9 +20,10 @@ from rich.table import Table
 
 from pgvar import __version__, budget
 from pgvar.commands.train import train as train_command
+from pgvar.documents import estimator_keys, network_variance_document, plain, variance_document
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimators
-from pgvar.kpi import RELIABLE_DOF
+from pgvar.kpi import RELIABLE_DOF, TARGET_COSINE
 from pgvar.mdp import REWARD_LIMIT, TabularMDP
 from pgvar.validation import check_choice, check_int, check_int_list, check_number, check_seed
 from pgvar.vocabulary import LESSON_LABELS
@@ -220,32 +220,8 @@ def display_name(spec: EstimatorSpec) -> str:
     return spec.name
 
 
-def _estimator_keys(spec: EstimatorSpec) -> dict[str, str]:
-    """How a JSON document names an estimator: as typed, canonically, and by the lesson's name."""
-    return {"estimator": spec.name, "spec": spec.canonical, "label": spec.label}
-
-
-def _plain(value: object) -> object:
-    """``value`` as strict JSON can hold it: NumPy scalars and arrays as Python values, and numbers
-    that do not exist (NaN, an infinite ratio) as null."""
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return value
-
-
 def _print_json(payload: dict) -> None:
-    out.print_json(json.dumps(_plain(payload), allow_nan=False))
+    out.print_json(json.dumps(plain(payload), allow_nan=False))
 
 
 def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
@@ -441,33 +417,7 @@ def variance(
     for r in study.readings:
         _require_finite(f"variance: {r.spec.name} at N = {r.n}", r.variance_trace, r.exact_variance_trace)
     if as_json:
-        payload = {
-            "mdp": model.name,
-            "batches": batches,
-            "seed": seed,
-            "theta": logits.tolist(),
-            "entropy": entropy,
-            "results": [
-                {
-                    **_estimator_keys(r.spec),
-                    "N": r.n,
-                    "variance_trace": r.variance_trace,
-                    "ci95": list(r.ci95),
-                    "ci95_reliable": r.reliable,
-                    "exact_variance_trace": r.exact_variance_trace,
-                    "vs_vanilla_n1": r.vs_vanilla_n1,
-                    "vs_vanilla": r.vs_vanilla,
-                    "snr": r.snr,
-                    "cosine_to_exact": r.cosine_to_exact,
-                }
-                for r in study.readings
-            ],
-            "slopes": study.slopes,
-            "sampling": "steps" if study.sampled_paths is None else "paths",
-            "paths": study.sampled_paths,
-            "exact_note": study.exact_note,
-        }
-        _print_json(payload)
+        _print_json(variance_document(study, logits, entropy))
         return
     table = Table(
         title=f"Gradient variance on {model.name!r}: {batches} batches per reading, seed {seed}",
@@ -583,7 +533,7 @@ def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json
             "grad_norm": float(np.linalg.norm(grad)),
             "estimators": {
                 r.spec.name: {
-                    **_estimator_keys(r.spec),
+                    **estimator_keys(r.spec),
                     "bias": float(np.abs(r.mean - grad).max()),
                     "variance_trace": r.variance_trace,
                     "layers": dict(zip(names, r.block_traces.tolist(), strict=True)),
@@ -617,7 +567,7 @@ def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json
 
 def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json) -> None:
     """``pgvar variance --env``: the KPI of a neural policy, and what deep-RL practice needs besides."""
-    from pgvar.torch.study import COSINE, network_variance_study
+    from pgvar.torch.study import network_variance_study
 
     spec, network = _network(env, mdp, policy, policy_seed, weights)
     specs, n_list, batches, seed, reference_episodes = study_args
@@ -625,50 +575,8 @@ def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json
                                    reference_episodes=reference_episodes)  # fmt: skip
     for r in study.readings:
         _require_finite(f"variance: {r.spec.name} at N = {r.n}", r.variance_trace)
-    exact_truth = study.true_source == "exact"
     if as_json:
-        reference = study.reference
-        _print_json({
-            "env": spec.text,
-            "policy": network.spec,
-            "parameters": study.parameters,
-            "batches": batches,
-            "seed": seed,
-            "entropy": specs[0].entropy,
-            "results": [
-                {
-                    **_estimator_keys(r.spec),
-                    "N": r.n,
-                    "variance_trace": r.variance_trace,
-                    "ci95": list(r.ci95),
-                    "ci95_reliable": r.reliable,
-                    "exact_variance_trace": r.exact_variance_trace,
-                    "vs_vanilla_n1": r.vs_vanilla_n1,
-                    "vs_vanilla": r.vs_vanilla,
-                    "snr": r.snr,
-                    "cosine_to_exact": r.cosine_to_true if exact_truth else None,
-                    "cosine_to_true": r.cosine_to_true,
-                    "pairwise_cosine": r.pairwise_cosine,
-                    "noise_scale": {
-                        "value": r.noise_scale,
-                        "ci95": None if r.noise_scale_ci is None else list(r.noise_scale_ci),
-                        f"batch_for_cosine_{COSINE:g}": r.batch_for_cosine,
-                    },
-                    "layers": r.layer_traces,
-                }
-                for r in study.readings
-            ],
-            "slopes": study.slopes,
-            "sampling": "episodes",
-            "paths": None,
-            "exact_note": study.exact_note,
-            "true_gradient": study.true_source,
-            "reference": None if reference is None else {
-                "episodes": reference.episodes,
-                "norm": reference.norm,
-                "standard_error": reference.standard_error,
-            },
-        })  # fmt: skip
+        _print_json(network_variance_document(study, specs[0].entropy))
         return
     table = Table(
         title=f"Gradient variance of {network.spec!r} ({study.parameters} parameters) on {spec.text!r}: "
@@ -676,7 +584,7 @@ def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json
         title_justify="left",
     )
     columns = ("estimator", "Ψ_t", "N", "variance", "95% CI", "exact", "vs vanilla", "SNR",
-               "cos to ∇J", "cos pairs", "B_simple", f"N for cos {COSINE:g}")  # fmt: skip
+               "cos to ∇J", "cos pairs", "B_simple", f"N for cos {TARGET_COSINE:g}")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
     for r in study.readings:
@@ -761,7 +669,7 @@ def readings(
             "seed": seed,
             "results": [
                 {
-                    **_estimator_keys(r.spec),
+                    **estimator_keys(r.spec),
                     "exact_variance_trace": r.exact,
                     "mean": r.mean,
                     "relative_std": r.relative_std,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,6 +53,9 @@ def effective_dof(batch_means_md: np.ndarray) -> float:
     # a sparse reward never seen, is no evidence of zero variance)
     return (squared_m.size - 1) * np.shape(batch_means_md)[1] if squared_m.mean() > 0 else 0.0
 
+
+#: The expected cosine to the true gradient whose batch size every surface reports (``batch_for_cosine``).
+TARGET_COSINE = 0.9
 
 RELIABLE_DOF = 30.0  # below this many effective degrees of freedom an interval is flagged unreliable
 
@@ -198,6 +202,34 @@ def two_batch_estimates(
     squared_norm = (big * big_squared_norm - small * small_squared_norm) / (big - small)
     trace = (small_squared_norm - big_squared_norm) / (1.0 / small - 1.0 / big)
     return float(squared_norm), float(trace)
+
+
+def against_vanilla(by_n: dict, vanilla: object, ns: Sequence[int], specs: Sequence) -> tuple[list, dict]:
+    """The readings asked for, each with its ratios to vanilla filled in, and each estimator's slope.
+
+    Args:
+      by_n: N -> readings (dataclasses with ``spec``, ``n``, ``variance_trace``, ``vs_vanilla`` and
+        ``vs_vanilla_n1``), vanilla's among them, N = 1 included.
+      vanilla: vanilla's spec; ns, specs: the batch sizes and estimators asked for, in their order.
+    Returns:
+      (the readings of ``specs`` at ``ns`` with ``vs_vanilla`` = ratio to vanilla at the same N and
+      ``vs_vanilla_n1`` = ratio to vanilla at N = 1; estimator name -> :func:`loglog_slope` over N).
+    """
+    vanilla_at = {n: next(r for r in rs if r.spec == vanilla).variance_trace for n, rs in by_n.items()}
+    readings = [
+        replace(r, vs_vanilla=ratio(r.variance_trace, vanilla_at[n]),
+                vs_vanilla_n1=ratio(r.variance_trace, vanilla_at[1]))
+        for n in ns
+        for r in by_n[n]
+        if r.spec in specs
+    ]  # fmt: skip
+    slopes = {}
+    for spec in specs:
+        own = [r for r in readings if r.spec == spec]
+        slope = loglog_slope([r.n for r in own], [r.variance_trace for r in own])
+        if slope is not None:
+            slopes[spec.name] = slope
+    return readings, slopes
 
 
 def loglog_slope(ns: Sequence[float], traces: Sequence[float]) -> float | None:

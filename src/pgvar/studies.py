@@ -10,7 +10,7 @@ lesson shows (to vanilla at the same N, and at N = 1) are always there.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -143,20 +143,7 @@ def variance_study(
             vanilla_only = vanilla_only or Sampler(mdp, theta, [vanilla], chain=chain)
             sampler = vanilla_only
         by_n[n] = read_sample(sampler.sample(n, batches, child, progress=progress), grad, exact_traces)
-    vanilla_at = {n: next(r for r in rs if r.spec == vanilla).variance_trace for n, rs in by_n.items()}
-    readings = [
-        replace(r, vs_vanilla=kpi.ratio(r.variance_trace, vanilla_at[n]),
-                vs_vanilla_n1=kpi.ratio(r.variance_trace, vanilla_at[1]))
-        for n in ns
-        for r in by_n[n]
-        if r.spec in specs
-    ]  # fmt: skip
-    slopes = {}
-    for spec in specs:
-        mine = [r for r in readings if r.spec == spec]
-        slope = kpi.loglog_slope([r.n for r in mine], [r.variance_trace for r in mine])
-        if slope is not None:
-            slopes[spec.name] = slope
+    readings, slopes = kpi.against_vanilla(by_n, vanilla, ns, specs)
     paths = getattr(everything.source, "n_paths", None)
     return Study(mdp, batches, seed, readings, grad, slopes, paths, note)
 

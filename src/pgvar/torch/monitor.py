@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from pgvar import budget, kpi
 from pgvar.errors import SpecError
 
-COSINE = 0.9  # the cosine whose batch size each record reports (batch_for_cosine_09)
 MAX_CHUNK = 16  # episodes per batched backward: larger chunks measured no faster, only bigger
 CHUNK_BYTES = 128e6  # memory for one chunk of per-episode gradients (chunk x D floats)
 
@@ -454,7 +453,7 @@ class GradientMonitor:
             smoothed_squared_norm=smoothed_norm,
             noise_scale=noise,
             expected_cosine=kpi.expected_cosine(noise, episodes) if readable else None,
-            batch_for_cosine_09=kpi.batch_for_cosine(noise, COSINE) if readable else None,
+            batch_for_cosine_09=kpi.batch_for_cosine(noise, kpi.TARGET_COSINE) if readable else None,
             per_layer=per_layer,
         )
         self.history.append(record)

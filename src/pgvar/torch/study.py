@@ -37,7 +37,6 @@ REFERENCE_CHUNKS = 32  # equal groups of the reference sample, for its standard 
 REFERENCE_SPEC = "rtg"  # unbiased and needs no critic: what the reference gradient averages
 WARMUP_EPISODES = 64  # episodes that warm a running baseline up before the first batch
 CRITIC_EPISODES = 256  # episodes a value critic is fitted on (never the ones it is used on)
-COSINE = 0.9  # the expected cosine to the true gradient that ``batch_for_cosine`` aims at
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class NetworkReading:
       cosine_to_true: mean over batches of cos(batch estimate, G).
       pairwise_cosine: mean cosine between two batches' estimates.
       noise_scale, noise_scale_ci: B_simple = N variance_trace / |G|^2 in episodes, and its interval.
-      batch_for_cosine: the N whose expected cosine to G is ``COSINE``.
+      batch_for_cosine: the N whose expected cosine to G is ``kpi.TARGET_COSINE``.
       layer_traces: the KPI's share of each parameter tensor, by name.
     """
 
@@ -289,20 +288,7 @@ def network_variance_study(
             readings.append(_read(spec, n, means_md, exact_traces.get(spec), true_gradient, squared_norm,
                                   squared_interval, layout, edges))  # fmt: skip
         by_n[n] = readings
-    vanilla_at = {n: next(r for r in rs if r.spec == vanilla).variance_trace for n, rs in by_n.items()}
-    readings = [
-        replace(r, vs_vanilla=kpi.ratio(r.variance_trace, vanilla_at[n]),
-                vs_vanilla_n1=kpi.ratio(r.variance_trace, vanilla_at[1]))
-        for n in ns
-        for r in by_n[n]
-        if r.spec in specs
-    ]  # fmt: skip
-    slopes = {}
-    for spec in specs:
-        own = [r for r in readings if r.spec == spec]
-        slope = kpi.loglog_slope([r.n for r in own], [r.variance_trace for r in own])
-        if slope is not None:
-            slopes[spec.name] = slope
+    readings, slopes = kpi.against_vanilla(by_n, vanilla, ns, specs)
     return NetworkStudy(env, policy.spec, batches, seed, readings, slopes, reference, true_gradient,
                         true_source, int(edges[-1]), note)  # fmt: skip
 
@@ -331,7 +317,7 @@ def _read(spec, n, means_md, exact_trace, true_gradient, squared_norm, squared_i
         if squared_interval is None:  # |G|^2 exact: only the trace's interval
             squared_interval = (squared_norm, squared_norm)
         noise_ci = kpi.noise_scale_ci((n * ci95[0], n * ci95[1]), squared_interval)
-        for_cosine = None if scale is None else kpi.batch_for_cosine(scale, COSINE)
+        for_cosine = None if scale is None else kpi.batch_for_cosine(scale, kpi.TARGET_COSINE)
     layers = {
         name: kpi.variance_trace(means_md[:, low:high])
         for (name, _), low, high in zip(layout, edges[:-1], edges[1:], strict=True)
