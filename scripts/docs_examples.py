@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 160
 # The docs whose ```text blocks this script owns (docs/explorer.md and docs/architecture.md are not here).
-DOCS = ("README.md", "docs/training.md", "docs/examples.md", "docs/mdp-format.md")
+DOCS = ("README.md", "docs/training.md", "docs/examples.md", "docs/mdp-format.md", "docs/neural.md")
 TIMEOUT_S = 900  # per command; a fast example takes a few seconds, a slow one a few minutes
 
 REGION = re.compile(r"<!-- example: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /example -->\n", re.S)
@@ -200,6 +200,36 @@ EXAMPLES: tuple[Example, ...] = (
         (example_script("entropy_deceptive.py"),),
         note=SLOW_NOTE,
         slow=True,  # about 8 s of CPU at the documented size, and smaller runs would change the numbers
+    ),
+    Example(
+        "train-cartpole",
+        "docs/training.md",
+        (
+            Command(
+                ".venv/bin/python scripts/train_cartpole.py",
+                ("python", "scripts/train_cartpole.py", "--out", "{out}"),
+                keep=chain(drop_column("seconds"), drop_lines(r"wrote ")),
+            ),
+        ),
+        note="*Not checked by the tests, to keep them fast (about 1.5 minutes): `.venv/bin/python "
+        "scripts/docs_examples.py --slow` regenerates it, and the figure below with it. Left out: the "
+        "seconds column (timings) and the last line, which names the files written.*",
+        slow=True,  # three runs of four estimators on CartPole; torch's last digits may differ by machine
+    ),
+    Example(
+        "variance-env",
+        "docs/neural.md",
+        (
+            pgvar(
+                "variance --env FrozenLake-v1,is_slippery=false,horizon=20 --policy mlp:32 "
+                "-e vanilla,rtg+value,gae0.9+value --N 4,16 --reference-episodes 1024"
+            ),
+        ),
+    ),
+    Example(
+        "exact-env",
+        "docs/neural.md",
+        (pgvar("exact --env FrozenLake-v1 --policy mlp:64,64 -e vanilla,rtg+value,gae0.9+value"),),
     ),
     Example(
         "mdp-two-rooms",

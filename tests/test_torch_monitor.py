@@ -306,3 +306,20 @@ def test_bad_inputs_give_one_line_spec_errors():
         warnings.simplefilter("error")  # a freed graph is the user's mistake, not a reason to fall back
         _one_line(lambda: monitor.update(losses_b), "before your own")
     assert monitor.history == []
+
+
+def test_the_cleanrl_style_example_runs_and_records_every_update(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "cleanrl_style_reinforce.py"
+    records = tmp_path / "noise.csv"
+    done = subprocess.run([sys.executable, str(script), "--updates", "3", "--episodes", "4", "--csv",
+                           str(records)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with records.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and {"trace", "noise_scale", "expected_cosine"} <= set(rows[0])
+    assert float(rows[-1]["trace"]) > 0

@@ -450,7 +450,8 @@ def _pgvar_imports(path: Path) -> set[str]:
 
 
 def test_every_example_has_a_smoke_run():
-    assert set(SMOKE_ARGS) == {path.name for path in EXAMPLES.glob("*.py")}
+    # the CleanRL-style loop uses torch and pgvar.torch.monitor: tests/test_torch_monitor.py runs it
+    assert set(SMOKE_ARGS) == {path.name for path in EXAMPLES.glob("*.py")} - {"cleanrl_style_reinforce.py"}
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE_ARGS))

@@ -483,25 +483,12 @@ def _network(env: str, mdp: str, policy: str, policy_seed: int, weights: str | N
     if mdp != "lesson":
         raise SpecError("--env: give --mdp or --env, not both")
     try:
-        from pgvar.gym.envspec import make_env, parse_env
-        from pgvar.torch.policies import make_policy
+        from pgvar.torch.policies import make_network
     except ImportError as missing:
         raise SpecError(
             f"--env: needs the gym extra ({missing.name} is missing): pip install 'pgvar[gym]'"
         ) from None
-    spec = parse_env(env)
-    probe = make_env(spec)
-    try:
-        network = make_policy(
-            policy,
-            probe.observation_space,
-            probe.action_space,
-            seed=check_seed(policy_seed, "--policy-seed"),
-            weights=weights,
-        )
-    finally:
-        probe.close()
-    return spec, network
+    return make_network(env, policy, policy_seed, weights, seed_option="--policy-seed")
 
 
 def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json) -> None:

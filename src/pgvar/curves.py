@@ -8,6 +8,9 @@
   and the runs that stopped early;
 - ``curves.png`` / ``curves.svg``: the mean over runs with a 95% t-band (:func:`plot`).
 
+``pgvar train --env`` (``pgvar.torch.training.NetworkResult``) gets the same five files from
+:func:`save_network`: one row per (estimator, run, update), plotted by :func:`plot_network`.
+
 Every file is written under a temporary name and then moved over the old one, so an interrupted write
 never leaves half a file; :func:`check_out_dir` refuses a directory that already holds results unless
 asked to overwrite. The statistics (mean and t-interval over runs) come from :mod:`pgvar.kpi`.
@@ -19,15 +22,21 @@ import csv
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgvar.documents import plain
 from pgvar.errors import SpecError
 from pgvar.kpi import mean_ci
 from pgvar.train import Curve, TrainResult
+
+if TYPE_CHECKING:
+    from pgvar.torch.training import NetworkResult
 
 __all__ = ["OUTPUT_NAMES", "Panel", "check_out_dir", "default_out", "default_panels", "plot", "rows", "save"]
 
@@ -135,20 +144,14 @@ def _summary_payload(result: TrainResult) -> dict:
     }
 
 
-def save(
-    result: TrainResult,
-    out: Path | str,
-    *,
-    overwrite: bool = False,
-    hlines: dict[str, float] | None = None,
-    title: str | None = None,
+def _write_results(
+    out: Path | str, table: list[list], payload: dict, draw: Callable[[Path], list[Path]], overwrite: bool
 ) -> list[Path]:
-    """Write curves.csv (always), curves.parquet (if pyarrow imports), summary.json and the plots
-    curves.png / curves.svg into ``out``; refuses to replace earlier results unless ``overwrite``."""
+    """curves.csv (always), curves.parquet (if pyarrow imports), summary.json and what ``draw`` plots
+    from the stem ``out``/curves, each written under a temporary name and moved into place."""
     out = Path(out)
     check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    table = list(rows(result))
     written = []
 
     def write_csv(path: Path) -> None:
@@ -168,11 +171,54 @@ def save(
         columns = {name: [row[i] for row in table[1:]] for i, name in enumerate(table[0])}
         _replace(out / "curves.parquet", lambda path: pq.write_table(pa.table(columns), path))
         written.append(out / "curves.parquet")
-    payload = _summary_payload(result)
-    _replace(out / "summary.json", lambda path: path.write_text(json.dumps(payload, indent=2) + "\n"))
+    text = json.dumps(plain(payload), indent=2, allow_nan=False) + "\n"
+    _replace(out / "summary.json", lambda path: path.write_text(text))
     written.append(out / "summary.json")
-    written += plot(result, out / "curves", hlines=hlines, title=title)
+    written += draw(out / "curves")
     return written
+
+
+def save(
+    result: TrainResult,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    hlines: dict[str, float] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Write curves.csv (always), curves.parquet (if pyarrow imports), summary.json and the plots
+    curves.png / curves.svg into ``out``; refuses to replace earlier results unless ``overwrite``."""
+    draw = lambda stem: plot(result, stem, hlines=hlines, title=title)  # noqa: E731
+    return _write_results(out, list(rows(result)), _summary_payload(result), draw, overwrite)
+
+
+def save_network(result: NetworkResult, out: Path | str, *, overwrite: bool = False) -> list[Path]:
+    """The files of ``pgvar train --env`` (``pgvar.torch.training.NetworkResult``): the same five as
+    :func:`save`, the table one row per (estimator, run, update), the plots :func:`plot_network`."""
+    payload = {
+        "env": result.env,
+        "policy": result.policy,
+        "parameters": result.parameters,
+        "gamma": result.gamma,
+        "horizon": result.horizon,
+        "config": asdict(result.config),
+        "summary": result.summary(),
+    }
+    draw = lambda stem: plot_network(result, stem)  # noqa: E731
+    return _write_results(out, list(result.rows()), payload, draw, overwrite)
+
+
+def _save_figure(fig, stem: Path | str) -> list[Path]:
+    """``stem``.png and ``stem``.svg of the figure (each written whole or not at all), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    stem = Path(stem)
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
+    for path in paths:
+        _replace(path, lambda target, fmt=path.suffix[1:]: fig.savefig(target, format=fmt, dpi=110))
+    plt.close(fig)
+    return paths
 
 
 # -- plotting --------------------------------------------------------------------------------------
@@ -259,10 +305,58 @@ def plot(
         f"β {result.config.entropy:g}; mean over runs, 95% t-band",
         fontsize=10,
     )
-    fig.tight_layout()
-    stem = Path(stem)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
-    for path in paths:
-        _replace(path, lambda target, fmt=path.suffix[1:]: fig.savefig(target, format=fmt, dpi=110))
-    plt.close(fig)
-    return paths
+    return _save_figure(fig, stem)
+
+
+# -- neural policies (pgvar train --env) ------------------------------------------------------
+
+NETWORK_PANELS = (
+    ("mean episode return", "mean_return", False),
+    ("variance of the batch-mean gradient\n(trace, per update)", "variance_trace", True),
+    ("gradient noise scale B_simple\n(episodes, moving average)", "noise_scale_ema", True),
+)
+
+
+def plot_network(result: NetworkResult, stem: Path | str, *, title: str | None = None) -> list[Path]:
+    """Three panels against episodes, one line per estimator (the mean over runs, and a band from the
+    lowest to the highest run when there are several): the batch's mean return, the variance trace of
+    the batch-mean gradient (log scale) and B_simple's moving average (log scale). Writes ``stem``.png
+    and ``stem``.svg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = 2.6 * len(NETWORK_PANELS) + 0.6
+    fig, axes = plt.subplots(len(NETWORK_PANELS), 1, figsize=(8, height), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (ylabel, metric, log) in zip(axes, NETWORK_PANELS, strict=True):
+        for index, curve in enumerate(result.curves):
+            values_rk = curve.metric(metric)
+            if log:
+                values_rk = np.where(values_rk > 0, values_rk, np.nan)
+            if not np.isfinite(values_rk).any():
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # updates without a value stay NaN: gaps
+                mean = np.nanmean(values_rk, axis=0)
+                low, high = np.nanmin(values_rk, axis=0), np.nanmax(values_rk, axis=0)
+            color = colors[index % len(colors)]
+            ax.plot(curve.episodes_k, mean, color=color, lw=1.3, label=curve.label)
+            if curve.runs > 1:  # the runs' range: with a few runs a t-band would leave the possible values
+                ax.fill_between(curve.episodes_k, low, high, color=color, alpha=0.18, lw=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    config = result.config
+    axes[-1].set_xlabel(f"episodes (N = {config.n} per update)")
+    runs = f"{config.runs} runs: mean, band from the lowest to the highest" if config.runs > 1 else "1 run"
+    fig.suptitle(
+        title
+        or f"{result.env}\n{result.policy} ({result.parameters} parameters), {config.optimizer} lr "
+        f"{config.lr:g}; {runs}",
+        fontsize=10,
+    )
+    return _save_figure(fig, stem)

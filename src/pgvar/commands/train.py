@@ -1,8 +1,16 @@
-"""``pgvar train``: learning curves of the estimators (and of the exact gradient) on one MDP.
+"""``pgvar train``: learning curves of the estimators (and of the exact gradient) on one MDP, or of a
+neural policy on a Gymnasium environment (``--env``).
 
-A thin shell over :mod:`pgvar.train` (learning) and :mod:`pgvar.curves` (files and plots): it checks
-every option with :mod:`pgvar.validation` (one-line errors), shows a progress bar, saves the curves and
-plots, and prints a summary table. Registered in ``pgvar.cli`` with ``app.command()(train)``.
+A thin shell over :mod:`pgvar.train` (learning) and :mod:`pgvar.curves` (files and plots), and with
+``--env`` over :mod:`pgvar.torch.training` (learning, files and plots): it checks every option with
+:mod:`pgvar.validation` (one-line errors), shows a progress bar, saves the curves and plots, and prints
+a summary table. Registered in ``pgvar.cli`` with ``app.command()(train)``.
+
+Options that differ by mode default to None and are resolved here: ``--lr`` (0.1, with ``--env``
+0.01), ``--N`` (1, with ``--env`` 16), ``--runs`` (5, with ``--env`` 1). ``--mdp`` and ``--env``
+exclude each other; the tabular options (``--theta``, ``--exact-reference``, ``--baseline-lr``,
+``--learned-by``, ``--variance-every``) are refused with ``--env``, and the network options
+(``--policy``, ``--policy-seed``, ``--weights``, ``--optimizer``) without it, one line each.
 """
 
 from __future__ import annotations
@@ -121,19 +129,47 @@ def _cell(value: float, spec: str = ".4g") -> str:
 
 def train(
     mdp: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--mdp", help="Built-in name (lesson, short-corridor, bandit, deceptive, ...) or a file."
+            "--mdp",
+            help="Built-in name (lesson, short-corridor, bandit, deceptive, ...) or a file (default lesson).",
         ),
-    ] = "lesson",
+    ] = None,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env",
+            help="Instead of --mdp: a Gymnasium environment ID[,gamma=G][,horizon=H][,key=value...] "
+            "for a neural policy trained with Adam (needs the gym extra of pgvar).",
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="With --env: tabular, linear or mlp:WIDTH,... (default mlp:64,64)."),
+    ] = None,
+    policy_seed: Annotated[
+        int | None, typer.Option("--policy-seed", help="With --env: seed of the initial weights (default 0).")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="With --env: initial weights, a state_dict saved by torch.save."),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="With --env: adam (default) or sgd.")
+    ] = None,
     estimators: Annotated[
         str,
         typer.Option(
             "--estimators", "-e", help="Comma-separated specs WEIGHT+BASELINE or presets (rtg+learned, ...)."
         ),
     ] = "vanilla,rtg,base,rtg+base",
-    lr: Annotated[float, typer.Option("--lr", help="Step size of the gradient ascent (> 0).")] = 0.1,
-    n: Annotated[int, typer.Option("--N", help="Episodes N per update, the batch size (>= 1).")] = 1,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Step size (> 0; default 0.1, with --env 0.01).")
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option("--N", help="Episodes N per update, the batch size (>= 1; default 1, with --env 16)."),
+    ] = None,
     episodes: Annotated[
         int | None, typer.Option("--episodes", help="Episodes per run (a multiple of --N).")
     ] = None,
@@ -142,16 +178,23 @@ def train(
     ] = None,
     entropy: Annotated[float, typer.Option("--entropy", help="Entropy bonus coefficient (>= 0).")] = 0.0,
     baseline_lr: Annotated[
-        float, typer.Option("--baseline-lr", help="Rate of the learned baseline, in (0, 1].")
-    ] = 0.1,
+        float | None,
+        typer.Option("--baseline-lr", help="Rate of the learned baseline, in (0, 1] (default 0.1)."),
+    ] = None,
     learned_by: Annotated[
-        str, typer.Option("--learned-by", help="Learned baseline per 'state' or per 'observation'.")
-    ] = "state",
-    runs: Annotated[int, typer.Option("--runs", help="Independent runs (>= 1).")] = 5,
+        str | None,
+        typer.Option("--learned-by", help="Learned baseline per 'state' (default) or per 'observation'."),
+    ] = None,
+    runs: Annotated[
+        int | None, typer.Option("--runs", help="Independent runs (>= 1; default 5, with --env 1).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the runs' SeedSequence (>= 0).")] = 0,
     theta: Annotated[
-        str, typer.Option("--theta", help="Starting logits: 'uniform', a JSON list, or a .json/.npy file.")
-    ] = "uniform",
+        str | None,
+        typer.Option(
+            "--theta", help="Starting logits: 'uniform' (default), a JSON list, or a .json/.npy file."
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Directory for curves.csv/.parquet, summary.json, curves.png/.svg."),
@@ -160,9 +203,11 @@ def train(
         bool, typer.Option("--overwrite", help="Replace results already in --out (else refuse).")
     ] = False,
     exact_reference: Annotated[
-        bool,
-        typer.Option("--exact-reference/--no-exact-reference", help="Also ascend the exact gradient."),
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--exact-reference/--no-exact-reference", help="Also ascend the exact gradient (default on)."
+        ),
+    ] = None,
     variance_every: Annotated[
         int | None,
         typer.Option(
@@ -173,7 +218,39 @@ def train(
     ] = None,
 ) -> None:
     """Train with stochastic gradient ascent (batch of N episodes per update) for several runs; plot
-    learning curves (mean and 95% band over runs) beside ascent on the exact gradient."""
+    learning curves (mean and 95% band over runs) beside ascent on the exact gradient. With --env, train
+    a neural policy on a Gymnasium environment and log its gradient variance and noise scale."""
+    if env is not None:
+        if mdp is not None:
+            raise SpecError("--env: give --mdp or --env, not both")
+        tabular_only = {
+            "--theta": theta,
+            "--exact-reference/--no-exact-reference": exact_reference,
+            "--baseline-lr": baseline_lr,
+            "--learned-by": learned_by,
+            "--variance-every": variance_every,
+        }
+        for option, value in tabular_only.items():
+            if value is not None:
+                raise SpecError(f"{option}: only for a tabular MDP (--mdp), not with --env")
+        train_on_env(
+            env, policy, policy_seed, weights, optimizer, estimators, lr, n, episodes, updates, entropy,
+            runs, seed, out, overwrite,
+        )  # fmt: skip
+        return
+    network_only = {"--policy": policy, "--policy-seed": policy_seed, "--weights": weights,
+                    "--optimizer": optimizer}  # fmt: skip
+    for option, value in network_only.items():
+        if value is not None:
+            raise SpecError(f"{option}: only with --env (a neural policy on a Gymnasium environment)")
+    mdp = "lesson" if mdp is None else mdp
+    lr = 0.1 if lr is None else lr
+    n = 1 if n is None else n
+    runs = 5 if runs is None else runs
+    baseline_lr = 0.1 if baseline_lr is None else baseline_lr
+    learned_by = "state" if learned_by is None else learned_by
+    theta = "uniform" if theta is None else theta
+    exact_reference = True if exact_reference is None else exact_reference
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -296,4 +373,149 @@ def train(
                 "left out of the means",
                 highlight=False,
             )
+    stdout.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+
+
+# -- neural policies on Gymnasium environments ------------------------------------------------------
+
+NETWORK_OPTION_NAMES = {
+    "lr": "--lr",
+    "n": "--N",
+    "updates": "--updates",
+    "runs": "--runs",
+    "seed": "--seed",
+    "optimizer": "--optimizer",
+}
+
+
+def train_on_env(
+    env: str,
+    policy: str | None,
+    policy_seed: int | None,
+    weights: str | None,
+    optimizer: str | None,
+    estimators: str,
+    lr: float | None,
+    n: int | None,
+    episodes: int | None,
+    updates: int | None,
+    entropy: float,
+    runs: int | None,
+    seed: int,
+    out: Path | None,
+    overwrite: bool,
+) -> None:
+    """``pgvar train --env``: train a neural policy with each estimator (:mod:`pgvar.torch.training`),
+    save the curves and plots, print a summary table."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pgvar.curves import check_out_dir, default_out, save_network
+    from pgvar.estimators import parse_estimators
+    from pgvar.mdp import REWARD_LIMIT
+
+    try:
+        from pgvar.torch.policies import make_network
+        from pgvar.torch.training import (
+            NetworkConfig,
+            check_estimators,
+            check_network_cost,
+            train_networks,
+            validate_network_config,
+        )
+    except ImportError as missing:
+        raise SpecError(
+            f"--env: needs the gym extra ({missing.name} is missing): pip install 'pgvar[gym]'"
+        ) from None
+    stdout = Console(width=None if sys.stdout.isatty() else 160)
+    stderr = Console(stderr=True)
+    n = 16 if n is None else n
+    fields = dict(
+        updates=updates_from(episodes, updates, n),
+        n=n,
+        lr=0.01 if lr is None else lr,
+        runs=1 if runs is None else runs,
+        seed=seed,
+        optimizer="adam" if optimizer is None else optimizer,
+    )
+    config = NetworkConfig(**validate_network_config({**fields, "ema": 0.9}, NETWORK_OPTION_NAMES))
+    check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
+    specs = parse_estimators(estimators, entropy=entropy)
+    check_estimators(specs)
+    spec, network = make_network(
+        env,
+        "mlp:64,64" if policy is None else policy,
+        0 if policy_seed is None else policy_seed,
+        weights,
+        seed_option="--policy-seed",
+    )
+    out_dir = out if out is not None else default_out(spec.id)
+    check_out_dir(out_dir, overwrite, option="--out", parents=out is None)
+    check_network_cost(
+        spec,
+        network,
+        specs,
+        config,
+        what=f"--updates {config.updates} x --N {config.n} x --runs {config.runs} x {len(specs)} "
+        "estimator(s), up to {horizon} steps an episode",
+    )
+
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("updates"),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    ) as bar:
+        task = bar.add_task("updates", total=len(specs) * config.runs * config.updates)
+        result = train_networks(spec, network, specs, config, progress=lambda k: bar.advance(task, k))
+    paths = save_network(result, out_dir, overwrite=overwrite)
+
+    runs_text = f"{config.runs} run{'s' if config.runs > 1 else ''}"
+    table = Table(
+        title=f"Training {network.spec!r} ({result.parameters:,} parameters) on {spec.text!r}: "
+        f"{config.optimizer} lr {config.lr:g}, N = {config.n}, {config.updates} updates, {runs_text}, "
+        f"seed {config.seed}" + (f", entropy β = {entropy:g}" if entropy else ""),
+        title_justify="left",
+    )
+    rows = result.summary()
+    share = rows[0]["share_updates"]
+    columns = ["estimator", "return, start", "return, final", "B_simple, start", "B_simple, all",
+               "variance, start", "variance, all", "updates", "episodes", "seconds"]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in rows:
+        low, high = row["final_return_ci95"]
+        spread = f" ± {_cell((high - low) / 2, '.3g')}" if row["runs"] > 1 else ""
+        table.add_row(
+            row["estimator"],
+            _cell(row["start_return"]),
+            _cell(row["final_return"]) + spread,
+            _cell(row["start_noise_scale"], ".3g"),
+            _cell(row["noise_scale"], ".3g"),
+            _cell(row["start_variance_trace"], ".3g"),
+            _cell(row["variance_trace"], ".3g"),
+            str(row["updates"]),
+            f"{row['episodes']:,}",
+            f"{row['seconds']:.1f}",
+        )
+    stdout.print(table)
+    update_word = "update" if share == 1 else f"{share} updates"
+    stdout.print(
+        f"return = mean undiscounted episode return of the batches, over the first (start) and the last "
+        f"(final) {update_word} of each run"
+        + (" (± = half-width of the 95% t-interval over runs)" if config.runs > 1 else "")
+        + "; variance = trace of the covariance of the batch-mean gradient, tr Σ / N; B_simple = tr Σ / |G|² "
+        "(McCandlish et al. 2018), mean tr Σ over mean unbiased |G|² over the same updates (— where the "
+        "noise hides the gradient: B_simple ≫ N); all = every update.",
+        highlight=False,
+    )
+    if config.n < 2:
+        stdout.print(
+            "[yellow]note:[/] N = 1: one episode per update has no variance to measure; the variance "
+            "and B_simple columns need --N 2 or more",
+            highlight=False,
+        )
     stdout.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)

@@ -4,7 +4,7 @@ the tabular core, measured from per-episode gradients, and exact where the envir
     import pgvar.torch as pt
     from pgvar.estimators import parse_estimators
 
-    env, policy = pt.make_network("CartPole-v1", "mlp:64,64", seed=0)
+    env, policy = pt.make_network("CartPole-v1", "mlp:64,64", policy_seed=0)
     study = pt.network_variance_study(env, policy, parse_estimators("vanilla,rtg+base"), ns=[1, 16])
     study.readings[0].variance_trace, study.readings[0].noise_scale
 
@@ -32,7 +32,7 @@ from pgvar.torch.gradients import (
 from pgvar.torch.lift import exact_network_moments, logit_jacobian
 from pgvar.torch.lqr import exact_lqr_gradient, exact_lqr_objective
 from pgvar.torch.monitor import GradientMonitor, MonitorRecord, per_episode_gradients
-from pgvar.torch.policies import Policy, make_policy
+from pgvar.torch.policies import Policy, make_network, make_policy
 from pgvar.torch.study import (
     NetworkReading,
     NetworkStudy,
@@ -59,6 +59,7 @@ __all__ = [
     "fit_critic",
     "logit_jacobian",
     "loop_gradients",
+    "make_network",
     "make_policy",
     "network_variance_study",
     "parameter_layout",

@@ -69,7 +69,8 @@ def flatten_gradients(grads_n: dict[str, Tensor] | list[Tensor], batch: tuple[in
 # -- the weights, in NumPy ------------------------------------------------------------------------
 
 
-def _check_spec(spec: EstimatorSpec) -> None:
+def check_supported(spec: EstimatorSpec) -> None:
+    """Refuse (one line) a baseline that neural policies do not support."""
     if spec.baseline not in SUPPORTED_BASELINES:
         raise SpecError(
             f"estimator {spec.name!r}: baseline {spec.baseline!r} is not supported for neural policies; "
@@ -175,7 +176,7 @@ def score_weights_bt(
     V = ``values_bt``. With a GAE weight the baseline is its value function: ``values_bt`` (required
     unless the baseline is ``none``).
     """
-    _check_spec(spec)
+    check_supported(spec)
     baseline_bt = _check_bt(baseline_bt, episodes, "baseline_bt")
     values_bt = _check_bt(values_bt, episodes, "values_bt")
     name = f"estimator {spec.name!r}"
@@ -397,7 +398,7 @@ class RunningBaseline:
     """
 
     def __init__(self, spec: EstimatorSpec) -> None:
-        _check_spec(spec)
+        check_supported(spec)
         self.spec = spec
         self.sums = RunningBaselines.empty(1, 1)
 

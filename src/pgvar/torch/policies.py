@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from pgvar.errors import SpecError
+from pgvar.gym.envspec import EnvSpec, make_env, parse_env
+from pgvar.validation import check_seed
 
 DTYPE = torch.float64
 ARCHITECTURES = ("tabular", "linear", "mlp:W1,W2,...")
@@ -217,3 +219,24 @@ def make_policy(
     if weights is not None:
         _load_weights(policy, weights)
     return policy
+
+
+def make_network(
+    env: str | EnvSpec,
+    policy: str = "mlp:64,64",
+    policy_seed: int = 0,
+    weights: str | Path | None = None,
+    *,
+    seed_option: str = "policy_seed",
+) -> tuple[EnvSpec, Policy]:
+    """The environment spec and a policy for its spaces: ``env`` as ``ID[,gamma=G][,horizon=H][,k=v]``,
+    ``policy`` ``tabular``, ``linear`` or ``mlp:W,W``, initial weights from ``policy_seed`` (checked
+    under the name ``seed_option``) or loaded from ``weights``. Every bad input is a one-line SpecError."""
+    spec = env if isinstance(env, EnvSpec) else parse_env(env)
+    seed = check_seed(policy_seed, seed_option)
+    probe = make_env(spec)
+    try:
+        network = make_policy(policy, probe.observation_space, probe.action_space, seed=seed, weights=weights)
+    finally:
+        probe.close()
+    return spec, network
