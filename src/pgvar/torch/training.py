@@ -27,8 +27,8 @@ Baselines (none adds bias: nothing a batch subtracts is computed from that batch
 (:class:`~pgvar.torch.gradients.RunningBaseline`; 0 at the first update). ``value`` (and GAE's value
 function): a critic (``pgvar.torch.critic.fit_critic``) refitted from scratch at every update on the
 PREVIOUS update's N episodes, so it lags the policy by one update; at the first update there is no
-earlier batch and V = 0. As in :mod:`pgvar.torch.study`, episodes cut by the time limit bootstrap from
-the critic's value of their final observation.
+earlier batch and V = 0. As in :mod:`pgvar.torch.study`, a GAE weight bootstraps an episode cut by the
+time limit from the critic's value of its final observation; return and reward-to-go weights do not.
 
 Reproducibility: run r's collection seeds come from ``np.random.SeedSequence(seed).spawn(runs)[r]``
 (one per update), the same for every estimator (common random numbers: the first batch is the same
@@ -280,14 +280,14 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _critic_extra(critic, batch: Episodes) -> dict[str, np.ndarray]:
-    """values_bt and truncation_values_b for a value baseline: the critic's, or 0 without one yet."""
-    if critic is None:
-        return {
-            "values_bt": np.zeros(batch.alive_bt.shape),
-            "truncation_values_b": np.zeros(batch.n_episodes),
-        }
-    return {"values_bt": critic.values_bt(batch), "truncation_values_b": critic.final_values_b(batch)}
+def _critic_extra(critic, batch: Episodes, spec: EstimatorSpec) -> dict[str, np.ndarray]:
+    """values_bt for a value baseline (the critic's, or 0 without one yet), and for a GAE weight the
+    value of each cut episode's final observation, which it bootstraps from (as ``pgvar.torch.study``)."""
+    zeros = critic is None
+    extra = {"values_bt": np.zeros(batch.alive_bt.shape) if zeros else critic.values_bt(batch)}
+    if spec.weight == "gae":
+        extra["truncation_values_b"] = np.zeros(batch.n_episodes) if zeros else critic.final_values_b(batch)
+    return extra
 
 
 def _optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
@@ -360,7 +360,7 @@ def _run(
         elif _uses_critic(spec):  # refit on the previous update's episodes, never on this batch
             if previous is not None:
                 critic = fit_critic(previous, policy.observation_space, epochs=CRITIC_EPOCHS, seed=seed)
-            extra = _critic_extra(critic, batch)
+            extra = _critic_extra(critic, batch, spec)
         grads_bD = episode_gradients(policy, batch, spec, **extra).numpy()
         mean_d = grads_bD.mean(axis=0)
         if not np.isfinite(mean_d).all():
