@@ -155,6 +155,7 @@ def test_variance_env_without_a_model_uses_the_reference(capsys):
         (["variance", "--env", "CartPole-v1", "--mdp", "bandit"], "not both"),
         (["exact", "--env", "CartPole-v1,horizon=5", "--policy", "linear"], "exact"),
         (["variance", "--env", "CartPole-v1", "--policy", "linear", "--weights", "WEIGHTS"], "weights"),
+        (["variance", "--env", "CartPole-v1", "--N", "1000", "--batches", "1000"], "over the limit"),
     ],
 )
 def test_bad_environments_policies_and_weights_are_one_line_errors(tmp_path, capsys, args, needle):

@@ -355,9 +355,9 @@ def exact(
 
 
 @contextlib.contextmanager
-def _progress_bar(episodes: float) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr for long sampling (shown on a terminal only, above 2e6 episodes);
-    yields the function that advances it by a number of episodes."""
+def _progress_bar(episodes: float, shown_above: float = 2_000_000) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long sampling (shown on a terminal only, above ``shown_above``
+    episodes); yields the function that advances it by a number of episodes."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -367,7 +367,7 @@ def _progress_bar(episodes: float) -> Iterator[Callable[[int], None]]:
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not (episodes > 2_000_000 and err.is_terminal),
+        disable=not (episodes > shown_above and err.is_terminal),
     ) as bar:
         task = bar.add_task("episodes", total=episodes)
         yield lambda k: bar.advance(task, k)
@@ -554,12 +554,14 @@ def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json
 
 def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json) -> None:
     """``pgvar variance --env``: the KPI of a neural policy, and what deep-RL practice needs besides."""
-    from pgvar.torch.study import network_variance_study
+    from pgvar.torch.study import network_variance_study, planned_episodes
 
     spec, network = _network(env, mdp, policy, policy_seed, weights)
     specs, n_list, batches, seed, reference_episodes = study_args
-    study = network_variance_study(spec, network, specs, n_list, batches, seed,
-                                   reference_episodes=reference_episodes)  # fmt: skip
+    total = planned_episodes(specs, n_list, batches, reference_episodes)
+    with _progress_bar(total, shown_above=0) as advance:
+        study = network_variance_study(spec, network, specs, n_list, batches, seed,
+                                       reference_episodes=reference_episodes, progress=advance)  # fmt: skip
     for r in study.readings:
         _require_finite(f"variance: {r.spec.name} at N = {r.n}", r.variance_trace)
     if as_json:

@@ -203,17 +203,14 @@ def _quotas(episodes: int, n_envs: int) -> np.ndarray:
     return episodes // n_envs + (np.arange(n_envs) < episodes % n_envs)
 
 
-def _check_budget(episodes: int, horizon: int, n_envs: int, obs_size: int, action_size: int) -> None:
-    """Refuse up front when the padded arrays or the worst-case stepping would exceed the limits."""
+def collection_cost(policy: Policy, episodes: int, horizon: int, n_envs: int = 8) -> tuple[float, float]:
+    """(bytes of the padded arrays, seconds of worst-case stepping) to collect ``episodes`` episodes
+    of up to ``horizon`` steps on ``n_envs`` sub-environments: what the limits are checked against."""
+    obs_size = 1 if policy.obs_kind == "discrete" else policy.n_inputs
+    action_size = 1 if policy.discrete else policy.n_outputs
     memory = 8.0 * episodes * (horizon * (obs_size + action_size + 1.2) + obs_size)
     vector_steps = -(-episodes // n_envs) * (horizon + 1)  # +1: NEXT_STEP's reset step
-    seconds = vector_steps * (VECTOR_STEP_SECONDS + n_envs / ENV_STEPS_PER_SECOND)
-    budget.check(
-        f"collect ({episodes} episodes of up to {horizon} steps)",
-        memory=memory,
-        seconds=seconds,
-        hint="fewer episodes or a shorter horizon=",
-    )
+    return memory, vector_steps * (VECTOR_STEP_SECONDS + n_envs / ENV_STEPS_PER_SECOND)
 
 
 def collect(
@@ -243,8 +240,9 @@ def collect(
     n_envs = min(check_int(envs, "envs", low=1), episodes)
     horizon = env_horizon(spec)
     obs_shape = () if policy.obs_kind == "discrete" else (policy.n_inputs,)
-    action_width = 1 if policy.discrete else policy.n_outputs
-    _check_budget(episodes, horizon, n_envs, policy.n_inputs if obs_shape else 1, action_width)
+    memory, seconds = collection_cost(policy, episodes, horizon, n_envs)
+    budget.check(f"collect ({episodes} episodes of up to {horizon} steps)", memory=memory, seconds=seconds,
+                 hint="fewer episodes or a shorter horizon=")  # fmt: skip
     vec = make_vector_env(spec, n_envs, autoreset_mode=autoreset_mode)
     try:
         _check_spaces(policy, vec)

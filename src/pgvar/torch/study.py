@@ -19,14 +19,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pgvar import kpi
+from pgvar import budget, kpi
 from pgvar.baselines import is_running
 from pgvar.errors import PgvarError
 from pgvar.estimators import EstimatorSpec, parse_estimator, with_vanilla
 from pgvar.exact import unroll, values
-from pgvar.gym.envspec import EnvSpec, parse_env
+from pgvar.gym.envspec import EnvSpec, env_horizon, parse_env
 from pgvar.torch.critic import fit_critic
-from pgvar.torch.episodes import Episodes, collect
+from pgvar.torch.episodes import Episodes, collect, collection_cost
 from pgvar.torch.gradients import RunningBaseline, episode_gradients, parameter_layout
 from pgvar.torch.lift import exact_network_moments, logit_jacobian
 from pgvar.torch.lqr import lqr_setting, setting_gradient
@@ -216,6 +216,30 @@ def _reference(env, policy, episodes: int, seed: int, progress) -> Reference:
     return Reference(chunks * size, chunk_means_hd.mean(axis=0), norm, error, spread, squared, (low, high))
 
 
+def planned_episodes(
+    specs: Sequence[EstimatorSpec], ns: Sequence[int], batches: int, reference_episodes: int
+) -> int:
+    """The episodes :func:`network_variance_study` collects (besides a critic's own): the reference
+    sample, and M N per batch size (vanilla at N = 1 too) plus a running baseline's warm-up."""
+    measured, vanilla = with_vanilla(specs)
+    total = (reference_episodes // min(REFERENCE_CHUNKS, reference_episodes)) * min(
+        REFERENCE_CHUNKS, reference_episodes) if reference_episodes >= 2 else 0  # fmt: skip
+    for n in sorted(set(ns) | {1}):
+        mine = measured if n in ns else [vanilla]
+        total += batches * n + (WARMUP_EPISODES if any(is_running(s) for s in mine) else 0)
+    return total
+
+
+def check_study_cost(env: EnvSpec, policy: Policy, specs, ns, batches: int, reference_episodes: int) -> None:
+    """Refuse up front (one line, ``pgvar.budget``) a study whose episodes would take longer than the
+    limit to collect, before any is collected."""
+    episodes = planned_episodes(specs, ns, batches, reference_episodes)
+    horizon = env_horizon(env)
+    _, seconds = collection_cost(policy, episodes, horizon)
+    hint = "fewer --batches, smaller --N or --reference-episodes, or a shorter horizon="
+    budget.check(f"variance --env ({episodes} episodes of up to {horizon} steps)", seconds=seconds, hint=hint)
+
+
 def network_variance_study(
     env: EnvSpec | str,
     policy: Policy,
@@ -237,6 +261,7 @@ def network_variance_study(
     batches = check_int(batches, "batches", low=2)
     seed = check_seed(seed)
     reference_episodes = check_int(reference_episodes, "reference episodes", low=0)
+    check_study_cost(env, policy, measured, ns, batches, reference_episodes)
     model, note = tabular_model(env, policy) if exact else (None, None)
     exact_traces, true_gradient, true_source = {}, None, None
     if model is not None:
