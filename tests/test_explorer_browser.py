@@ -160,13 +160,29 @@ def exact_trace(spec: str, mdp: str = "lesson") -> float:
     return exact_moments(model, np.zeros(model.theta_shape()), parse_estimator(spec)).variance_trace
 
 
+def open_more(page) -> None:
+    """Open the collapsed "More" area (estimator, policy, MDP, plots, export) once."""
+    if page.locator(".pgvar-kind").count() == 0:
+        page.get_by_text("More: estimator", exact=False).first.click()
+    page.wait_for_selector(".pgvar-kind select", timeout=20_000)
+
+
 def click(page, css_class: str) -> None:
+    """The lesson's switches (reward-to-go, baseline) or a button under "More"."""
+    if css_class in ("pgvar-rtg", "pgvar-baseline"):
+        page.locator(f"#{css_class}").click()
+        return
+    open_more(page)
     page.locator(f".{css_class} button").click()
 
 
 def press_slider(page, css_class: str, *keys: str) -> None:
-    handle = page.locator(f".{css_class} .noUi-handle").first
-    handle.focus()
+    """Keys on the lesson's N slider (``pgvar-n-slider``) or on a slider under "More"."""
+    if css_class == "pgvar-n-slider":
+        page.locator("#pgvar-n-range").focus()
+    else:
+        open_more(page)
+        page.locator(f".{css_class} .noUi-handle").first.focus()
     for key in keys:
         page.keyboard.press(key)
 
@@ -209,6 +225,7 @@ def test_each_knob_changes_the_configuration_label(page, explorer_server):
     wait_for(page, lambda s: s["config"] == "rtg + baseline", what="rtg + baseline")
     click(page, "pgvar-rtg")
     wait_for(page, lambda s: s["config"] == "baseline", what="baseline")
+    open_more(page)
     page.locator(".pgvar-kind select").select_option(label="exact V(s)")
     wait_for(page, lambda s: s["config"] == "baseline (exact V)", what="baseline kind")
     page.locator(".pgvar-kind select").select_option(label="running mean of G_t per state")
@@ -255,7 +272,7 @@ def test_variance_falls_with_each_knob_and_the_ratio_matches_the_exact_one(page,
             before_mean, before_half = previous
             assert mean + half < before_mean - before_half, (label, n, mean, half, previous)
         previous = mean, half
-    page.locator(".pgvar-sweep button").click()
+    click(page, "pgvar-sweep")
     poll(lambda: len(source(page, "pgvar-vs-n", "n") or []) == 11, what="a point at every N")
     state = readout(page)
     wait_for(page, lambda s: s["tick"] >= state["tick"] + 2)
@@ -267,6 +284,7 @@ def test_history_grows_and_stays_bounded(page, explorer_server):
     assert first["history_max"] == 8
     early = wait_for(page, lambda s: s["tick"] >= 3, what="three ticks")
     assert 3 <= early["history"] <= 8
+    open_more(page)
     assert page.evaluate(HISTORY_SOURCE_JS) >= 3
     late = wait_for(page, lambda s: s["tick"] >= 14, what="fourteen ticks")
     assert late["history"] == 8
@@ -317,6 +335,7 @@ def test_learn_mode_climbs_j_and_moves_the_policy(page, explorer_server):
     wait_for(page, lambda s: s["objective"] is not None)
     start = readout(page)["objective"]
     assert start == pytest.approx(1.0)
+    open_more(page)
     assert page.evaluate(POLICY_JS) == pytest.approx([1 / 3] * 9, abs=1e-9)
     click(page, "pgvar-learn")
     wait_for(
@@ -333,6 +352,7 @@ def test_learn_mode_climbs_j_and_moves_the_policy(page, explorer_server):
 
 def test_mdp_picker_switches_to_another_builtin(page, explorer_server):
     open_page(page, explorer_server.url)
+    open_more(page)
     page.locator(".pgvar-mdp select").select_option("bandit")
     expected = exact_trace("vanilla", "bandit")
     state = wait_for(
@@ -349,6 +369,7 @@ def test_mdp_picker_switches_to_another_builtin(page, explorer_server):
 def test_csv_and_png_export(page, explorer_server):
     open_page(page, explorer_server.url)
     wait_for(page, lambda s: s["tick"] >= 2)
+    open_more(page)
     with page.expect_download(timeout=15_000) as info:
         page.locator(".pgvar-csv a, .pgvar-csv button").first.click()
     text = Path(info.value.path()).read_text()
@@ -399,6 +420,7 @@ def check_every_panel(page, name: str) -> None:
     """Header, description, status, policy heatmap, sliders, history, J plot and numbers all show
     ``name`` (a stale page shows the old MDP in some of them)."""
     want = expected_panels(name)
+    open_more(page)
     poll(lambda: attribute(page, "#pgvar-status", "data-mdp") == want["mdp"], what=f"{name} in the status")
     state = wait_for(
         page,
@@ -449,6 +471,7 @@ def rss_bytes(pid: int) -> float:
 
 
 def type_mdp(page, text: str) -> None:
+    open_more(page)
     page.locator(".pgvar-mdp-text input").fill(text)
     page.locator(".pgvar-mdp-load button").click()
 

@@ -17,6 +17,7 @@ from pgvar import envs
 from pgvar.estimators import parse_estimator
 from pgvar.exact import exact_moments, objective
 from pgvar.explorer.export import HISTORY_COLUMNS, READINGS_COLUMNS, history_csv, readings_csv
+from pgvar.explorer.lesson import PAGE_COLOURS
 from pgvar.explorer.state import (
     BATCH_CHOICES,
     CONFIG_COLOURS,
@@ -166,7 +167,8 @@ def test_query_string_values_and_messages():
         changes, messages = parse_query({key: raw})
         assert changes == {} and len(messages) == 1 and messages[0].startswith(f"query string: {key}: ")
     assert set(QUERY_KEYS) == {
-        "N", "rtg", "baseline", "kind", "lam", "gamma", "entropy", "batches", "history", "learn", "lr", "mdp"
+        "N", "rtg", "baseline", "kind", "lam", "gamma", "entropy", "batches", "history", "learn", "lr", "mdp",
+        "logits", "story",
     }  # fmt: skip
 
 
@@ -527,7 +529,9 @@ def test_widgets_offer_exactly_what_the_query_string_accepts():
     from pgvar.explorer.page import build
 
     view = build("lesson", seed=0)
-    assert list(view.n.options) == list(N_CHOICES)
+    view.state._executor = None
+    view.on_tick()
+    assert view.lesson.view["n_choices"] == list(N_CHOICES)
     assert list(view.batches.options) == list(BATCH_CHOICES)
     assert list(view.kind.options.values()) == list(PAGE_BASELINE_KINDS)
     assert list(view.kind.options) == [BASELINE_KINDS[kind] for kind in PAGE_BASELINE_KINDS]
@@ -556,8 +560,8 @@ def test_view_applies_the_query_string_to_its_widgets():
     assert not view.state.learning and "query" not in view.state.messages
     view.state._executor = None
     view.on_tick()
-    assert view.breakdown_src.data["color"] == list(CONFIG_COLOURS)
-    assert ">baseline (running V per state)<" in view.readout.object
+    assert view.breakdown_src.data["color"] == list(PAGE_COLOURS)
+    assert view.lesson.view["reading"]["configs"][2]["label"] == "baseline (running V per state)"
     view.entropy.value = 0.5  # a widget change goes through the same checks
     assert view.state.knobs.entropy == 0.5
     view = build("lesson", seed=0, query={"beta": "0.3", "learn": "1"})
@@ -567,17 +571,19 @@ def test_view_applies_the_query_string_to_its_widgets():
 
 def test_view_ticks_and_renders_stable_ids():
     pytest.importorskip("panel")
-    from pgvar.explorer.page import build
+    from pgvar.explorer.page import LessonWidget, build
 
     view = build("lesson", seed=0, query={"N": "64", "rtg": "1", "history": "3"})
     view.state._executor = None  # compute exact values in the tick, for a deterministic check
     for _ in range(5):
         view._next_allowed = 0.0
         view.on_tick()
-    html = view.readout.object
     for element in ("pgvar-config", "pgvar-n", "pgvar-variance", "pgvar-ratio", "pgvar-status"):
-        assert f'id="{element}"' in html
-    assert ">reward-to-go<" in html and ">64<" in html
+        assert f'id="{element}"' in LessonWidget._esm
+    shown = view.lesson.view
+    assert shown["reading"]["n"] == 64 and shown["reading"]["current"] == 1
+    assert shown["reading"]["configs"][1]["label"] == "reward-to-go"
+    assert len(shown["history"]) == 3 and shown["history_max"] == 3
     assert len(view.history_src.data["tick"]) == 3  # rollover keeps the history bounded
     assert 'id="pgvar-breakdown"' in view.table.object
 
@@ -702,7 +708,7 @@ def _frame_panels(view) -> dict:
     return {
         "header": html.unescape(view.header.object),
         "info": html.unescape(view.mdp_info.object),
-        "status": html.unescape(view.readout.object),
+        "status": view.lesson.view["mdp"],
         "rows": list(dict.fromkeys(view.policy_src.data["row"])),
         "policy": len(view.policy_src.data["p"]),
         "history": list(view.history_src.data["exact"]),
@@ -733,7 +739,7 @@ def test_each_input_loads_an_mdp_into_every_panel(via):
     panels = _frame_panels(view)
     assert 'data-mdp="repayment"' in panels["header"] and "MDP <b>repayment</b>" in panels["header"]
     assert "<b>repayment</b>" in panels["info"] and f"{theta.size} logits" in panels["info"]
-    assert 'data-mdp="repayment"' in panels["status"]
+    assert panels["status"] == "repayment"
     assert panels["rows"] == ExplorerState("repayment").row_names()
     assert panels["policy"] == panels["sliders"] == theta.size
     ticks = 6 if via == "query string" else 3  # the query string loads it before the first tick
@@ -770,7 +776,7 @@ def test_a_typed_mdp_over_the_limits_is_refused_with_a_message():
     assert "cannot load MDP 'random:states=300,actions=4'" in text and "limit" in text
     assert view.state.base_mdp.name == "lesson"  # the old MDP stays, and keeps ticking
     tick(view)
-    assert view.state.tick_count == 2 and 'data-stale="0"' in view.readout.object
+    assert view.state.tick_count == 2 and view.lesson.view["stale"] is None
     view.mdp_text.value = "maze"
     view.mdp_load.clicks += 1
     assert "type a built-in" in html.unescape(view.messages.object)
@@ -782,26 +788,26 @@ def test_numbers_that_cannot_be_measured_any_more_are_marked_stale():
 
     view = build("short-corridor", seed=0)
     tick(view)
-    assert 'data-stale="0"' in view.readout.object and 'id="pgvar-stale"' not in view.readout.object
+    assert view.lesson.view["stale"] is None and view.lesson.view["reading"] is not None
     last = view.state.tick_count
     view.state.set_theta(np.array([[8.0, -8.0]]))  # always left: episodes (almost) never end
     tick(view)
-    readout = html.unescape(view.readout.object)
-    assert 'data-stale="1"' in readout and "pgvar-tiles pgvar-stale" in readout
-    assert f"stale: numbers of tick {last}; cannot measure" in readout
-    assert "pgvar-stale" in view.table.object and "(stale)" in view.gauge.title.text
+    shown = view.lesson.view
+    assert shown["stale"].startswith(f"numbers of tick {last}; cannot measure")
+    assert shown["reading"]["tick"] == last  # the old numbers, marked stale
+    assert "pgvar-stale" in view.table.object
     # a new MDP that cannot be measured (its exact tables are over the session's limits) shows no
     # number at all, only why
     view.mdp_text.value = "random:states=700,actions=4,horizon=200"
     view.mdp_load.clicks += 1
     tick(view)
-    readout = html.unescape(view.readout.object)
-    assert 'data-stale="1"' in readout and "stale: cannot measure" in readout and "limit" in readout
-    assert 'id="pgvar-variance" class="pgvar-v" data-value=""' in readout
-    assert "exact: unavailable" in readout and 'data-mdp="random:seed=0,states=700' in readout
+    shown = view.lesson.view
+    assert shown["stale"].startswith("cannot measure") and "limit" in shown["stale"]
+    assert shown["reading"] is None  # no numbers of the MDP before
+    assert "exact: unavailable" in shown["note"] and shown["mdp"].startswith("random:seed=0,states=700")
     view.mdp_select.value = "lesson"
     tick(view)
-    assert 'data-stale="0"' in view.readout.object
+    assert view.lesson.view["stale"] is None
 
 
 def test_the_header_follows_the_number_of_batches():
@@ -814,7 +820,7 @@ def test_the_header_follows_the_number_of_batches():
     view.batches.value = 240
     assert "measures 240 fresh independent batches" in view.header.object
     tick(view)
-    assert view.state.last.batches == 240 and "240 batches" in view.readout.object
+    assert view.state.last.batches == 240 and view.lesson.view["reading"]["batches"] == 240
 
 
 def test_running_baselines_restart_when_learning_stops():

@@ -797,8 +797,25 @@ def explore(
     mdp: MdpOption = "lesson",
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser.")] = False,
+    static: Annotated[
+        str | None,
+        typer.Option(
+            "--static",
+            metavar="OUT.html",
+            help="Write one self-contained HTML page (no server, no network) with precomputed readings "
+            "of every knob combination and N from 1 to 1024, and exit.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the live gradient-variance explorer on 127.0.0.1 (Ctrl-C stops it)."""
+    """Serve the live gradient-variance explorer on 127.0.0.1 (Ctrl-C stops it), or write a static page."""
+    if static is not None:
+        from pgvar.explorer import write_static
+
+        size = write_static(static, mdp)
+        out.print(
+            f"wrote {static} ({size / 1024:.0f} KiB, self-contained: open it from disk)", highlight=False
+        )
+        return
     from pgvar.explorer import serve
 
     port = check_int(port, "--port", low=0, high=65535)

@@ -24,12 +24,13 @@ LESSON_LABELS: dict[str, str] = {
     "rtg+lesson": "rtg + baseline",
 }
 
-#: One colour per configuration of the lesson (matplotlib's tab10 red, orange, purple, green).
+#: One colour per configuration of the lesson, safe for colour-blind readers (Okabe & Ito 2008:
+#: vermillion, orange, sky blue, blue), on every page, figure and report.
 LESSON_COLOURS: dict[str, str] = {
-    "return+none": "#d62728",
-    "rtg+none": "#ff7f0e",
-    "return+lesson": "#9467bd",
-    "rtg+lesson": "#2ca02c",
+    "return+none": "#D55E00",
+    "rtg+none": "#E69F00",
+    "return+lesson": "#56B4E9",
+    "rtg+lesson": "#0072B2",
 }
 MEASURED_COLOUR = "#3b6fb6"  # a measured series that is not one of the four (history, variance against N)
 

@@ -12,7 +12,7 @@ import logging
 import sys
 import webbrowser
 
-__all__ = ["app", "serve"]
+__all__ = ["app", "serve", "write_static"]
 
 #: A session whose tab has gone is ended (its memory freed) this long after (Bokeh's default: 15 s).
 UNUSED_SESSION_LIFETIME_MS = 5_000
@@ -26,6 +26,14 @@ def app(mdp: str = "lesson", **kwargs):
     return _app(mdp, **kwargs)
 
 
+def write_static(path: str, mdp: str = "lesson", **kwargs) -> int:
+    """Write the static page (one self-contained HTML file, no server); see
+    :func:`pgvar.explorer.static.write_static`. Returns its size in bytes."""
+    from pgvar.explorer.static import write_static as _write
+
+    return _write(path, mdp, **kwargs)
+
+
 def serve(
     mdp: str = "lesson",
     port: int = 0,
@@ -36,9 +44,15 @@ def serve(
 ) -> None:
     """Serve the explorer on ``address:port`` (0: any free port) until Ctrl-C.
 
-    Prints ``pgvar explorer: http://127.0.0.1:PORT/``. A bad ``mdp`` file does not stop the server:
-    the page shows the message and runs the lesson's MDP. JavaScript is served by this server (no CDN).
+    Prints ``pgvar explorer: http://127.0.0.1:PORT/`` once the numba kernels the page needs are loaded
+    (or compiled, with a progress line, on the first start after an install: :mod:`pgvar.explorer.warmup`),
+    so the first page gets its first number at once. A bad ``mdp`` file does not stop the server: the
+    page shows the message and runs the lesson's MDP. JavaScript is served by this server (no CDN).
     """
+    from pgvar.explorer.warmup import warm_up
+
+    warm_up(lambda line: print(f"pgvar explorer: {line}", file=sys.stderr, flush=True))
+
     import panel as pn
 
     from pgvar.explorer.page import app as _app

@@ -1,4 +1,13 @@
-"""The page of ``pgvar explore``: Panel widgets and Bokeh plots around one :class:`ExplorerState`.
+"""The page of ``pgvar explore``: the lesson's widget, then Panel widgets and Bokeh plots under "More",
+around one :class:`ExplorerState`.
+
+The landing tab is the lesson's widget (:mod:`pgvar.explorer.lesson`, a :class:`LessonWidget`): the
+three knobs, the variance bar as a share of vanilla's at N = 1, the rolling history with its knob
+changes marked, the per-knob breakdown, the ratio to vanilla and a four-step story. A collapsed
+area below it, "More", holds everything else (estimator and policy controls, MDPs, the exact split,
+variance against N, the detailed plots, exports); its contents join the page when it is first opened
+(a fast first load). The page's URL mirrors every setting
+(:func:`pgvar.explorer.state.settings_query`), so a link restores the page.
 
 Each browser session gets its own state, its own figures (:func:`build` runs per session) and its own
 worker thread (:class:`pgvar.explorer.jobs.SessionJobs`). Every piece of work runs there, one at a
@@ -15,13 +24,18 @@ session's worker is idle, and waits longer after slow ticks, so work never queue
 session ends, the tick stops, queued work is cancelled, running work is dropped when it finishes and
 the session's memory is freed. Outside a server (a notebook, the tests) the work runs inline.
 
-Stable CSS ids for tests and scripts: ``#pgvar-config``, ``#pgvar-n``, ``#pgvar-variance`` and
-``#pgvar-ratio`` (with ``data-value``, ``data-lo``, ``data-hi``, ``data-exact``), ``#pgvar-objective``,
-``#pgvar-status`` (``data-tick``, ``data-history``, ``data-history-max``, ``data-ms``,
-``data-learning``, ``data-stale``, ``data-mdp``), ``#pgvar-stale`` (why the numbers are old, when
-they are), ``#pgvar-breakdown`` (one ``tr`` per configuration), ``#pgvar-messages``, ``#pgvar-header``,
-``#pgvar-mdp-info`` and ``#pgvar-activity`` (``data-busy``: work other than ticks in progress);
-widgets carry the classes ``pgvar-rtg``, ``pgvar-baseline``, ``pgvar-n-slider``, ``pgvar-kind``,
+Stable CSS ids for tests and scripts, in the lesson's widget: ``#pgvar-config``, ``#pgvar-n``,
+``#pgvar-variance`` (``data-value``, ``data-lo``, ``data-hi``, ``data-exact``, ``data-share``,
+``data-share-exact``) and ``#pgvar-ratio`` (the share of vanilla's variance at N = 1: ``data-value``,
+``data-lo``, ``data-hi``, ``data-exact``, ``data-tone``), ``#pgvar-objective``, ``#pgvar-status``
+(``data-tick``, ``data-history``, ``data-history-max``, ``data-learning``, ``data-stale``,
+``data-mdp``, ``data-story``), ``#pgvar-stale`` (why the numbers are old, when they are),
+``#pgvar-story`` (``data-step``), ``#pgvar-caption`` (``data-tone``), ``#pgvar-next``, ``#pgvar-back``,
+``#pgvar-leave``, the knobs ``#pgvar-rtg``, ``#pgvar-baseline`` (switches) and ``#pgvar-n-range``,
+``#pgvar-bar-fill``, ``#pgvar-history-svg`` (knob changes: ``.pgvar-mark``), ``#pgvar-rows``; on the
+page ``#pgvar-messages``, ``#pgvar-header``, ``#pgvar-activity`` (``data-busy``: work other than ticks
+in progress); under "More" ``#pgvar-breakdown`` (one ``tr`` per configuration), ``#pgvar-mdp-info``;
+widgets carry the classes ``pgvar-kind``,
 ``pgvar-lam``, ``pgvar-gamma``, ``pgvar-entropy``, ``pgvar-batches``, ``pgvar-learn``, ``pgvar-lr``,
 ``pgvar-mdp``, ``pgvar-mdp-text``, ``pgvar-mdp-load``, ``pgvar-logit``. The history's
 ColumnDataSource is named ``pgvar-history``, the policy's ``pgvar-policy`` (column ``p``: pi(a|o) row
@@ -42,20 +56,32 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from urllib.parse import urlencode
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, PrintfTickFormatter, Range1d
+import param
+from bokeh.models import ColumnDataSource, CustomJSTickFormatter, FactorRange, HoverTool, Legend, Range1d
 from bokeh.plotting import figure
+from panel.custom import JSComponent
 from panel.io.state import set_curdoc
 
 from pgvar import budget
 from pgvar.errors import PgvarError
 from pgvar.explorer.export import history_csv, readings_csv, render_png
 from pgvar.explorer.jobs import SessionJobs
+from pgvar.explorer.lesson import CSS as LESSON_CSS
+from pgvar.explorer.lesson import (
+    FORMAT_JS,
+    PAGE_COLOURS,
+    WIDGET_JS,
+    number,
+    page_view,
+    story_knobs,
+    story_step_of,
+)
 from pgvar.explorer.state import (
     BATCH_CHOICES,
-    CONFIG_COLOURS,
     DEFAULT_HISTORY,
     ENTROPY,
     GAMMA,
@@ -64,12 +90,14 @@ from pgvar.explorer.state import (
     LOGIT_LIMIT,
     N_CHOICES,
     PAGE_BASELINE_KINDS,
+    STORY_STEPS,
     ExplorerState,
     Frame,
     Span,
     builtin_choices,
     is_builtin_spec,
     parse_query,
+    settings_query,
 )
 from pgvar.vocabulary import BASELINE_KINDS, MEASURED_COLOUR
 
@@ -103,19 +131,12 @@ table.pgvar-table tr.pgvar-current td { font-weight: 650; background: #eef6ee; }
 #pgvar-messages { background: #fdecea; color: #7a1712; border: 1px solid #f5c2bd; border-radius: 6px;
                   padding: 6px 10px; font-size: 13px; }
 #pgvar-messages div + div { margin-top: 3px; }
-#pgvar-activity { font-size: 12px; color: #5b6470; min-height: 16px; }
+#pgvar-activity { font-size: 12px; color: #00528a; }
 .pgvar-note { font-size: 12px; color: #5b6470; }
 """
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return "–" if value is None or math.isnan(value) else "∞"
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
+_fmt = number  # the page's one number format (pgvar.explorer.lesson.number)
 
 
 def _short(text: str, length: int) -> str:
@@ -139,14 +160,63 @@ def _slider(span: Span, label: str, value: float, css_class: str) -> pn.widgets.
     )
 
 
-def _ratio(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return _fmt(value)
-    if 1 <= value < 1000:
-        return f"{value:.2f}×"
-    if 1e-3 <= value < 1 or value == 0:
-        return f"{value:.3g}×"
-    return f"{value:.2e}×"
+def _tick_formatter() -> CustomJSTickFormatter:
+    """Axis labels in the page's number format (no e-notation)."""
+    return CustomJSTickFormatter(code=FORMAT_JS + "return pgvarFormat(tick, 3);")
+
+
+#: The widget's module: the lesson's drawing code, then its wiring to the component's parameters.
+_ESM = (
+    WIDGET_JS
+    + f"const CHOICES = {list(N_CHOICES)};\n"
+    + """
+export function render({ model }) {
+  const root = document.createElement('div');
+  const widget = pgvarLesson(root, {send: (name, value) => { model[name] = value; }});
+  const knobs = () =>
+    widget.setKnobs({n_choices: CHOICES, rtg: model.rtg, baseline: model.baseline, n: model.n});
+  const url = () => {  // the page's URL mirrors the settings (sent with every view)
+    const query = model.view && model.view.query;
+    if (query && window.location.search !== query)
+      window.history.replaceState(null, '', window.location.pathname + query);
+  };
+  const draw = () => { if (model.view && model.view.labels) widget.update(model.view); url(); };
+  model.on('view', draw);
+  for (const name of ['rtg', 'baseline', 'n']) model.on(name, knobs);
+  knobs(); draw(); url();
+  return root;
+}
+"""
+)
+
+
+class LessonWidget(JSComponent):
+    """The lesson's widget (:mod:`pgvar.explorer.lesson`) as a Panel component. Its knobs and story
+    buttons set ``rtg``, ``baseline``, ``n`` and ``story``; the page sets ``view`` (what to draw) and
+    ``query`` (the page's URL follows it)."""
+
+    rtg = param.Boolean(default=False)
+    baseline = param.Boolean(default=False)
+    n = param.Integer(default=1)
+    story = param.Integer(default=0, bounds=(0, STORY_STEPS))
+    view = param.Dict(default={})
+    query = param.String(default="")
+
+    _esm = _ESM
+    _stylesheets = [LESSON_CSS]  # noqa: RUF012 (Panel's class attribute)
+
+
+MORE_TITLE = "More: estimator, policy, MDP, exact split, variance against N, export"
+#: The page's HTML: Panel's, with a viewport meta tag (phones lay the page out at their own width).
+TEMPLATE = """{% extends base %}
+{% block inner_head %}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{{ super() }}
+{% endblock %}
+{% block contents %}
+{{ embed(roots.app) }}
+{% endblock %}
+"""
 
 
 class ExplorerView:
@@ -168,6 +238,7 @@ class ExplorerView:
         limits: budget.Limits = budget.EXPLORER,
     ) -> None:
         changes, query_messages = parse_query(query or {})
+        self._history = history  # the server's default length: a link names another one only
         history = int(changes.pop("history", history))
         wanted_mdp = changes.pop("mdp", None)
         self._doc = doc
@@ -208,11 +279,19 @@ class ExplorerView:
         self._build_layout()
         learn = changes.pop("learn", False)
         lr = changes.pop("lr", None)
-        setup = partial(self._setup, str(mdp), wanted_mdp, changes, learn, lr, query_messages)
+        logits = changes.pop("logits", None)
+        story = int(changes.pop("story", 0))
+        if story:
+            changes.update(story_knobs(story))
+        self._syncing = True
+        self.lesson.story = story
+        self._syncing = False
+        setup = partial(self._setup, str(mdp), wanted_mdp, changes, learn, lr, logits, query_messages)
         self._submit(setup, "mdp", "loading the MDP")
 
-    def _setup(self, mdp, wanted_mdp, changes, learn, lr, query_messages) -> None:
-        """The session's first job: its MDP (``--mdp``, then the query string's), knobs and learn mode."""
+    def _setup(self, mdp, wanted_mdp, changes, learn, lr, logits, query_messages) -> None:
+        """The session's first job: its MDP (``--mdp``, then the query string's), knobs, logits and
+        learn mode."""
         state = self.state
         if mdp != state.mdp_source:
             state.load_mdp(mdp)
@@ -221,6 +300,14 @@ class ExplorerView:
         for name, value in changes.items():
             if not state.apply(**{name: value}):
                 query_messages.append(f"query string: {state.messages.pop('knobs')}")
+        if logits is not None:
+            if len(logits) != state.theta.size:
+                query_messages.append(
+                    f"query string: logits: {state.base_mdp.name} has {state.theta.size} logits, "
+                    f"the link gives {len(logits)}; the policy stays uniform"
+                )
+            else:
+                state.set_theta(np.reshape(logits, state.theta.shape))
         if query_messages:
             state.messages["query"] = "; ".join(query_messages)
         state.set_learning(learn, lr)
@@ -228,28 +315,8 @@ class ExplorerView:
     # -- widgets ---------------------------------------------------------------------------
     def _build_widgets(self) -> None:
         k = self.state.knobs
-        self.rtg = pn.widgets.Toggle(
-            label="reward-to-go",
-            value=k.rtg,
-            color="primary",
-            variant="outline",
-            css_classes=["pgvar-rtg"],
-            width=145,
-        )
-        self.baseline = pn.widgets.Toggle(
-            label="baseline",
-            value=k.baseline,
-            color="primary",
-            variant="outline",
-            css_classes=["pgvar-baseline"],
-            width=145,
-        )
-        self.n = pn.widgets.DiscreteSlider(
-            label="batch size N",
-            options=list(N_CHOICES),
-            value=k.n,
-            css_classes=["pgvar-n-slider"],
-            width=300,
+        self.lesson = LessonWidget(
+            rtg=k.rtg, baseline=k.baseline, n=k.n, sizing_mode="stretch_width", margin=(6, 4)
         )
         kinds = {BASELINE_KINDS[kind]: kind for kind in PAGE_BASELINE_KINDS}
         self.kind = pn.widgets.Select(
@@ -266,9 +333,6 @@ class ExplorerView:
             width=300,
         )
         self._knob_widgets = {
-            "rtg": self.rtg,
-            "baseline": self.baseline,
-            "n": self.n,
             "baseline_kind": self.kind,
             "lam": self.lam,
             "gamma": self.gamma,
@@ -277,9 +341,12 @@ class ExplorerView:
         }
         for name, widget in self._knob_widgets.items():
             widget.param.watch(lambda event, name=name: self._on_knob(name, event.new), "value")
+        for name in ("rtg", "baseline", "n"):
+            self.lesson.param.watch(lambda event, name=name: self._on_knob(name, event.new), name)
+        self.lesson.param.watch(lambda event: self._on_story(event.new), "story")
 
         self.learn = pn.widgets.Toggle(
-            label="learn: gradient ascent",
+            label=_learn_label(self.state.learning),
             value=self.state.learning,
             color="success",
             variant="outline",
@@ -339,7 +406,6 @@ class ExplorerView:
         self.sweep = pn.widgets.Button(label="measure every N", width=160, css_classes=["pgvar-sweep"])
         self.sweep.on_click(self._on_sweep)
 
-        self.readout = pn.pane.HTML("", stylesheets=[CSS], sizing_mode="stretch_width", min_height=92)
         self.messages = pn.pane.HTML(
             '<div id="pgvar-messages" role="alert"></div>', stylesheets=[CSS], sizing_mode="stretch_width"
         )
@@ -353,43 +419,6 @@ class ExplorerView:
         self.x_range_breakdown = Range1d(1e-4, 10.0)
         self.vs_n_range = Range1d(1e-4, 10.0)
 
-        self.gauge_src = ColumnDataSource(
-            {"x": [0], "bottom": [1e-4], "top": [1e-4], "lo": [1e-4], "hi": [1e-4], "exact": [np.nan]}
-        )
-        gauge = figure(
-            width=120,
-            height=300,
-            y_axis_type="log",
-            y_range=self.y_range,
-            x_range=(-0.6, 0.6),
-            toolbar_location=None,
-            title="variance",
-            tools="",
-        )
-        gauge.vbar(
-            x="x",
-            width=0.7,
-            bottom="bottom",
-            top="top",
-            source=self.gauge_src,
-            color=MEASURED_COLOUR,
-            alpha=0.85,
-        )
-        gauge.segment(x0=0, x1=0, y0="lo", y1="hi", source=self.gauge_src, color="#1d2330", line_width=2)
-        gauge.segment(
-            x0=-0.45,
-            x1=0.45,
-            y0="exact",
-            y1="exact",
-            source=self.gauge_src,
-            color="#111111",
-            line_width=3,
-            line_dash="dashed",
-        )
-        gauge.xaxis.visible = False
-        gauge.xgrid.visible = False
-        self.gauge = gauge
-
         self.history_src = ColumnDataSource(
             {"tick": [], "variance": [], "lo": [], "hi": [], "exact": []}, name="pgvar-history"
         )
@@ -402,6 +431,7 @@ class ExplorerView:
             title="rolling history: measured variance (95% CI band) and exact variance",
             x_axis_label="tick",
         )
+        hist.yaxis.formatter = _tick_formatter()
         band = hist.varea(
             x="tick",
             y1="lo",
@@ -437,7 +467,11 @@ class ExplorerView:
         )
         hist.add_tools(
             HoverTool(
-                tooltips=[("tick", "@tick"), ("variance", "@variance{0.000e}"), ("exact", "@exact{0.000e}")]
+                tooltips=[
+                    ("tick", "@tick"),
+                    ("variance", "@variance{0.[000000]}"),
+                    ("exact", "@exact{0.[000000]}"),
+                ]
             )
         )
         self.history_fig = hist
@@ -454,6 +488,7 @@ class ExplorerView:
             title="per-knob breakdown at this N",
             toolbar_location="right",
         )
+        bd.xaxis.formatter = _tick_formatter()
         bd.hbar(
             y="label",
             left="left",
@@ -493,7 +528,7 @@ class ExplorerView:
             "below",
         )
         sp.xaxis.ticker.desired_num_ticks = 4
-        sp.xaxis.formatter = PrintfTickFormatter(format="%.2g")
+        sp.xaxis.formatter = _tick_formatter()
         self.split = sp
 
         self.vs_n_lines = ColumnDataSource({"xs": [], "ys": [], "color": [], "width": [], "alpha": []})
@@ -510,6 +545,7 @@ class ExplorerView:
             x_axis_label="batch size N",
             title="variance against N: exact / N lines, measured points (95% CI)",
         )
+        vn.yaxis.formatter = _tick_formatter()
         vn.multi_line(
             xs="xs", ys="ys", source=self.vs_n_lines, color="color", line_width="width", alpha="alpha"
         )
@@ -522,7 +558,7 @@ class ExplorerView:
             size=14,
             marker="circle",
             fill_alpha=0,
-            line_color="#d62728",
+            line_color="#D55E00",
             line_width=2,
         )
         self.vs_n = vn
@@ -558,12 +594,11 @@ class ExplorerView:
         lf = figure(
             width=320, height=170, tools="save", title="J(θ) while learning (exact)", x_axis_label="step"
         )
-        lf.line(x="step", y="J", source=self.learn_src, color="#2ca02c", line_width=2)
-        lf.scatter(x="step", y="J", source=self.learn_src, color="#2ca02c", size=4)
+        lf.line(x="step", y="J", source=self.learn_src, color="#009E73", line_width=2)
+        lf.scatter(x="step", y="J", source=self.learn_src, color="#009E73", size=4)
         self.learn_fig = lf
 
         figures = {
-            "gauge": self.gauge,
             "history": self.history_fig,
             "breakdown": self.breakdown,
             "split": self.split,
@@ -579,7 +614,6 @@ class ExplorerView:
             return pn.Card(*items, title=title, collapsed=collapsed, width=340, margin=(4, 4))
 
         controls = pn.Column(
-            card("Three knobs", pn.Row(self.rtg, self.baseline), self.n),
             card("Estimator", self.kind, self.lam, self.gamma, self.entropy, self.batches),
             card(
                 "Policy",
@@ -602,9 +636,8 @@ class ExplorerView:
             width=350,
         )
         main = pn.Column(
-            self.readout,
-            pn.Row(self.panes["gauge"], self.panes["history"]),
-            pn.Row(self.panes["breakdown"], self.panes["split"]),
+            self.panes["history"],
+            pn.FlexBox(self.panes["breakdown"], self.panes["split"]),
             self.table,
             pn.Row(
                 self.panes["vs_n"],
@@ -618,11 +651,36 @@ class ExplorerView:
                     ),
                 ),
             ),
-            width=920,
+            max_width=1100,
         )
+        self._more_contents = pn.FlexBox(controls, main)
+        self.more = pn.Card(
+            pn.pane.HTML('<div class="pgvar-note">opening…</div>', stylesheets=[CSS]),
+            title=MORE_TITLE,
+            collapsed=True,  # the lesson's widget first; everything else one click away
+            sizing_mode="stretch_width",
+            css_classes=["pgvar-more"],
+            margin=(6, 4),
+        )
+        self.more.param.watch(self._open_more, "collapsed")
+        for pane in (self.header, self.messages, self.activity):
+            pane.margin = (2, 5)
         self.layout = pn.Column(
-            self.header, self.messages, self.activity, pn.Row(controls, main), margin=(6, 10)
+            self.header,
+            self.messages,
+            self.activity,
+            self.lesson,
+            self.more,
+            margin=(2, 8),
+            sizing_mode="stretch_width",
         )
+
+    def _open_more(self, event) -> None:
+        """The "More" area is opened for the first time: its contents join the page (they are kept up
+        to date meanwhile, so they show the current state at once)."""
+        if not event.new and self._more_contents is not None:
+            contents, self._more_contents = self._more_contents, None
+            self.more.objects = [contents]
 
     # -- work: submitted from the event loop, run in the session's thread, drawn back on the loop ----
     def _job(self, work: Callable[[], object] | None, topic: str) -> tuple[Frame, float]:
@@ -704,12 +762,18 @@ class ExplorerView:
             return
         self._submit(partial(self.state.apply, **{name: value}), "knobs")
 
+    def _on_story(self, step: int) -> None:
+        """A story button: go to ``step`` (its three knobs), or leave the story (0)."""
+        if self._syncing:
+            return
+        if step:
+            self._submit(partial(self.state.apply, **story_knobs(step)), "knobs")
+        elif self._frame is not None:
+            self._render_lesson(self._frame, latest=False)
+
     def _sync_widgets(self, frame: Frame) -> None:
         k = frame.knobs
         values = {
-            "rtg": k.rtg,
-            "baseline": k.baseline,
-            "n": k.n,
             "baseline_kind": k.baseline_kind,
             "lam": k.lam,
             "gamma": frame.gamma,
@@ -721,10 +785,14 @@ class ExplorerView:
             for name, widget in self._knob_widgets.items():
                 if widget.value != values[name]:
                     widget.value = values[name]
-            self.rtg.label = "reward-to-go: on" if k.rtg else "reward-to-go: off"
-            self.baseline.label = "baseline: on" if k.baseline else "baseline: off"
+            lesson = self.lesson
+            if (lesson.rtg, lesson.baseline, lesson.n) != (k.rtg, k.baseline, k.n):
+                lesson.param.update(rtg=k.rtg, baseline=k.baseline, n=k.n)
+            if lesson.story and story_step_of(k.rtg, k.baseline, k.n) != lesson.story:
+                lesson.story = 0  # a knob turned by hand: the story gives way to free play
             if self.learn.value != frame.learning:
                 self.learn.value = frame.learning
+            self.learn.label = _learn_label(frame.learning)
             if self.lr.value != frame.learning_rate:
                 self.lr.value = frame.learning_rate
             if frame.mdp_source not in self.mdp_select.options.values():  # typed in: offer it too
@@ -865,6 +933,7 @@ class ExplorerView:
         """Start the periodic tick (call once the page has loaded)."""
         if self._callback is None and not self._closed:
             self._callback = pn.state.add_periodic_callback(self.on_tick, period=PERIOD_MS)
+            self.on_tick()  # the first reading now, not a period later
 
     def stop(self) -> None:
         if self._callback is not None:
@@ -921,8 +990,8 @@ class ExplorerView:
         self._render_header(frame)
         if frame.last is not None:
             self._update_range(frame)
-        self._render_readout(frame)
-        self._render_gauge(frame)
+        self._render_lesson(frame, latest=latest)
+        self._render_table(frame)
         self._render_history(frame)
         self._render_breakdown(frame)
         self._render_vs_n(frame)
@@ -976,74 +1045,21 @@ class ExplorerView:
             return math.nan
         return max(value, bottom * 1.0001)
 
-    def _render_readout(self, frame: Frame) -> None:
+    def _render_lesson(self, frame: Frame, *, latest: bool = True) -> None:
+        """The lesson's widget: what it draws, and (for the latest job's frame) the page's URL."""
+        doing = " · ".join(dict.fromkeys(self._activity.values()))
+        if latest:
+            settings = settings_query(frame, story=self.lesson.story, default_history=self._history)
+            query = "?" + urlencode(settings, safe=",:")
+            if self.lesson.query != query:
+                self.lesson.query = query
+        view = page_view(frame, story=self.lesson.story, doing=doing, ms=self._last_ms)
+        self.lesson.view = {**view, "query": self.lesson.query}
+
+    def _render_table(self, frame: Frame) -> None:
+        """The table of the four configurations under "More" (measured, CI, exact, the split)."""
         r = frame.last
-        k = frame.knobs
-        exact = frame.exact
-        if exact is not None:
-            exact_note = f"exact values in {1000 * exact.seconds:.0f} ms"
-        else:
-            exact_note = "exact: computing…" if frame.exact_pending else "exact: unavailable"
         stale = frame.stale
-        notice = ""
-        if stale is not None:
-            notice = f'<div id="pgvar-stale">stale: {html.escape(stale)}</div>'
-        elif r is None:
-            notice = '<div class="pgvar-note">measuring…</div>'
-        if r is not None:
-            now = r.reading
-            label, spec, n, batches = now.label, now.spec, r.n, r.batches
-            variance, lo, hi, exact_n = now.variance, now.lo, now.hi, now.exact
-            ratio, ratio_lo, ratio_hi, ratio_exact, j = (
-                r.ratio,
-                r.ratio_lo,
-                r.ratio_hi,
-                r.ratio_exact,
-                r.objective,
-            )
-            tick, truncated = r.tick, r.truncated_episodes
-            measure_ms = f"{1000 * r.seconds:.0f} ms to measure ({self._last_ms:.0f} ms last tick)"
-        else:
-            label, spec, n, batches = frame.label, "", k.n, k.batches
-            variance = lo = hi = exact_n = ratio = ratio_lo = ratio_hi = ratio_exact = j = None
-            tick, truncated = frame.tick_count, 0
-            measure_ms = "no reading of this MDP yet"
-        var_sub = f"95% CI [{_fmt(lo)}, {_fmt(hi)}]<br>exact / N: {_fmt(exact_n)}"
-        ratio_sub = f"bound [{_ratio(ratio_lo)}, {_ratio(ratio_hi)}]<br>exact: {_ratio(ratio_exact)}"
-        learning = ""
-        if frame.learning:
-            learning = (
-                " · learning (running baselines average the recent policies; they restart when it stops)"
-            )
-        tiles_class = "pgvar-tiles pgvar-stale" if stale is not None and r is not None else "pgvar-tiles"
-        self.readout.object = f"""{notice}
-<div class="{tiles_class}">
-  <div class="pgvar-tile" style="min-width:170px"><div class="pgvar-k">Config</div>
-    <div id="pgvar-config" class="pgvar-v" data-spec="{spec}">{html.escape(label)}</div>
-    <div class="pgvar-sub">{spec}</div></div>
-  <div class="pgvar-tile"><div class="pgvar-k">Batch N</div>
-    <div id="pgvar-n" class="pgvar-v">{n}</div>
-    <div class="pgvar-sub">episodes per batch<br>{batches} batches</div></div>
-  <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">Grad variance</div>
-    <div id="pgvar-variance" class="pgvar-v" data-value="{_attr(variance)}" data-lo="{_attr(lo)}"
-      data-hi="{_attr(hi)}" data-exact="{_attr(exact_n)}">{_fmt(variance)}</div>
-    <div class="pgvar-sub">{var_sub}</div></div>
-  <div class="pgvar-tile" style="min-width:150px"><div class="pgvar-k">vs vanilla (N = 1)</div>
-    <div id="pgvar-ratio" class="pgvar-v" data-value="{_attr(ratio)}" data-lo="{_attr(ratio_lo)}"
-      data-hi="{_attr(ratio_hi)}" data-exact="{_attr(ratio_exact)}">{_ratio(ratio)}</div>
-    <div class="pgvar-sub">{ratio_sub}</div></div>
-  <div class="pgvar-tile"><div class="pgvar-k">J(θ) exact</div>
-    <div id="pgvar-objective" class="pgvar-v" data-value="{_attr(j)}">{"–" if j is None else f"{j:.3f}"}</div>
-    <div class="pgvar-sub">γ={frame.gamma:g}<br>entropy {k.entropy:g}</div></div>
-</div>
-<div id="pgvar-status" class="pgvar-status" data-tick="{tick}" data-history="{len(frame.history)}"
-  data-history-max="{frame.history_maxlen}" data-ms="{self._last_ms:.1f}"
-  data-learning="{int(frame.learning)}" data-stale="{int(stale is not None)}"
-  data-mdp="{html.escape(frame.mdp_name)}">
-  tick {tick} · {measure_ms} · {exact_note}
-  · history {len(frame.history)}/{frame.history_maxlen}{learning}
-  {f" · {truncated} episodes cut at the step cap" if truncated else ""}
-</div>"""
         rows = []
         for i, c in enumerate(r.configs if r is not None else ()):
             cls = ' class="pgvar-current"' if i == r.current else ""
@@ -1051,7 +1067,7 @@ class ExplorerView:
                 f'<tr{cls} data-config="{html.escape(c.label)}" data-value="{_attr(c.variance)}" '
                 f'data-lo="{_attr(c.lo)}" data-hi="{_attr(c.hi)}" data-exact="{_attr(c.exact)}">'
                 f"<td>{html.escape(c.label)}</td><td>{_fmt(c.variance)}</td>"
-                f"<td>[{_fmt(c.lo)}, {_fmt(c.hi)}]</td><td>{_fmt(c.exact)}</td>"
+                f"<td>{_fmt(c.lo)} to {_fmt(c.hi)}</td><td>{_fmt(c.exact)}</td>"
                 f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td></tr>"
             )
         table_class = "pgvar-table pgvar-stale" if stale is not None else "pgvar-table"
@@ -1061,24 +1077,6 @@ class ExplorerView:
             + "".join(rows)
             + "</table>"
         )
-
-    def _render_gauge(self, frame: Frame) -> None:
-        r = frame.last
-        if r is None:
-            self.gauge_src.data = {"x": [0], "bottom": [np.nan], "top": [np.nan], "lo": [np.nan],
-                                   "hi": [np.nan], "exact": [np.nan]}  # fmt: skip
-            self.gauge.title.text = "no reading"
-            return
-        now = r.reading
-        self.gauge_src.data = {
-            "x": [0],
-            "bottom": [self.y_range.start],
-            "top": [self._floor(now.variance)],
-            "lo": [self._floor(now.lo)],
-            "hi": [self._floor(now.hi)],
-            "exact": [self._floor(now.exact)],
-        }
-        self.gauge.title.text = f"N={r.n}" + (" (stale)" if frame.stale else "")
 
     def _render_history(self, frame: Frame) -> None:
         points = frame.history
@@ -1112,7 +1110,7 @@ class ExplorerView:
                 "hi": [np.nan] * 4,
                 "exact": [np.nan] * 4,
                 "left": [1e-12] * 4,
-                "color": list(CONFIG_COLOURS),
+                "color": list(PAGE_COLOURS),
                 "alpha": [0.5] * 4,
             }
         current = r.current
@@ -1123,7 +1121,7 @@ class ExplorerView:
             "hi": [self._floor(c.hi) for c in r.configs],
             "exact": [self._floor(c.exact) for c in r.configs],
             "left": [self.x_range_breakdown.start] * 4,
-            "color": list(CONFIG_COLOURS),
+            "color": list(PAGE_COLOURS),
             "alpha": [CURRENT_ALPHA if i == current else OTHER_ALPHA for i in range(4)],
         }
 
@@ -1153,7 +1151,7 @@ class ExplorerView:
             self.vs_n_lines.data = {
                 "xs": [list(ns)] * 4,
                 "ys": [[self._floor(t / n) for n in ns] for t in traces],
-                "color": list(CONFIG_COLOURS),
+                "color": list(PAGE_COLOURS),
                 "width": [4 if i == current else 1.5 for i in range(4)],
                 "alpha": [CURRENT_ALPHA if i == current else 0.5 for i in range(4)],
             }
@@ -1211,6 +1209,14 @@ class ExplorerView:
         doing = " · ".join(dict.fromkeys(self._activity.values()))
         busy = int(bool(self._activity))
         self.activity.object = f'<div id="pgvar-activity" data-busy="{busy}">{html.escape(doing)}</div>'
+        view = self.lesson.view
+        if view and view.get("doing") != doing:  # the widget says what is being computed
+            self.lesson.view = {**view, "doing": doing}
+
+
+def _learn_label(learning: bool) -> str:
+    """The learn toggle's label, which says what it does now."""
+    return "learning: on (press to stop)" if learning else "learn: off (press to start gradient ascent)"
 
 
 def build(mdp: str = "lesson", **kwargs) -> ExplorerView:
@@ -1251,6 +1257,9 @@ def app(mdp: str = "lesson", *, history: int = DEFAULT_HISTORY, file_choice: str
         doc=pn.state.curdoc if served else None,
     )
     pn.state.onload(view.start)
-    if served:
-        pn.state.on_session_destroyed(lambda _context: view.close())
-    return view.layout
+    if not served:
+        return view.layout
+    pn.state.on_session_destroyed(lambda _context: view.close())
+    page = pn.Template(TEMPLATE)
+    page.add_panel("app", view.layout)
+    return page

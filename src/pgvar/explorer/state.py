@@ -216,21 +216,79 @@ def check_learning_rate(value: object, name: str = "lr") -> float:
     return LEARNING_RATE.check(value, name)
 
 
+#: Steps of the guided story (0: no story, free play); see :mod:`pgvar.explorer.lesson`.
+STORY_STEPS = 4
+#: The most logits a link carries (a longer policy is left out of the URL, with a note).
+MAX_QUERY_LOGITS = 1024
+
+
+def check_story(value: object, name: str = "story") -> int:
+    """A step of the guided story, 1 to STORY_STEPS, or 0 for none."""
+    return check_int(value, name, low=0, high=STORY_STEPS)
+
+
+def check_logits(value: object, name: str = "logits") -> tuple[float, ...]:
+    """Logits from a link: numbers separated by commas, each within the sliders' range (+-LOGIT_LIMIT).
+    Whether their number fits the MDP is checked when they are applied (:meth:`ExplorerState.set_theta`)."""
+    parts = str(value).split(",")
+    if len(parts) > MAX_QUERY_LOGITS:
+        raise SpecError(f"{name}: at most {MAX_QUERY_LOGITS} numbers, got {len(parts)}")
+    return tuple(check_number(part, name, low=-LOGIT_LIMIT, high=LOGIT_LIMIT) for part in parts)
+
+
 #: Query-string keys that are not knobs, and their checks.
 _OTHER_KEYS: dict[str, Callable[[object, str], object]] = {
     "history": check_history,
     "learn": check_flag,
     "lr": check_learning_rate,
     "mdp": lambda value, name: str(value),
+    "logits": check_logits,
+    "story": check_story,
 }
 QUERY_KEYS: tuple[str, ...] = (*KNOB_KEYS.values(), *_OTHER_KEYS)
+
+
+def _number_text(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` (``1``, ``0.95``, ``-0.3``)."""
+    text = np.format_float_positional(float(value), unique=True, trim="-")
+    return "0" if text == "-0" else text
+
+
+def settings_query(frame: Frame, *, story: int = 0, default_history: int = DEFAULT_HISTORY) -> dict[str, str]:
+    """The query string that opens a page in the state of ``frame`` (the inverse of :func:`parse_query`):
+    the MDP, every knob, the logits (unless uniform or longer than MAX_QUERY_LOGITS), the story step and
+    the learning settings where they differ from the defaults."""
+    k = frame.knobs
+    query = {
+        "mdp": frame.mdp_source,
+        "rtg": str(int(k.rtg)),
+        "baseline": str(int(k.baseline)),
+        "N": str(k.n),
+        "kind": k.baseline_kind,
+        "lam": _number_text(k.lam),
+        "gamma": _number_text(frame.gamma),
+        "entropy": _number_text(k.entropy),
+        "batches": str(k.batches),
+    }
+    if frame.theta.any() and frame.theta.size <= MAX_QUERY_LOGITS:
+        query["logits"] = ",".join(_number_text(x) for x in frame.theta.ravel())
+    if story:
+        query["story"] = str(check_story(story))
+    if frame.learning:
+        query["learn"] = "1"
+    if frame.learning_rate != DEFAULT_LEARNING_RATE:
+        query["lr"] = _number_text(frame.learning_rate)
+    if frame.history_maxlen != default_history:
+        query["history"] = str(frame.history_maxlen)
+    return query
 
 
 def parse_query(args: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
     """Knob changes from a page's query string (``?N=64&rtg=1``); unknown or bad values become messages.
 
     Keys (:data:`QUERY_KEYS`): N, rtg, baseline, kind, lam, gamma, entropy, batches (knobs, returned
-    under their :class:`Knobs` field names) and history, learn, lr, mdp (returned under their keys).
+    under their :class:`Knobs` field names) and history, learn, lr, mdp, logits, story (returned under
+    their keys). :func:`settings_query` writes a page's settings back in these keys.
     """
     fields = {key: name for name, key in KNOB_KEYS.items()}
     changes: dict[str, object] = {}
@@ -336,6 +394,7 @@ class HistoryPoint:
     hi: float
     exact: float  # nan while unknown
     ratio: float
+    config: int = 0  # index in CONFIGS of the configuration measured
 
 
 def safe_ratio(top: float, bottom: float) -> float:
@@ -801,6 +860,7 @@ class ExplorerState:
                 now.hi,
                 now.exact if now.exact is not None else math.nan,
                 ratio,
+                current,
             )
         )
         curve_key = (self._exact_key(), knobs.rtg, knobs.baseline, knobs.batches)
