@@ -503,7 +503,9 @@ def test_an_oversized_mdp_is_refused_or_confined_and_other_tabs_keep_ticking(bro
             seen.append(readout(other)["tick"])
             assert len(seen) < 300, "the heavy tab never finished"
             time.sleep(0.1)
-        assert len(set(seen)) >= 3, f"the other tab stalled while the heavy one worked: ticks {seen}"
+        # about three ticks a second: over k polls 0.1 s apart the other tab advances by about 0.3 k; a
+        # stalled server would leave it where it was (a short busy period proves less, so asks less)
+        assert max(seen) - min(seen) >= min(2, len(seen) // 5), f"the other tab stalled: ticks {seen}"
         poll(
             lambda: "states=3000" in (attribute(heavy, "#pgvar-status", "data-mdp") or ""), what="the big MDP"
         )
