@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pgvar import __version__, budget
+from pgvar.commands.sweep import app as sweep_app
 from pgvar.commands.train import train as train_command
 from pgvar.documents import estimator_keys, network_variance_document, plain, variance_document
 from pgvar.errors import PgvarError, SpecError
@@ -843,6 +844,7 @@ def check_port_free(port: int) -> None:
 
 
 app.command()(train_command)  # defined beside the training core, listed after the variance commands
+app.add_typer(sweep_app, name="sweep")  # pgvar sweep run/show/query/plot
 
 
 if __name__ == "__main__":
