@@ -45,7 +45,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 160
 # The docs whose ```text blocks this script owns (docs/explorer.md and docs/architecture.md are not here).
-DOCS = ("README.md", "docs/training.md", "docs/examples.md", "docs/mdp-format.md", "docs/neural.md")
+DOCS = (
+    "README.md",
+    "docs/training.md",
+    "docs/examples.md",
+    "docs/mdp-format.md",
+    "docs/neural.md",
+    "docs/sweeps.md",
+)
 TIMEOUT_S = 900  # per command; a fast example takes a few seconds, a slow one a few minutes
 
 REGION = re.compile(r"<!-- example: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /example -->\n", re.S)
@@ -121,6 +128,11 @@ def fail_details_only(text: str) -> str:
         elif keeping:
             out.append(line)
     return "\n".join(out)
+
+
+def the_out_dir_as(name: str) -> Callable[[str], str]:
+    """Show the temporary ``--out`` directory under the name the reader typed."""
+    return lambda text: re.sub(r"/\S*/out[\w-]*", name, text)
 
 
 def chain(*filters: Callable[[str], str]) -> Callable[[str], str]:
@@ -230,6 +242,35 @@ EXAMPLES: tuple[Example, ...] = (
         "exact-env",
         "docs/neural.md",
         (pgvar("exact --env FrozenLake-v1 --policy mlp:64,64 -e vanilla,rtg+value,gae0.9+value"),),
+    ),
+    Example(
+        "sweep-dry-run",
+        "docs/sweeps.md",
+        (
+            Command(
+                "cat examples/sweep-study.yaml",
+                ("python", "-c", "print(open('examples/sweep-study.yaml').read())"),
+            ),
+            Command(
+                "pgvar sweep run examples/sweep-study.yaml --out results --dry-run --workers 2 --chunk 16",
+                (
+                    "pgvar",
+                    "sweep",
+                    "run",
+                    "examples/sweep-study.yaml",
+                    "--out",
+                    "{out}",
+                    "--dry-run",
+                    "--workers",
+                    "2",
+                    "--chunk",
+                    "16",
+                ),
+                keep=chain(drop_lines(r"estimated cost: "), the_out_dir_as("results")),
+            ),
+        ),
+        note="*Left out: the line of the estimated cost, which is measured on the machine (here: 28 s of "
+        "one core, about 14 s on 2 workers).*",
     ),
     Example(
         "mdp-two-rooms",
