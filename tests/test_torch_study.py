@@ -156,6 +156,8 @@ def test_variance_env_without_a_model_uses_the_reference(capsys):
         (["exact", "--env", "CartPole-v1,horizon=5", "--policy", "linear"], "exact"),
         (["variance", "--env", "CartPole-v1", "--policy", "linear", "--weights", "WEIGHTS"], "weights"),
         (["variance", "--env", "CartPole-v1", "--N", "1000", "--batches", "1000"], "over the limit"),
+        (["variance", "--env", "CartPole-v1", "--policy", "mlp:100000,100000"], "10000800002 parameters"),
+        (["exact", "--env", "FrozenLake-v1,map_name=8x8", "--policy", "mlp:4096,4096"], "Jacobian"),
     ],
 )
 def test_bad_environments_policies_and_weights_are_one_line_errors(tmp_path, capsys, args, needle):

@@ -496,7 +496,7 @@ def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json
     """``pgvar exact --env``: the lifted exact engine on a tabular Gymnasium environment."""
     from pgvar.exact import objective
     from pgvar.torch.gradients import parameter_layout
-    from pgvar.torch.lift import exact_network_moments, logit_jacobian
+    from pgvar.torch.lift import exact_network_moments, logit_table
     from pgvar.torch.study import tabular_model
 
     spec, network = _network(env, mdp, policy, policy_seed, weights)
@@ -504,7 +504,7 @@ def _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json
     if model is None:
         raise SpecError(f"exact --env {spec.text}: {note}")
     results = [exact_network_moments(network, model, s, method) for s in specs]
-    theta = logit_jacobian(network, int(model.observation_s.max()) + 1)[0]
+    theta = logit_table(network, int(model.observation_s.max()) + 1)
     value = objective(model, theta)
     grad = next((r.mean for r in results if r.spec.canonical == "rtg+none"), results[0].mean)
     names = [name for name, _ in parameter_layout(network)]

@@ -29,7 +29,7 @@ from pgvar.torch.gradients import (
     loop_gradients,
     parameter_layout,
 )
-from pgvar.torch.lift import exact_network_moments, logit_jacobian
+from pgvar.torch.lift import exact_network_moments, logit_jacobian, logit_table
 from pgvar.torch.lqr import exact_lqr_gradient, exact_lqr_objective
 from pgvar.torch.monitor import GradientMonitor, MonitorRecord, per_episode_gradients
 from pgvar.torch.policies import Policy, make_network, make_policy
@@ -58,6 +58,7 @@ __all__ = [
     "exact_network_moments",
     "fit_critic",
     "logit_jacobian",
+    "logit_table",
     "loop_gradients",
     "make_network",
     "make_policy",

@@ -13,10 +13,17 @@ import numpy as np
 import torch
 from torch.func import functional_call, jacrev
 
+from pgvar import budget
 from pgvar.errors import SpecError
 from pgvar.estimators import EstimatorSpec
 from pgvar.exact import LiftedMoments, lifted_moments
 from pgvar.mdp import TabularMDP
+
+
+def logit_table(policy: torch.nn.Module, n_observations: int) -> np.ndarray:
+    """(O, A) the policy's logits on observations 0 .. O-1: pgvar's table for this network."""
+    with torch.no_grad():
+        return policy(torch.arange(n_observations)).double().numpy()
 
 
 def logit_jacobian(policy: torch.nn.Module, n_observations: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -28,6 +35,13 @@ def logit_jacobian(policy: torch.nn.Module, n_observations: int) -> tuple[np.nda
       block_sizes: the number of entries of each parameter tensor, in that order.
     """
     parameters = {name: value.detach() for name, value in policy.named_parameters()}
+    n_parameters = sum(value.numel() for value in parameters.values())
+    rows = n_observations * int(getattr(policy, "n_outputs", 1))
+    budget.check(  # the Jacobian, and as much again while jacrev builds it
+        f"exact: the logits' Jacobian ({rows} logits x {n_parameters} parameters)",
+        memory=2 * 8.0 * rows * n_parameters,
+        hint="a smaller network",
+    )
     observations = torch.arange(n_observations)
 
     def logits(values: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,12 +19,14 @@ Observations are taken raw: integers for a Discrete space (one-hot encoded insid
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pgvar import budget
 from pgvar.errors import SpecError
 from pgvar.gym.envspec import EnvSpec, make_env, parse_env
 from pgvar.validation import check_seed
@@ -213,6 +215,13 @@ def make_policy(
             f"{type(observation_space).__name__} observations and {type(action_space).__name__} "
             "actions; use linear or mlp:64,64"
         )
+    sizes = [n_in, *widths, n_out]
+    n_parameters = sum((fan_in + (kind != "tabular")) * fan_out for fan_in, fan_out in pairwise(sizes))
+    budget.check(  # the weights, their gradient and Adam's two moments, before any is allocated
+        f"policy {spec.strip()!r} ({n_parameters} parameters)",
+        memory=4 * 8.0 * n_parameters,
+        hint="narrower hidden layers",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = Policy(spec.strip(), observation_space, action_space, _body(kind, widths, n_in, n_out))

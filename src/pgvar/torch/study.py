@@ -28,7 +28,7 @@ from pgvar.gym.envspec import EnvSpec, env_horizon, parse_env
 from pgvar.torch.critic import fit_critic
 from pgvar.torch.episodes import Episodes, collect, collection_cost
 from pgvar.torch.gradients import RunningBaseline, episode_gradients, parameter_layout
-from pgvar.torch.lift import exact_network_moments, logit_jacobian
+from pgvar.torch.lift import exact_network_moments, logit_table
 from pgvar.torch.lqr import lqr_setting, setting_gradient
 from pgvar.torch.policies import Policy
 from pgvar.validation import check_int, check_int_list, check_seed
@@ -155,7 +155,7 @@ class StateValues:
         self.value_ts = None
         self.critic = None
         if model is not None:
-            theta_oa = logit_jacobian(policy, int(model.observation_s.max()) + 1)[0]
+            theta_oa = logit_table(policy, int(model.observation_s.max()) + 1)
             self.value_ts = values(unroll(model, theta_oa, entropy))[0]
 
     def __call__(self, episodes: Episodes) -> tuple[np.ndarray, np.ndarray]:
