@@ -374,6 +374,20 @@ def _progress_bar(episodes: float, shown_above: float = 2_000_000) -> Iterator[C
         yield lambda k: bar.advance(task, k)
 
 
+def _reading_cells(reading, gamma: float) -> list[str]:
+    """The first cells of a row of either variance table: estimator, Ψ_t, N, the KPI, its interval
+    (``!`` where unreliable), the exact value and the ratio to vanilla at the same N."""
+    return [
+        display_name(reading.spec),
+        weight_formula(reading.spec, gamma),
+        str(reading.n),
+        _fmt(reading.variance_trace),
+        f"{reading.ci95[0]:.3g}–{reading.ci95[1]:.3g}" + ("" if reading.reliable else " !"),
+        _fmt(reading.exact_variance_trace),
+        f"{reading.vs_vanilla:.3f}×" if reading.vs_vanilla is not None else "—",
+    ]
+
+
 @app.command()
 def variance(
     mdp: MdpOption = "lesson",
@@ -439,13 +453,7 @@ def variance(
         table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
     for r in study.readings:
         table.add_row(
-            display_name(r.spec),
-            weight_formula(r.spec, model.gamma),
-            str(r.n),
-            _fmt(r.variance_trace),
-            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}" + ("" if r.reliable else " !"),
-            _fmt(r.exact_variance_trace),
-            f"{r.vs_vanilla:.3f}×" if r.vs_vanilla is not None else "—",
+            *_reading_cells(r, model.gamma),
             f"{r.vs_vanilla_n1:.3f}×" if r.vs_vanilla_n1 is not None else "—",
             _fmt(r.snr, 3),
             _fmt(r.cosine_to_exact, 3),
@@ -579,13 +587,7 @@ def _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json
         table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
     for r in study.readings:
         table.add_row(
-            display_name(r.spec),
-            weight_formula(r.spec, spec.gamma),
-            str(r.n),
-            _fmt(r.variance_trace),
-            f"{r.ci95[0]:.3g}–{r.ci95[1]:.3g}" + ("" if r.reliable else " !"),
-            _fmt(r.exact_variance_trace),
-            f"{r.vs_vanilla:.3f}×" if r.vs_vanilla is not None else "—",
+            *_reading_cells(r, spec.gamma),
             _fmt(r.snr, 3),
             _fmt(r.cosine_to_true, 3),
             _fmt(r.pairwise_cosine, 3),

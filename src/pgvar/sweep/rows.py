@@ -69,22 +69,17 @@ def network_document(cell: Mapping[str, Any], base_dir: str) -> dict[str, Any]:
     """``pgvar variance --json --env ENV --policy P --policy-seed PS [--weights W] --estimators E --N N
     --batches B --seed S --entropy H --reference-episodes R`` for the cell, as a dict. PyTorch runs
     on one thread here, so that every engine and worker count gives the same bits."""
-    import torch
-
     from pgvar.estimators import parse_estimators
     from pgvar.sweep.spec import network_for
+    from pgvar.torch.policies import torch_threads
     from pgvar.torch.study import network_variance_study
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         weights = local_path("weights", cell["weights"], base_dir)
         spec, network = network_for(cell["env"], cell["policy"], cell["policy_seed"], weights)
         specs = parse_estimators(cell["estimators"], entropy=cell["entropy"])
         study = network_variance_study(spec, network, specs, [cell["N"]], cell["batches"], cell["seed"],
                                        reference_episodes=cell["reference_episodes"])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     for r in study.readings:
         if not _finite(r.variance_trace):
             raise PgvarError(f"variance: {r.spec.name} at N = {r.n}: {NOT_FINITE}")

@@ -483,21 +483,12 @@ def _digest(digests: dict[str, str], key: str, value: str, base_dir: str) -> Non
 def network_for(env: str, policy: str, policy_seed: int, weights: str | None):
     """(environment spec, policy) as ``pgvar variance --env`` builds them; one line without the gym extra."""
     try:
-        from pgvar.gym.envspec import make_env, parse_env
-        from pgvar.torch.policies import make_policy
+        from pgvar.torch.policies import make_network
     except ImportError as missing:
         raise SpecError(
             f"env: needs the gym extra ({missing.name} is missing): pip install 'pgvar[gym]'"
         ) from None
-    spec = parse_env(env)
-    probe = make_env(spec)
-    try:
-        network = make_policy(
-            policy, probe.observation_space, probe.action_space, seed=policy_seed, weights=weights
-        )
-    finally:
-        probe.close()
-    return spec, network
+    return make_network(env, policy, policy_seed, weights)
 
 
 def estimate(spec: Spec, todo: list[dict[str, Any]] | None = None):

@@ -18,7 +18,9 @@ Observations are taken raw: integers for a Discrete space (one-hot encoded insid
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -249,3 +251,14 @@ def make_network(
     finally:
         probe.close()
     return spec, network
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads in torch, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -38,7 +38,6 @@ the same curves.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -56,7 +55,7 @@ from pgvar.gym.envspec import EnvSpec, env_horizon, parse_env
 from pgvar.torch.critic import fit_critic
 from pgvar.torch.episodes import ENV_STEPS_PER_SECOND, VECTOR_STEP_SECONDS, Episodes, collect
 from pgvar.torch.gradients import FLOPS, RunningBaseline, check_supported, episode_gradients
-from pgvar.torch.policies import Policy
+from pgvar.torch.policies import Policy, torch_threads
 from pgvar.validation import check_choice, check_int, check_number, check_seed
 
 __all__ = [
@@ -69,7 +68,6 @@ __all__ = [
     "batch_returns",
     "check_estimators",
     "check_network_cost",
-    "torch_threads",
     "train_network",
     "train_networks",
     "update_seeds",
@@ -267,17 +265,6 @@ def _moving_ratio(numerator_k: np.ndarray, denominator_k: np.ndarray, ema: float
             scale = kpi.noise_scale(top / weight, bottom / weight)
             out[k] = np.nan if scale is None else scale
     return out
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads in torch, then restore the previous number."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _critic_extra(critic, batch: Episodes, spec: EstimatorSpec) -> dict[str, np.ndarray]:
