@@ -14,7 +14,7 @@ LAYERS = {  # module (or package) -> layer, bottom up, as in docs/architecture.m
     "mdp": 1, "envs": 1, "mdpfile": 1, "gym": 1,
     "policy": 2,
     "returns": 3, "estimators": 3, "baselines": 3,
-    "exact": 4,
+    "exact": 4, "groups": 4,
     "montecarlo": 5, "torch": 5,
     "studies": 6, "documents": 6, "claims": 6, "train": 6, "curves": 6, "report": 6, "sweep": 6,
     "cli": 7, "commands": 7, "explorer": 7,

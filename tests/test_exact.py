@@ -28,8 +28,10 @@ from pgvar.exact import (
     values,
 )
 from pgvar.montecarlo import sample_batch_means
+from pgvar.vocabulary import GROUP_BASELINES
 
-UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in BASELINES if b != "learned"] + [
+SINGLE_EPISODE_BASELINES = [b for b in BASELINES if b not in ("learned", *GROUP_BASELINES)]
+UNBIASED = [f"{w}+{b}" for w in ("return", "rtg") for b in SINGLE_EPISODE_BASELINES] + [
     "gae0+value",
     "gae0.5+value",
     "gae0.95+value",

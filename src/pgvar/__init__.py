@@ -11,6 +11,9 @@ stack stay unloaded until something needs them)::
     pgvar.exact_moments(mdp, theta, specs[0]).variance_trace
     pgvar.Sampler(mdp, theta, specs).readings(1, 60, 1000).variance_trace_re
     pgvar.variance_study(mdp, theta, specs, ns=[1, 16])
+    grpo = pgvar.parse_estimator("return+group-std", group=8)   # RLOO: loo, GRPO: group, group-std
+    prompts = pgvar.make("prompts")
+    pgvar.estimator_moments(prompts, pgvar.uniform_theta(prompts), grpo)  # exact, else sampled
 
 Modules hold the rest: ``pgvar.estimators`` (the reference estimator), ``pgvar.exact``,
 ``pgvar.montecarlo``, ``pgvar.kpi``, ``pgvar.returns``, ``pgvar.policy``, ``pgvar.train``; their
@@ -50,6 +53,8 @@ _EXPORTS = {
     "exact_moments": "pgvar.exact",
     # measured answers (move 4)
     "Sampler": "pgvar.montecarlo",
+    "GroupSampler": "pgvar.montecarlo.groups",
+    "estimator_moments": "pgvar.montecarlo.groups",
     "variance_trace": "pgvar.kpi",
     "variance_study": "pgvar.studies",
     "reading_spread": "pgvar.studies",
@@ -59,6 +64,7 @@ _EXPORTS = {
 
 __all__ = [
     "EstimatorSpec",
+    "GroupSampler",
     "PgvarError",
     "RunningBaselines",
     "Sampler",
@@ -66,6 +72,7 @@ __all__ = [
     "__version__",
     "entropy",
     "episode_gradients",
+    "estimator_moments",
     "exact_gradient",
     "exact_moments",
     "gae",
@@ -109,6 +116,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from pgvar.mdp import TabularMDP
     from pgvar.mdpfile import load_mdp, resolve_mdp
     from pgvar.montecarlo import Sampler
+    from pgvar.montecarlo.groups import GroupSampler, estimator_moments
     from pgvar.policy import entropy, parse_theta, score, softmax, uniform_theta
     from pgvar.returns import gae, reward_to_go
     from pgvar.studies import reading_spread, variance_study

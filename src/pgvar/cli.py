@@ -234,6 +234,7 @@ def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
         )
         return f"{discount}A_t^GAE(λ={spec.lam:g}, {value})"
     weight = "R(τ)" if spec.weight == "return" else "G_t"
+    other = "R_j" if spec.weight == "return" else "G_t,j"  # episode j of the group
     baseline = {
         "none": "",
         "lesson": "Ḡ_t",
@@ -243,14 +244,24 @@ def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
         "learned": "V̂(s_t)",
         "optimal": "b*_t",
         "optimal-per-parameter": "b*_t,i",
+        "loo": f"mean_{{j≠i}} {other}",
+        "group": f"mean_j {other}",
+        "group-std": f"mean_j {other}",
     }[spec.baseline]
     text = f"{weight} − {baseline}" if baseline else weight
-    return f"{discount}({text})" if discount and baseline else discount + text
+    if spec.baseline == "group-std":
+        text = f"({text}) / (std_j {other} + ε)"
+    formula = f"{discount}({text})" if discount and baseline else discount + text
+    return f"{formula} / |τ|" if spec.per_length else formula
 
 
 LEGEND = (
     "Ḡ_t, R̄_t: running means of G_t, R(τ) at step t over earlier batches (exact: their limits); "
     "b*: variance-optimal constant (Greensmith et al. 2004; per parameter: Peters & Schaal 2008)."
+)
+GROUP_LEGEND = (
+    "mean_j, std_j: over the K episodes of episode i's group, which share its start state (RLOO: "
+    "Ahmadian et al. 2024; GRPO: Shao et al. 2024); |τ|: the episode's length."
 )
 
 

@@ -214,6 +214,73 @@ def deceptive(depth: int = 7, actions: int = 2, safe: float = 1.0, treasure: flo
     )
 
 
+PROMPT_SUCCESS = (0.9, 0.5, 0.2, 0.05)  # P(correct) of an immediate answer to each prompt, easy to hard
+PROMPT_NAMES = ("easy", "medium", "hard", "very hard")
+
+
+def prompts(depth: int = 3, help_factor: float = 0.7, noise: float = 0.0) -> TabularMDP:
+    """Language-model RL in miniature, for the group baselines (built for pgvar, after the outcome
+    rewards of GRPO's training, Shao et al. 2024, and the difficulty bias of its std normalisation,
+    Liu et al. 2025, Section 3).
+
+    Four start states are four prompts, drawn uniformly: an immediate answer is right with
+    probability 0.9, 0.5, 0.2 and 0.05 (easy to very hard). In each state the policy either answers
+    (action 0) or thinks one more step (action 1); each step of thought multiplies the chance of a
+    wrong answer by ``help_factor`` (0.7), and after ``depth`` (3) steps of thought the episode runs
+    out of length and ends with no answer. Episodes therefore last 1 to ``depth`` steps. The reward
+    comes only at the end: 1 for a right answer, 0 otherwise, plus Gaussian noise of std ``noise``
+    on every answer (a noisy score; 0 by default, so a group's rewards are 0 or 1 and K-tuples of
+    episodes can be enumerated). gamma = 1. Logits are per (prompt, step of thought).
+    """
+    depth = check_int(depth, "prompts: depth", low=1)
+    help_factor = check_number(help_factor, "prompts: help_factor", low=0.0, high=1.0)
+    noise = check_number(noise, "prompts: noise", low=0.0, high=REWARD_LIMIT)
+    budget.check_table(f"prompts: depth={depth}", (4.0 * depth + 3) ** 2 * 2)
+    n_prompts = len(PROMPT_SUCCESS)
+    n_states = n_prompts * depth + 3  # (prompt, step of thought), then right, wrong, out of length
+    right, wrong, cut = n_states - 3, n_states - 2, n_states - 1
+    answer, think = 0, 1
+    transitions = np.zeros((n_states, 2, n_states))
+    rewards = np.zeros((n_states, 2, n_states))
+    for prompt, success in enumerate(PROMPT_SUCCESS):
+        for step in range(depth):
+            state = prompt * depth + step
+            p_right = 1.0 - (1.0 - success) * help_factor**step
+            transitions[state, answer, right] = p_right
+            transitions[state, answer, wrong] = 1.0 - p_right
+            rewards[state, answer, right] = 1.0
+            transitions[state, think, state + 1 if step + 1 < depth else cut] = 1.0
+    for end in (right, wrong, cut):
+        transitions[end, :, end] = 1.0
+    scale = np.zeros((n_states, 2))
+    scale[: n_prompts * depth, answer] = noise
+    return TabularMDP(
+        initial_s=np.r_[np.eye(depth)[0].tolist() * n_prompts, 0, 0, 0] / n_prompts,
+        transitions=transitions,
+        rewards=rewards,
+        gamma=1.0,
+        horizon=depth,
+        terminal_s=np.arange(n_states) >= right,
+        observation_s=np.r_[np.arange(n_prompts * depth), -1, -1, -1],
+        reward_noise="gaussian" if noise > 0 else "none",
+        noise_scale=scale if noise > 0 else 0.0,
+        name="prompts"
+        if (depth, help_factor, noise) == (3, 0.7, 0.0)
+        else f"prompts:depth={depth},help_factor={help_factor:g},noise={noise:g}",
+        description="LLM RL in miniature: four prompts from easy to very hard, answer now or think "
+        f"(up to {depth} steps), reward 1 for a right answer only at the end"
+        + (f", score noise std {noise:g}" if noise > 0 else "")
+        + "; for the group baselines (RLOO, GRPO).",
+        state_names=(
+            *(f"{name}, thought {step}" for name in PROMPT_NAMES for step in range(depth)),
+            "right",
+            "wrong",
+            "out of length",
+        ),
+        action_names=("answer", "think"),
+    )
+
+
 BUILTINS: dict[str, Callable[..., TabularMDP]] = {
     "lesson": lesson,
     "short-corridor": short_corridor,
@@ -221,6 +288,7 @@ BUILTINS: dict[str, Callable[..., TabularMDP]] = {
     "random": random_mdp,
     "repayment": repayment,
     "deceptive": deceptive,
+    "prompts": prompts,
 }
 
 

@@ -14,6 +14,17 @@ baselines (``pgvar.baselines`` keeps their running state)
   & Baxter 2004); ``optimal-per-parameter`` (one constant per step and parameter, Peters & Schaal 2008);
   ``learned`` (a value table V(t, s) the caller supplies, e.g. one learned from earlier batches).
 
+group baselines (a batch of N episodes is N/K groups of K that share a start state: a prompt)
+  ``loo``      the mean weight of the other K - 1 episodes of the group (RLOO: Kool, van Hoof &
+               Welling 2019; Ahmadian et al. 2024), unbiased;
+  ``group``    the group's mean weight, the episode's own included (GRPO's mean, Shao et al. 2024;
+               Dr. GRPO, Liu et al. 2025): E g = (K - 1)/K grad J;
+  ``group-std`` the group mean subtracted and the result divided by the group's sample std plus
+               ``GROUP_STD_EPSILON`` (GRPO).
+  Each takes the weight ``return`` or ``rtg``; the group's statistics are taken per step over the
+  same weight (R for ``return``, c_t G_t for ``rtg``). The suffix ``:per-length`` divides each
+  episode's estimate by its length (GRPO's 1/|o_i|). K is the spec's ``group``.
+
 Presets named as in the lesson: ``vanilla`` = return+none, ``rtg`` = rtg+none, ``base`` =
 return+lesson, ``rtg+base`` = rtg+lesson. A spec keeps the spelling it was parsed from (its
 ``name``); ``canonical`` is the ``WEIGHT+BASELINE`` form and ``label`` the lesson's name for it.
@@ -41,16 +52,19 @@ from pgvar.errors import SpecError
 from pgvar.mdp import REWARD_LIMIT, TabularMDP
 from pgvar.policy import entropy_table, parameter_index, policy_table
 from pgvar.returns import gae, reward_to_go
-from pgvar.vocabulary import BASELINE_KINDS, PRESETS, label
+from pgvar.vocabulary import BASELINE_KINDS, GROUP_BASELINES, PRESETS, label
 
 WEIGHTS = ("return", "rtg", "gae")
 BASELINES = tuple(BASELINE_KINDS)
 BIAS_FREE_FOR_GAE = ("none", "lesson", "running", "running-value", "value", "learned")
+GROUP_STD_EPSILON = 1e-4  # added to the group's std before dividing, as GRPO's implementations do
+MAX_GROUP = 1024
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A parsed estimator: weight, baseline, GAE lambda, gamma^t convention and entropy bonus.
+    """A parsed estimator: weight, baseline, GAE lambda, gamma^t convention and entropy bonus; for
+    the group baselines, the group size K (``group``) and the division by length (``per_length``).
 
     ``name`` is the spelling it was parsed from (``rtg``, ``vanilla``, ``gae0.95``); empty means the
     canonical form. Outputs key an estimator by its name.
@@ -62,6 +76,8 @@ class EstimatorSpec:
     discount_scores: bool = True
     entropy: float = 0.0
     name: str = ""
+    group: int = 1
+    per_length: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -70,7 +86,13 @@ class EstimatorSpec:
     @property
     def canonical(self) -> str:
         weight = f"gae{self.lam:g}" if self.weight == "gae" else self.weight
-        return f"{weight}+{self.baseline}" + ("" if self.discount_scores else ":common")
+        suffixes = ("" if self.discount_scores else ":common") + (":per-length" if self.per_length else "")
+        return f"{weight}+{self.baseline}{suffixes}"
+
+    @property
+    def grouped(self) -> bool:
+        """True for the baselines computed from a group of episodes sharing a start state."""
+        return self.baseline in GROUP_BASELINES
 
     @property
     def label(self) -> str:
@@ -81,8 +103,9 @@ class EstimatorSpec:
 _GAE = re.compile(r"^gae(?P<lam>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
 
 
-def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
-    """Parse ``WEIGHT+BASELINE[:common]`` or a preset into an :class:`EstimatorSpec`."""
+def parse_estimator(text: str, *, entropy: float = 0.0, group: int = 1) -> EstimatorSpec:
+    """Parse ``WEIGHT+BASELINE[:common][:per-length]`` or a preset into an :class:`EstimatorSpec`;
+    ``group`` is the group size K of the group baselines (ignored by the others)."""
     # the bonus entropy * H[pi] is added to every reward (H <= log A), so it obeys the rewards' bound
     if (
         isinstance(entropy, bool)
@@ -91,10 +114,14 @@ def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
         or not 0 <= entropy <= REWARD_LIMIT
     ):
         raise SpecError(f"entropy: must be a finite number from 0 to {REWARD_LIMIT:g}, got {entropy!r}")
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 1 <= group <= MAX_GROUP:
+        raise SpecError(f"group: must be a whole number from 1 to {MAX_GROUP}, got {group!r}")
     raw = text.strip()
-    body, _, convention = raw.partition(":")
-    if convention not in ("", "common"):
-        raise SpecError(f"estimator {raw!r}: unknown suffix ':{convention}' (only ':common' exists)")
+    body, *suffixes = raw.split(":")
+    unknown = [s for s in suffixes if s not in ("common", "per-length")]
+    if unknown or len(set(suffixes)) < len(suffixes):
+        what = f"unknown suffix ':{unknown[0]}'" if unknown else "a suffix given twice"
+        raise SpecError(f"estimator {raw!r}: {what} (the suffixes are ':common' and ':per-length')")
     body = PRESETS.get(body, body)
     weight, _, baseline = body.partition("+")
     baseline = baseline or ("value" if weight.startswith("gae") else "none")
@@ -119,14 +146,27 @@ def parse_estimator(text: str, *, entropy: float = 0.0) -> EstimatorSpec:
             f"estimator {raw!r}: GAE takes its baseline as the value function; use one of "
             f"{', '.join(BIAS_FREE_FOR_GAE)}"
         )
-    if weight == "return" and convention:
+    if weight == "return" and "common" in suffixes:
         raise SpecError(f"estimator {raw!r}: ':common' changes reward-to-go weights only")
-    return EstimatorSpec(weight, baseline, lam, convention != "common", float(entropy), raw)
+    grouped = baseline in GROUP_BASELINES
+    if "per-length" in suffixes and not grouped:
+        raise SpecError(
+            f"estimator {raw!r}: ':per-length' goes with the group baselines ({', '.join(GROUP_BASELINES)})"
+        )
+    if grouped and group < 2:
+        raise SpecError(
+            f"estimator {raw!r}: a group baseline needs groups of K >= 2 episodes per start state "
+            f"(--group K, or group= in the library); got K = {group}"
+        )
+    return EstimatorSpec(
+        weight, baseline, lam, "common" not in suffixes, float(entropy), raw,
+        int(group) if grouped else 1, "per-length" in suffixes,
+    )  # fmt: skip
 
 
-def parse_estimators(text: str, *, entropy: float = 0.0) -> list[EstimatorSpec]:
+def parse_estimators(text: str, *, entropy: float = 0.0, group: int = 1) -> list[EstimatorSpec]:
     """Parse a comma-separated list of specs; a spelling given twice is refused."""
-    specs = [parse_estimator(item, entropy=entropy) for item in text.split(",") if item.strip()]
+    specs = [parse_estimator(item, entropy=entropy, group=group) for item in text.split(",") if item.strip()]
     if not specs:
         raise SpecError("estimators: give at least one, e.g. vanilla,rtg,base,rtg+base")
     names = [spec.name for spec in specs]
@@ -185,6 +225,30 @@ def weights(
     return scale_t1 * gae(rewards_tb, values_tb, gamma, spec.lam)
 
 
+def group_weights(spec: EstimatorSpec, weights_tb: np.ndarray) -> np.ndarray:
+    """Psi_t after a group baseline, (T, B): episodes i = k K .. k K + K - 1 form group k, and each
+    step's statistics are taken over the group's K weights at that step (zero after an episode's
+    end for ``rtg``; R at every step for ``return``).
+
+    ``loo`` subtracts the mean of the other K - 1 (Kool, van Hoof & Welling 2019; Ahmadian et al.
+    2024); ``group`` the mean of all K (Shao et al. 2024; Liu et al. 2025); ``group-std`` divides that
+    by the group's sample standard deviation plus ``GROUP_STD_EPSILON`` (Shao et al. 2024).
+    """
+    n_steps, n_episodes = weights_tb.shape
+    k = spec.group
+    if n_episodes % k:
+        raise SpecError(f"estimator {spec.name!r}: {n_episodes} episodes do not split into groups of {k}")
+    weights_tgk = weights_tb.reshape(n_steps, n_episodes // k, k)
+    total_tg1 = weights_tgk.sum(axis=2, keepdims=True)
+    if spec.baseline == "loo":
+        centred_tgk = weights_tgk - (total_tg1 - weights_tgk) / (k - 1)
+    else:
+        centred_tgk = weights_tgk - total_tg1 / k
+    if spec.baseline == "group-std":
+        centred_tgk = centred_tgk / (weights_tgk.std(axis=2, ddof=1, keepdims=True) + GROUP_STD_EPSILON)
+    return centred_tgk.reshape(n_steps, n_episodes)
+
+
 def visit_terms(
     weights_tb: np.ndarray,
     offsets_tbA: np.ndarray,
@@ -215,7 +279,9 @@ def episode_gradients(
     rewards_tb: np.ndarray,
     alive_tb: np.ndarray,
 ) -> np.ndarray:
-    """The single-episode estimate g = sum_t Psi_t * score_t for B padded episodes.
+    """The single-episode estimate g = sum_t Psi_t * score_t for B padded episodes; for a group
+    baseline, episodes i = k K .. k K + K - 1 form group k (:func:`group_weights`), and with
+    ``:per-length`` each estimate is divided by its episode's length.
 
     Args:
       mdp, theta: the environment and the logits.
@@ -241,8 +307,11 @@ def episode_gradients(
     if spec.weight == "gae":
         values_tb = np.where(alive_tb, estimator.values_ts[steps_t1, states_tb], 0.0)
     scores_tbA = np.eye(mdp.n_actions)[actions_tb] - probs_tbA
+    weights_tb = weights(spec, rewards_tb, gamma, values_tb)
+    if spec.grouped:
+        weights_tb = group_weights(spec, weights_tb)
     terms_tbA = visit_terms(
-        weights(spec, rewards_tb, gamma, values_tb),
+        weights_tb,
         estimator.offsets_tsa[steps_t1, states_tb],
         scores_tbA,
         spec.entropy * (gamma**steps_t1)[..., None] * grad_h_tbA,
@@ -252,6 +321,8 @@ def episode_gradients(
     grads_bD = np.zeros((n_episodes, theta.size))
     episode_tbA = np.broadcast_to(np.arange(n_episodes)[None, :, None], index_tbA.shape)
     np.add.at(grads_bD, (episode_tbA, index_tbA), terms_tbA)
+    if spec.per_length:
+        grads_bD /= np.maximum(alive_tb.sum(axis=0), 1)[:, None]
     return grads_bD
 
 

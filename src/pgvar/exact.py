@@ -290,7 +290,7 @@ def resolve(chain: Chain, spec: EstimatorSpec, learned_ts: np.ndarray | None = N
     offsets_tsa = np.zeros((n_steps, n_states, n_actions))
     values_ts = np.zeros((n_steps + 1, n_states))
     baseline_t = None
-    if spec.baseline == "none":
+    if spec.baseline == "none" or spec.grouped:  # a group's baseline comes from its other episodes
         pass
     elif spec.baseline in ("lesson", "running"):
         baseline_t = running_baseline_limits(chain, spec)
@@ -391,11 +391,16 @@ class ExactMoments:
       variance_trace: sum of ``variance``: the expected squared distance of g from its mean.
       reward_noise: the part of the trace due to reward noise, E[Var(g | states, actions)].
       sampling: the part due to sampling actions and transitions, Var(E[g | states, actions]).
-      method: "enumeration" or "recursion".
+      method: "enumeration" or "recursion"; for group baselines "pairs", "tuples" or "monte-carlo".
       tail_mass: probability mass of episodes longer than the unrolled horizon (0 when exact).
       baseline_t: per-step baseline constants where the estimator has them, else None.
       covariance: (D, D) the full covariance of g, from enumeration (None from the recursion, which
         tracks each parameter's variance only).
+      variance_ci95: the 95% interval of ``variance_trace`` where it was estimated by sampling
+        (method "monte-carlo", group baselines only), else None; ``mean_standard_error`` (D,) likewise.
+
+    For a group baseline (``pgvar.groups``), ``variance`` is K times the variance of a group's mean
+    gradient, so a batch of N episodes has ``variance_trace / N`` as every other estimator.
     """
 
     spec: EstimatorSpec
@@ -409,6 +414,8 @@ class ExactMoments:
     tail_mass: float
     baseline_t: np.ndarray | None
     covariance: np.ndarray | None = None
+    variance_ci95: tuple[float, float] | None = None
+    mean_standard_error: np.ndarray | None = None
 
 
 def exact_moments(
@@ -424,6 +431,10 @@ def exact_moments(
     chain = chain if chain is not None else unroll(mdp, theta, spec.entropy)
     if chain.beta != spec.entropy:
         raise PgvarError("exact_moments: the chain was unrolled with another entropy coefficient")
+    if spec.grouped:  # groups of K episodes per start state: pgvar.groups
+        from pgvar.groups import group_moments
+
+        return group_moments(mdp, theta, spec, "auto" if method == "enumeration" else method, chain)
     estimator = resolve(chain, spec, learned_ts)
     if method not in ("auto", "enumeration", "recursion"):
         raise PgvarError(f"method: unknown {method!r}; use auto, enumeration or recursion")

@@ -282,3 +282,14 @@ def mean_ci(values_rk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         quantile = np.array([t_quantile_975(int(n) - 1) if n > 1 else 0.0 for n in np.ravel(count)])
         half = quantile.reshape(mean.shape) * np.nan_to_num(spread) / np.sqrt(np.maximum(count, 1))
     return mean, mean - half, mean + half
+
+
+def bias_norm(mean: np.ndarray, grad: np.ndarray) -> float:
+    """|E g - grad J|: how far an estimator's mean lies from the gradient."""
+    return float(np.linalg.norm(np.asarray(mean) - np.asarray(grad)))
+
+
+def gradient_cosine(mean: np.ndarray, grad: np.ndarray) -> float | None:
+    """cos(E g, grad J): 1 where a bias only rescales the step; None where either vector is zero."""
+    norms = float(np.linalg.norm(mean) * np.linalg.norm(grad))
+    return float(np.dot(mean, grad) / norms) if norms > 0 else None

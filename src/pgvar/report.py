@@ -21,11 +21,11 @@ from pgvar.estimators import parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments, unroll
 from pgvar.mdp import TabularMDP
 from pgvar.studies import variance_study
-from pgvar.vocabulary import BASELINE_KINDS, LESSON_FOUR
+from pgvar.vocabulary import BASELINE_KINDS, GROUP_BASELINES, LESSON_FOUR
 
 #: The baseline kinds the report compares: every kind with an exact value or limit (``learned`` needs
 #: a table that only training fits, so it is left out).
-COMPARED_BASELINES = tuple(kind for kind in BASELINE_KINDS if kind != "learned")
+COMPARED_BASELINES = tuple(kind for kind in BASELINE_KINDS if kind not in ("learned", *GROUP_BASELINES))
 GAE_LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 

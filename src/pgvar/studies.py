@@ -16,10 +16,14 @@ import numpy as np
 
 from pgvar import budget, kpi
 from pgvar.estimators import EstimatorSpec, with_vanilla
-from pgvar.exact import chain_gradient, exact_moments, moments_refused, unroll
+from pgvar.exact import ExactMoments, chain_gradient, exact_moments, moments_refused, unroll
+from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import DEFAULT_BATCHES, Sample, Sampler
+from pgvar.montecarlo.groups import GroupSampler, check_group_size
 from pgvar.validation import check_int, check_int_list, check_seed
+
+GROUP_STREAM = 0x6770  # mixed into the seed of grouped batches, apart from the independent ones
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class VarianceReading:
       vs_vanilla / vs_vanilla_n1: ratio to vanilla at the same N / to vanilla at N = 1.
       snr: |grad J|^2 / variance_trace (exact grad J where known, else the sample mean).
       cosine_to_exact: mean over batches of cos(batch estimate, grad J).
+      exact_bias, exact_cosine: |E g - grad J| and cos(E g, grad J) from the exact mean, where
+        computed (``kpi.bias_norm``, ``kpi.gradient_cosine``): 0 and 1 for an unbiased estimator.
     """
 
     spec: EstimatorSpec
@@ -51,6 +57,8 @@ class VarianceReading:
     cosine_to_exact: float | None = None
     truncated_episodes: int = 0
     effective_dof: float = float("inf")
+    exact_bias: float | None = None
+    exact_cosine: float | None = None
 
     @property
     def reliable(self) -> bool:
@@ -58,15 +66,18 @@ class VarianceReading:
 
 
 def read_sample(
-    sample: Sample, grad: np.ndarray | None, exact_traces: dict[str, float] | None = None
+    sample: Sample, grad: np.ndarray | None, exact: dict[EstimatorSpec, ExactMoments] | None = None
 ) -> list[VarianceReading]:
     """One :class:`VarianceReading` per estimator of a :class:`~pgvar.montecarlo.Sample`;
-    ``exact_traces`` maps canonical specs to exact single-episode traces."""
+    ``exact`` maps specs to their exact moments, where known."""
     readings = []
     for spec, means_md in zip(sample.specs, sample.batch_means_emd, strict=True):
         trace = kpi.variance_trace(means_md)
         mean = means_md.mean(axis=0)
-        exact = None if exact_traces is None else exact_traces.get(spec.canonical)
+        moments = None if exact is None else exact.get(spec)
+        bias = cosine = None
+        if moments is not None and grad is not None:
+            bias, cosine = kpi.bias_norm(moments.mean, grad), kpi.gradient_cosine(moments.mean, grad)
         readings.append(
             VarianceReading(
                 spec,
@@ -75,11 +86,13 @@ def read_sample(
                 trace,
                 kpi.variance_trace_ci(means_md),
                 mean,
-                None if exact is None else exact / sample.n,
+                None if moments is None else moments.variance_trace / sample.n,
                 snr=kpi.signal_to_noise(grad if grad is not None else mean, trace),
                 cosine_to_exact=None if grad is None else kpi.mean_cosine(means_md, grad),
                 truncated_episodes=sample.truncated_episodes,
                 effective_dof=kpi.effective_dof(means_md),
+                exact_bias=bias,
+                exact_cosine=cosine,
             )
         )
     return readings
@@ -114,27 +127,40 @@ def variance_study(
     """Measure every estimator at every N; add the exact values, ratios to vanilla and 1/N slopes.
 
     Vanilla (return+none) is measured alongside when it is not asked for, at N = 1 too, so that both
-    ratios the lesson shows are available."""
+    ratios the lesson shows are available. Estimators with a group baseline are measured on batches
+    of N/K groups of K episodes sharing a start state (``montecarlo.GroupSampler``; every N must be
+    a multiple of K), the others on independent episodes."""
     measured, vanilla = with_vanilla(specs)
     ns = check_int_list(list(ns), "N", low=1)
     check_int(batches, "batches", low=2)
     check_seed(seed)
-    chain = grad = exact_traces = None
-    note = moments_refused(mdp, theta) if exact else None
-    if exact and note is None:  # exact values beside the measured ones, where the budget allows them
+    grouped = [s for s in measured if s.grouped]
+    for spec in grouped:
+        for n in ns:
+            check_group_size(spec, n)
+    chain = grad = moments = None
+    notes = [moments_refused(mdp, theta)] if exact else []
+    if exact and notes[0] is None:  # exact values beside the measured ones, where the budget allows
+        notes = []
         try:
             chain = unroll(mdp, theta, vanilla.entropy)
             grad = chain_gradient(chain)
-            exact_traces = {
-                s.canonical: exact_moments(mdp, theta, s, chain=chain).variance_trace for s in measured
-            }
+            moments = {}
+            for s in measured:
+                try:
+                    moments[s] = exact_moments(mdp, theta, s, chain=chain)
+                except GroupMomentsError as why:
+                    notes.append(f"no exact value for {why}")
         except budget.BudgetError as error:
-            chain = grad = exact_traces = None
-            note = str(error)
+            chain = grad = moments = None
+            notes = [str(error)]
     all_ns = sorted(set(ns) | {1})
     children = np.random.SeedSequence(seed).spawn(len(all_ns))
+    group_children = dict(zip(ns, np.random.SeedSequence([seed, GROUP_STREAM]).spawn(len(ns)), strict=True))
     by_n: dict[int, list[VarianceReading]] = {}
-    everything = Sampler(mdp, theta, measured, chain=chain)
+    independent = [s for s in measured if not s.grouped]
+    everything = Sampler(mdp, theta, independent, chain=chain)
+    in_groups = GroupSampler(mdp, theta, grouped) if grouped else None
     vanilla_only = None  # for the N = 1 reference when N = 1 was not asked for
     for n, child in zip(all_ns, children, strict=True):
         if n in ns:
@@ -142,10 +168,15 @@ def variance_study(
         else:
             vanilla_only = vanilla_only or Sampler(mdp, theta, [vanilla], chain=chain)
             sampler = vanilla_only
-        by_n[n] = read_sample(sampler.sample(n, batches, child, progress=progress), grad, exact_traces)
+        found = read_sample(sampler.sample(n, batches, child, progress=progress), grad, moments)
+        if n in ns and in_groups is not None:
+            found += read_sample(in_groups.sample(n, batches, group_children[n]), grad, moments)
+            if progress is not None:
+                progress(n * batches)
+        by_n[n] = sorted(found, key=lambda r: measured.index(r.spec))
     readings, slopes = kpi.against_vanilla(by_n, vanilla, ns, specs)
     paths = getattr(everything.source, "n_paths", None)
-    return Study(mdp, batches, seed, readings, grad, slopes, paths, note)
+    return Study(mdp, batches, seed, readings, grad, slopes, paths, "; ".join(n for n in notes if n) or None)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,13 @@ BASELINE_KINDS: dict[str, str] = {
     "optimal": "optimal constant",
     "optimal-per-parameter": "optimal per parameter",
     "learned": "learned value table",
+    "loo": "leave-one-out mean of the group (RLOO)",
+    "group": "group mean (GRPO, Dr. GRPO)",
+    "group-std": "group mean and std (GRPO)",
 }
+
+#: Baselines computed from the other episodes of a group of K that share a start state (a prompt).
+GROUP_BASELINES: tuple[str, ...] = ("loo", "group", "group-std")
 
 #: The few words added to a configuration's lesson name when its baseline is not the lesson's.
 BASELINE_SHORT: dict[str, str] = {
@@ -56,6 +62,9 @@ BASELINE_SHORT: dict[str, str] = {
     "optimal": "optimal b",
     "optimal-per-parameter": "optimal b per parameter",
     "learned": "learned V",
+    "loo": "RLOO",
+    "group": "group mean",
+    "group-std": "GRPO",
 }
 
 

@@ -320,8 +320,8 @@ class ExactValues:
     seconds: float
 
     @property
-    def traces(self) -> dict[str, float]:
-        return {m.spec.canonical: m.variance_trace for m in self.moments}
+    def by_spec(self) -> dict[EstimatorSpec, ExactMoments]:
+        return {m.spec: m for m in self.moments}
 
 
 def compute_exact(key: tuple, mdp: TabularMDP, theta: np.ndarray, specs: list[EstimatorSpec]) -> ExactValues:
@@ -801,14 +801,14 @@ class ExplorerState:
             sampler = self._sampler(specs, chain)
             sample = sampler.sample(knobs.n, knobs.batches, seeds[0], running=self._running)
             self._running = sample.running
-            traces = exact.traces if exact is not None else None
+            by_spec = exact.by_spec if exact is not None else None
             grad = exact.grad if exact is not None else None
-            readings = read_sample(sample, grad, traces)
+            readings = read_sample(sample, grad, by_spec)
             if knobs.n == 1:
                 vanilla = readings[0]
             else:
                 sample_n1 = self._sampler(specs[:1], chain).sample(1, knobs.batches, seeds[1])
-                vanilla = read_sample(sample_n1, grad, traces)[0]
+                vanilla = read_sample(sample_n1, grad, by_spec)[0]
         except (PgvarError, MemoryError) as err:
             self.measure_error = f"cannot measure: {err or 'out of memory'}"
             self.messages["measure"] = self.measure_error
