@@ -52,6 +52,7 @@ DOCS = (
     "docs/mdp-format.md",
     "docs/neural.md",
     "docs/sweeps.md",
+    "docs/groups.md",
 )
 TIMEOUT_S = 900  # per command; a fast example takes a few seconds, a slow one a few minutes
 
@@ -271,6 +272,35 @@ EXAMPLES: tuple[Example, ...] = (
         ),
         note="*Left out: the line of the estimated cost, which is measured on the machine (here: 28 s of "
         "one core, about 14 s on 2 workers).*",
+    ),
+    Example(
+        "groups-exact",
+        "docs/groups.md",
+        (
+            pgvar(
+                "exact --mdp prompts -e vanilla,rtg+value,return+loo,return+group,return+group-std,"
+                "return+group-std:per-length --group 8"
+            ),
+        ),
+    ),
+    Example(
+        "groups-variance",
+        "docs/groups.md",
+        (
+            pgvar(
+                "variance --mdp prompts -e vanilla,rtg+value,return+loo,return+group,return+group-std --group 8 --N 8,32"
+            ),
+        ),
+    ),
+    Example(
+        "groups-prompts",
+        "docs/groups.md",
+        (Command(".venv/bin/python examples/grpo_prompts.py", ("python", "examples/grpo_prompts.py")),),
+    ),
+    Example(
+        "groups-lesson",
+        "docs/groups.md",
+        (pgvar("exact -e vanilla,rtg+base,rtg+loo,rtg+group-std --group 4"),),
     ),
     Example(
         "mdp-two-rooms",

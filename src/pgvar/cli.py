@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pgvar import __version__, budget
+from pgvar import __version__, budget, kpi
 from pgvar.commands.sweep import app as sweep_app
 from pgvar.commands.train import train as train_command
 from pgvar.documents import estimator_keys, network_variance_document, plain, variance_document
@@ -53,6 +53,14 @@ EstimatorsOption = Annotated[
 ]
 EntropyOption = Annotated[
     float, typer.Option("--entropy", help=f"Entropy bonus coefficient beta, 0 to {REWARD_LIMIT:g}.")
+]
+GroupOption = Annotated[
+    int,
+    typer.Option(
+        "--group",
+        help="Group size K of the group baselines loo, group and group-std (>= 2): a batch of N "
+        "episodes is N/K groups of K that share a start state.",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
 BatchesOption = Annotated[int, typer.Option("--batches", help="Independent batches M per reading (>= 2).")]
@@ -208,8 +216,11 @@ def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
     return model, parse_theta(theta, model)
 
 
-def _specs(estimators: str, entropy: float) -> list[EstimatorSpec]:
-    return parse_estimators(estimators, entropy=check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT))
+def _specs(estimators: str, entropy: float, group: int | None = None) -> list[EstimatorSpec]:
+    """The estimators of ``-e``; ``group`` is ``--group`` on the commands that measure groups."""
+    entropy = check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
+    group = None if group is None else check_int(group, "--group", low=1)
+    return parse_estimators(estimators, entropy=entropy, group=group)
 
 
 def display_name(spec: EstimatorSpec) -> str:
@@ -252,7 +263,9 @@ def weight_formula(spec: EstimatorSpec, gamma: float) -> str:
     if spec.baseline == "group-std":
         text = f"({text}) / (std_j {other} + ε)"
     formula = f"{discount}({text})" if discount and baseline else discount + text
-    return f"{formula} / |τ|" if spec.per_length else formula
+    if not spec.per_length:
+        return formula
+    return f"{formula} / |τ|" if formula.startswith("(") and formula.endswith(")") else f"({formula}) / |τ|"
 
 
 LEGEND = (
@@ -281,13 +294,17 @@ def exact(
     policy: PolicyOption = "tabular",
     policy_seed: PolicySeedOption = 0,
     weights: WeightsOption = None,
+    group: GroupOption = 1,
 ) -> None:
     """Exact J, grad J and each estimator's single-episode mean and variance (no sampling); with
-    --env, for a network on a tabular Gymnasium environment, in the network's parameters."""
+    --env, for a network on a tabular Gymnasium environment, in the network's parameters. A group
+    baseline's moments are exact where its groups can be enumerated, else estimated from sampled
+    groups with 95% intervals (the method column says which)."""
     from pgvar.exact import chain_gradient, exact_moments, unroll, values
+    from pgvar.montecarlo.groups import estimator_moments
 
     method = check_choice(method, "--method", ("auto", "enumeration", "recursion"))
-    specs = _specs(estimators, entropy)
+    specs = _specs(estimators, entropy, group)
     if env is not None:
         _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json)
         return
@@ -295,11 +312,18 @@ def exact(
     chain = unroll(model, logits, entropy)
     grad = chain_gradient(chain)
     objective = float(model.initial_s @ values(chain)[0][0])
-    results = [exact_moments(model, logits, spec, method=method, chain=chain) for spec in specs]
+    results = [
+        estimator_moments(model, logits, spec, chain)
+        if spec.grouped
+        else exact_moments(model, logits, spec, method=method, chain=chain)
+        for spec in specs
+    ]
     _require_finite("exact", objective, grad)
     for r in results:
-        _require_finite(f"exact: {r.spec.name}", r.mean, r.variance_trace, r.reward_noise, r.sampling)
+        parts = (r.reward_noise, r.sampling) if r.variance_ci95 is None else r.variance_ci95
+        _require_finite(f"exact: {r.spec.name}", r.mean, r.variance_trace, *parts)
     scale = max(1.0, float(np.abs(grad).max()))
+    biased = any(float(np.abs(r.mean - grad).max()) >= 1e-9 * scale for r in results)
     if as_json:
         payload = {
             "mdp": model.name,
@@ -316,10 +340,22 @@ def exact(
                     "label": r.spec.label,
                     "mean": r.mean.tolist(),
                     "bias": float(np.abs(r.mean - grad).max()),
+                    "bias_norm": kpi.bias_norm(r.mean, grad),
+                    "cosine_to_gradient": kpi.gradient_cosine(r.mean, grad),
                     "variance_trace": r.variance_trace,
                     "variance_parts": {"reward_noise": r.reward_noise, "sampling": r.sampling},
                     **({"baseline_t": r.baseline_t.tolist()} if r.baseline_t is not None else {}),
                     **({"covariance": r.covariance.tolist()} if r.covariance is not None else {}),
+                    **(
+                        {"group": r.spec.group, "method": r.method, "variance_ci95": r.variance_ci95}
+                        if r.spec.grouped
+                        else {}
+                    ),
+                    **(
+                        {"mean_standard_error": r.mean_standard_error.tolist()}
+                        if r.mean_standard_error is not None
+                        else {}
+                    ),
                 }
                 for r in results
             },
@@ -336,18 +372,23 @@ def exact(
         ("reward noise", "right"),
         ("sampling", "right"),
         ("vs vanilla", "right"),
+        *((("|E g − ∇J|", "right"), ("cos(E g, ∇J)", "right")) if biased else ()),
     ):
         table.add_column(column, justify=justify)
     for r in results:
         bias = float(np.abs(r.mean - grad).max())
+        estimated = r.variance_ci95 is not None
+        cosine = kpi.gradient_cosine(r.mean, grad)
         table.add_row(
-            display_name(r.spec),
+            display_name(r.spec) + (f" (K = {r.spec.group})" if r.spec.grouped else ""),
             weight_formula(r.spec, model.gamma),
-            "none" if bias < 1e-9 * scale else f"{bias:.3g}",
-            _fmt(r.variance_trace),
-            _fmt(r.reward_noise),
-            _fmt(r.sampling),
+            "none" if bias < 1e-9 * scale and not estimated else f"{bias:.3g}",
+            _fmt(r.variance_trace)
+            + (f" ({r.variance_ci95[0]:.3g}–{r.variance_ci95[1]:.3g})" if estimated else ""),
+            "—" if estimated else _fmt(r.reward_noise),
+            "—" if estimated else _fmt(r.sampling),
             "—" if not vanilla else f"{r.variance_trace / vanilla:.3f}×",
+            *((_bias_text(r, grad), _fmt(cosine, 6)) if biased else ()),
         )
     out.print(
         f"J(θ) = {objective:.6g}   |∇J| = {np.linalg.norm(grad):.6g}   method: {results[0].method}"
@@ -364,6 +405,35 @@ def exact(
         highlight=False,
     )
     out.print(LEGEND, highlight=False)
+    grouped = [r for r in results if r.spec.grouped]
+    if grouped:
+        out.print(GROUP_LEGEND, highlight=False)
+        out.print(
+            "a group baseline's variance is K × that of a group's mean gradient (a batch of N = N/K groups "
+            "has variance / N); "
+            + "; ".join(f"{r.spec.name}: {_group_method(r.method)}" for r in grouped)
+            + ".",
+            highlight=False,
+        )
+
+
+def _bias_text(moments, grad: np.ndarray) -> str:
+    """|E g − ∇J|, with its standard error where E g was estimated by sampling."""
+    bias = kpi.bias_norm(moments.mean, grad)
+    if moments.mean_standard_error is not None:
+        return f"{bias:.4g} ± {np.linalg.norm(moments.mean_standard_error):.2g}"
+    return "none" if bias < 1e-9 * max(1.0, float(np.linalg.norm(grad))) else f"{bias:.4g}"
+
+
+def _group_method(method: str) -> str:
+    """How a group baseline's moments were had, in words."""
+    from pgvar.montecarlo.groups import ESTIMATE_GROUPS
+
+    return {
+        "pairs": "exact, from moments of pairs of episodes",
+        "tuples": "exact, from every multiset of K paths",
+        "monte-carlo": f"estimated from {ESTIMATE_GROUPS:,} sampled groups, 95% interval in brackets",
+    }[method]
 
 
 @contextlib.contextmanager
@@ -420,6 +490,7 @@ def variance(
             help="With --env: episodes of the reference gradient (0: none; exact where tabular).",
         ),
     ] = 2048,
+    group: GroupOption = 1,
 ) -> None:
     """Monte-Carlo variance of the batch-mean gradient over independent batches (the lesson's KPI),
     with the exact value beside it; with --env, of a neural policy on a Gymnasium environment, with
@@ -430,7 +501,7 @@ def variance(
     n_list = check_int_list(ns, "--N", low=1)
     batches = check_int(batches, "--batches", low=2)
     seed = check_seed(seed, "--seed")
-    specs = _specs(estimators, entropy)
+    specs = _specs(estimators, entropy, group)
     if env is not None:
         reference_episodes = check_int(reference_episodes, "--reference-episodes", low=0)
         study_args = (specs, n_list, batches, seed, reference_episodes)
@@ -445,6 +516,8 @@ def variance(
     if as_json:
         _print_json(variance_document(study, logits, entropy))
         return
+    scale = 1e-9 * max(1.0, float(np.linalg.norm(study.grad))) if study.grad is not None else 0.0
+    biased = any(r.exact_bias is not None and r.exact_bias > scale for r in study.readings)
     table = Table(
         title=f"Gradient variance on {model.name!r}: {batches} batches per reading, seed {seed}",
         title_justify="left",
@@ -460,6 +533,7 @@ def variance(
         "vs vanilla N=1",
         "SNR",
         "cos to ∇J",
+        *(("|E g − ∇J|",) if biased else ()),
     ):
         table.add_column(column, justify="left" if column in ("estimator", "Ψ_t") else "right")
     for r in study.readings:
@@ -468,6 +542,11 @@ def variance(
             f"{r.vs_vanilla_n1:.3f}×" if r.vs_vanilla_n1 is not None else "—",
             _fmt(r.snr, 3),
             _fmt(r.cosine_to_exact, 3),
+            *(
+                ("none" if r.exact_bias is not None and r.exact_bias <= scale else _fmt(r.exact_bias, 3),)
+                if biased
+                else ()
+            ),
         )
     out.print(table)
     out.print(
@@ -482,6 +561,15 @@ def variance(
     )
     out.print(f"sampling: {how}.", highlight=False)
     out.print(LEGEND, highlight=False)
+    sizes = sorted({r.spec.group for r in study.readings if r.spec.grouped})
+    if sizes:
+        out.print(GROUP_LEGEND, highlight=False)
+        out.print(
+            f"group baselines: each batch is N/K groups of K = {', '.join(map(str, sizes))} episodes "
+            "sharing a start state; the other estimators take independent episodes."
+            + (" |E g − ∇J|: exact bias of the mean." if biased else ""),
+            highlight=False,
+        )
     if study.slopes:
         slopes = ", ".join(f"{name} {slope:+.2f}" for name, slope in study.slopes.items())
         out.print(f"slope of log variance against log N (1/N predicts −1): {slopes}")

@@ -55,8 +55,16 @@ def _kpi_keys(reading) -> dict[str, object]:
 
 
 def variance_result(reading) -> dict[str, object]:
-    """One estimator at one N of a tabular study (``pgvar.studies.VarianceReading``)."""
-    return plain({**_kpi_keys(reading), "cosine_to_exact": reading.cosine_to_exact})
+    """One estimator at one N of a tabular study (``pgvar.studies.VarianceReading``): the KPI keys,
+    the group size K (1 without a group baseline) and, from the exact mean where it is known,
+    |E g - grad J| and cos(E g, grad J)."""
+    return plain({
+        **_kpi_keys(reading),
+        "cosine_to_exact": reading.cosine_to_exact,
+        "group": reading.spec.group,
+        "exact_bias": reading.exact_bias,
+        "exact_cosine": reading.exact_cosine,
+    })  # fmt: skip
 
 
 def variance_document(study, theta: np.ndarray, entropy: float) -> dict[str, object]:

@@ -272,7 +272,7 @@ def prompts(depth: int = 3, help_factor: float = 0.7, noise: float = 0.0) -> Tab
         + (f", score noise std {noise:g}" if noise > 0 else "")
         + "; for the group baselines (RLOO, GRPO).",
         state_names=(
-            *(f"{name}, thought {step}" for name in PROMPT_NAMES for step in range(depth)),
+            *(f"{name} (thought {step})" for name in PROMPT_NAMES for step in range(depth)),
             "right",
             "wrong",
             "out of length",

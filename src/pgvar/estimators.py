@@ -103,9 +103,10 @@ class EstimatorSpec:
 _GAE = re.compile(r"^gae(?P<lam>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
 
 
-def parse_estimator(text: str, *, entropy: float = 0.0, group: int = 1) -> EstimatorSpec:
+def parse_estimator(text: str, *, entropy: float = 0.0, group: int | None = 1) -> EstimatorSpec:
     """Parse ``WEIGHT+BASELINE[:common][:per-length]`` or a preset into an :class:`EstimatorSpec`;
-    ``group`` is the group size K of the group baselines (ignored by the others)."""
+    ``group`` is the group size K of the group baselines (ignored by the others), None where a
+    caller does not measure groups (a group baseline is then refused)."""
     # the bonus entropy * H[pi] is added to every reward (H <= log A), so it obeys the rewards' bound
     if (
         isinstance(entropy, bool)
@@ -114,7 +115,9 @@ def parse_estimator(text: str, *, entropy: float = 0.0, group: int = 1) -> Estim
         or not 0 <= entropy <= REWARD_LIMIT
     ):
         raise SpecError(f"entropy: must be a finite number from 0 to {REWARD_LIMIT:g}, got {entropy!r}")
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 1 <= group <= MAX_GROUP:
+    if group is not None and (
+        isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 1 <= group <= MAX_GROUP
+    ):
         raise SpecError(f"group: must be a whole number from 1 to {MAX_GROUP}, got {group!r}")
     raw = text.strip()
     body, *suffixes = raw.split(":")
@@ -153,6 +156,11 @@ def parse_estimator(text: str, *, entropy: float = 0.0, group: int = 1) -> Estim
         raise SpecError(
             f"estimator {raw!r}: ':per-length' goes with the group baselines ({', '.join(GROUP_BASELINES)})"
         )
+    if grouped and group is None:
+        raise SpecError(
+            f"estimator {raw!r}: group baselines ({', '.join(GROUP_BASELINES)}) are measured by pgvar exact "
+            "and pgvar variance (--group K), not here"
+        )
     if grouped and group < 2:
         raise SpecError(
             f"estimator {raw!r}: a group baseline needs groups of K >= 2 episodes per start state "
@@ -164,7 +172,7 @@ def parse_estimator(text: str, *, entropy: float = 0.0, group: int = 1) -> Estim
     )  # fmt: skip
 
 
-def parse_estimators(text: str, *, entropy: float = 0.0, group: int = 1) -> list[EstimatorSpec]:
+def parse_estimators(text: str, *, entropy: float = 0.0, group: int | None = 1) -> list[EstimatorSpec]:
     """Parse a comma-separated list of specs; a spelling given twice is refused."""
     specs = [parse_estimator(item, entropy=entropy, group=group) for item in text.split(",") if item.strip()]
     if not specs:

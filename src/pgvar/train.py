@@ -404,7 +404,7 @@ def train(
     specs = [
         replace(item, entropy=config.entropy)
         if isinstance(item, EstimatorSpec)
-        else parse_estimator(item, entropy=config.entropy)
+        else parse_estimator(item, entropy=config.entropy, group=None)
         for item in estimators
     ]
     if not specs and not exact_reference:

@@ -280,7 +280,7 @@ def train(
     check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
     model = resolve_mdp(mdp)
     logits = parse_theta(theta, model)
-    specs = parse_estimators(estimators, entropy=entropy)
+    specs = parse_estimators(estimators, entropy=entropy, group=None)
     if variance_every is None:
         fields["variance_every"] = max(1, n_updates // AUTO_VARIANCE_RECORDS) if model.horizon else 0
     config = TrainConfig(**fields)
@@ -439,7 +439,7 @@ def train_on_env(
     )
     config = NetworkConfig(**validate_network_config({**fields, "ema": 0.9}, NETWORK_OPTION_NAMES))
     check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
-    specs = parse_estimators(estimators, entropy=entropy)
+    specs = parse_estimators(estimators, entropy=entropy, group=None)
     check_estimators(specs)
     spec, network = make_network(
         env,

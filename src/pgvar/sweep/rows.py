@@ -57,7 +57,7 @@ def tabular_document(cell: Mapping[str, Any], base_dir: str) -> dict[str, Any]:
 
     model = resolve_mdp(local_path("mdp", cell["mdp"], base_dir))
     logits = parse_theta(local_path("theta", cell["theta"], base_dir), model)
-    specs = parse_estimators(cell["estimators"], entropy=cell["entropy"])
+    specs = parse_estimators(cell["estimators"], entropy=cell["entropy"], group=None)
     study = variance_study(model, logits, specs, [cell["N"]], cell["batches"], cell["seed"])
     for r in study.readings:
         if not _finite(r.variance_trace, r.exact_variance_trace):
@@ -77,7 +77,7 @@ def network_document(cell: Mapping[str, Any], base_dir: str) -> dict[str, Any]:
     with torch_threads(1):
         weights = local_path("weights", cell["weights"], base_dir)
         spec, network = network_for(cell["env"], cell["policy"], cell["policy_seed"], weights)
-        specs = parse_estimators(cell["estimators"], entropy=cell["entropy"])
+        specs = parse_estimators(cell["estimators"], entropy=cell["entropy"], group=None)
         study = network_variance_study(spec, network, specs, [cell["N"]], cell["batches"], cell["seed"],
                                        reference_episodes=cell["reference_episodes"])  # fmt: skip
     for r in study.readings:
@@ -112,7 +112,7 @@ def cell_rows(cell: Mapping[str, Any], base_dir: str = ".") -> list[dict[str, An
         )
         rows, error = document_rows(document), None
     except PgvarError as failure:  # the one line `pgvar variance` would print; the budget's refusals too
-        specs = parse_estimators(cell["estimators"], entropy=cell["entropy"])
+        specs = parse_estimators(cell["estimators"], entropy=cell["entropy"], group=None)
         rows, error = [{**estimator_keys(s), "N": cell["N"]} for s in specs], " ".join(str(failure).split())
     seconds = time.perf_counter() - start
     return [

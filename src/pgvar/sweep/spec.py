@@ -396,7 +396,7 @@ def check_cells(source: str, base_dir: str, grid: Mapping[str, Any]) -> tuple[di
     specs = {}
     for entropy in grid["entropy"]:
         try:
-            specs[entropy] = parse_estimators(grid["estimators"], entropy=entropy)
+            specs[entropy] = parse_estimators(grid["estimators"], entropy=entropy, group=None)
         except PgvarError as error:
             raise SpecError(f"{source}: estimators: {_strip(error, 'estimators')}") from None
     digests: dict[str, str] = {}
