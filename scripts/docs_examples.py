@@ -288,7 +288,8 @@ EXAMPLES: tuple[Example, ...] = (
         "docs/groups.md",
         (
             pgvar(
-                "variance --mdp prompts -e vanilla,rtg+value,return+loo,return+group,return+group-std --group 8 --N 8,32"
+                "variance --mdp prompts -e vanilla,rtg+value,return+loo,return+group,return+group-std "
+                "--group 8 --N 8,32"
             ),
         ),
     ),
