@@ -201,6 +201,63 @@ def test_pairs_of_episodes_agree_with_every_k_tuple_of_paths(spec_text, name, k)
     np.testing.assert_allclose(pairs.variance, tuples.variance, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["lesson", "prompts:noise=0.3", "repayment", "random:seed=1,states=4,actions=3,horizon=3,gamma=0.9"],
+)
+@pytest.mark.parametrize(
+    "spec_text", ["return+loo", "rtg+loo", "return+group", "rtg+group", "rtg+group:common"]
+)
+def test_the_recursion_agrees_with_pairs_of_enumerated_episodes(name, spec_text):
+    mdp = pgvar.make(name)
+    theta = random_theta(mdp, 2)
+    for k in (2, 5):
+        spec = parse_estimator(spec_text, group=k)
+        pairs = group_moments(mdp, theta, spec, method="pairs")
+        recursion = group_moments(mdp, theta, spec, method="recursion")
+        np.testing.assert_allclose(recursion.mean, pairs.mean, atol=1e-14)
+        np.testing.assert_allclose(recursion.variance, pairs.variance, rtol=1e-10, atol=1e-14)
+        assert recursion.sampling == pytest.approx(pairs.sampling, rel=1e-10)
+        assert recursion.reward_noise == pytest.approx(pairs.reward_noise, rel=1e-9, abs=1e-14)
+
+
+def test_the_recursion_serves_episodes_too_many_to_enumerate_and_without_a_horizon():
+    corridor = pgvar.make("short-corridor")  # unbounded episodes: unrolled until 1e-14 of them remain
+    theta = np.array([[0.0, 0.4]])
+    specs = [parse_estimator(text, group=4) for text in ("return+loo", "rtg+group")]
+    sample = GroupSampler(corridor, theta, specs).sample(4, 3000, seed=3)
+    for spec, means_md in zip(specs, sample.batch_means_emd, strict=True):
+        exact = exact_moments(corridor, theta, spec)
+        assert exact.method == "recursion" and exact.tail_mass < 1e-13
+        assert_matches(means_md, 4, exact)
+    frozen = bandit_chain_mdp()
+    loo = exact_moments(frozen, pgvar.uniform_theta(frozen), parse_estimator("rtg+loo", group=3))
+    assert loo.method == "recursion"  # 2^24 paths: no enumeration
+    np.testing.assert_allclose(
+        loo.mean, exact_gradient(frozen, pgvar.uniform_theta(frozen)).ravel(), atol=1e-14
+    )
+
+
+def bandit_chain_mdp() -> TabularMDP:
+    """24 steps of a 2-armed bandit with reward 1 on arm 0: 2^24 paths."""
+    steps = 24
+    transitions = np.zeros((steps + 1, 2, steps + 1))
+    for t in range(steps):
+        transitions[t, :, t + 1] = 1.0
+    transitions[steps, :, steps] = 1.0
+    rewards = np.zeros((steps + 1, 2))
+    rewards[:steps, 0] = 1.0
+    return TabularMDP(
+        initial_s=np.eye(steps + 1)[0],
+        transitions=transitions,
+        rewards=rewards,
+        horizon=steps,
+        terminal_s=np.arange(steps + 1) == steps,
+        observation_s=np.r_[np.arange(steps), -1],
+        name="long bandit",
+    )
+
+
 def test_what_cannot_be_enumerated_is_refused_with_the_reason_and_estimated_instead():
     lesson = pgvar.make("lesson")  # uniform reward noise: continuous
     spec = parse_estimator("return+group-std", group=4)
@@ -210,7 +267,16 @@ def test_what_cannot_be_enumerated_is_refused_with_the_reason_and_estimated_inst
         group_moments(lesson, pgvar.uniform_theta(lesson), spec, method="pairs")
     corridor = pgvar.make("short-corridor")
     with pytest.raises(GroupMomentsError, match="no end"):
-        exact_moments(corridor, pgvar.uniform_theta(corridor), parse_estimator("return+loo", group=2))
+        exact_moments(
+            corridor, pgvar.uniform_theta(corridor), parse_estimator("return+loo:per-length", group=2)
+        )
+    with pytest.raises(GroupMomentsError, match="does not take the division by length"):
+        group_moments(
+            corridor,
+            pgvar.uniform_theta(corridor),
+            parse_estimator("rtg+loo:per-length", group=2),
+            "recursion",
+        )
     estimate = estimator_moments(lesson, pgvar.uniform_theta(lesson), spec)
     assert estimate.method == "monte-carlo"
     low, high = estimate.variance_ci95

@@ -391,7 +391,8 @@ class ExactMoments:
       variance_trace: sum of ``variance``: the expected squared distance of g from its mean.
       reward_noise: the part of the trace due to reward noise, E[Var(g | states, actions)].
       sampling: the part due to sampling actions and transitions, Var(E[g | states, actions]).
-      method: "enumeration" or "recursion"; for group baselines "pairs", "tuples" or "monte-carlo".
+      method: "enumeration" or "recursion"; for group baselines "pairs", "recursion", "tuples" or
+        "monte-carlo" (``pgvar.groups``).
       tail_mass: probability mass of episodes longer than the unrolled horizon (0 when exact).
       baseline_t: per-step baseline constants where the estimator has them, else None.
       covariance: (D, D) the full covariance of g, from enumeration (None from the recursion, which
@@ -777,28 +778,41 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
     (``optimal-per-parameter``) or one number per step broadcast over D (``optimal``):
     b*_t = E[score_t . g0] / E[|score_t|^2], g0 the estimator without baseline (cross-step terms of
     the scores have zero mean, so the steps decouple)."""
+    numerator_tD, denominator_tD, _ = score_products(chain, spec, chain.mdp.initial_s)
+    if spec.baseline == "optimal":
+        numerator_t, denominator_t = numerator_tD.sum(axis=1), denominator_tD.sum(axis=1)
+        safe_t = np.where(denominator_t > 0, denominator_t, 1.0)
+        return np.broadcast_to(
+            np.where(denominator_t > 0, numerator_t / safe_t, 0.0)[:, None], numerator_tD.shape
+        )
+    return np.divide(
+        numerator_tD, denominator_tD, out=np.zeros_like(numerator_tD), where=denominator_tD > 1e-300
+    )
+
+
+def score_products(
+    chain: Chain, spec: EstimatorSpec, initial_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step t and parameter, for episodes started from ``initial_s`` with ``spec``'s weight and no
+    baseline (g0): E[score_t * g0], E[score_t^2] and E[score_t * G_t], each (T, D), elementwise over
+    the parameters (the baseline's own terms: Greensmith, Bartlett & Baxter 2004)."""
     mdp, n_steps, n_params = chain.mdp, chain.steps, chain.dimension
     zero = ResolvedEstimator(
         spec, np.zeros((n_steps, mdp.n_states, mdp.n_actions)), np.zeros((n_steps + 1, mdp.n_states))
     )
     _, _, kept = _backward(chain, zero, noise=True, keep_for_optimum=True)
     x_tsas, rho, c_t, d_t = _coefficients(chain, spec, zero.values_ts)
-    dist_s = mdp.initial_s.copy()
+    dist_s = np.asarray(initial_s, dtype=float).copy()
     forward_sD = np.zeros((mdp.n_states, n_params))  # E[sum_{u<t} c_u rho^(t-u) score_u ; s_t = s]
     past_s = np.zeros(mdp.n_states)  # E[sum_{u<t} d_u x_u ; s_t = s]
-    coefficients = np.zeros((n_steps, n_params))
+    numerator_tD, denominator_tD, reward_to_go_tD = (np.zeros((n_steps, n_params)) for _ in range(3))
     for t in range(n_steps):
         score_y, score_score_z, score_a, score_sq = kept[t]
-        numerator = (forward_sD * score_y + past_s[:, None] * score_score_z + dist_s[:, None] * score_a).sum(
-            0
-        )
-        denominator = (dist_s[:, None] * score_sq).sum(0)
-        if spec.baseline == "optimal":
-            coefficients[t] = numerator.sum() / denominator.sum() if denominator.sum() > 0 else 0.0
-        else:
-            coefficients[t] = np.divide(
-                numerator, denominator, out=np.zeros(n_params), where=denominator > 1e-300
-            )
+        numerator_tD[t] = (
+            forward_sD * score_y + past_s[:, None] * score_score_z + dist_s[:, None] * score_a
+        ).sum(0)
+        denominator_tD[t] = (dist_s[:, None] * score_sq).sum(0)
+        reward_to_go_tD[t] = dist_s @ score_y
         flow = chain.flow_tsas[t]
         forward_sD = rho * (
             np.einsum("sap,sd->pd", flow, forward_sD)
@@ -808,7 +822,7 @@ def _optimal_coefficients(chain: Chain, spec: EstimatorSpec) -> np.ndarray:
             "sap,s,sap->p", flow, dist_s, x_tsas[t]
         )
         dist_s = np.einsum("sap,s->p", flow, dist_s)
-    return coefficients
+    return numerator_tD, denominator_tD, reward_to_go_tD
 
 
 # -- enumeration: the independent check ---------------------------------------------------------

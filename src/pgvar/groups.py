@@ -8,12 +8,14 @@ estimates g_i = l_i (A_i - c B_i sum_{j != i} w_j): w_j is episode j's weight pe
   group: A_i = (1 - 1/K) B_i w_i + e_i,  c = 1/K         (Shao et al. 2024; Liu et al. 2025)
 with e_i the entropy bonus's direct term. Given the start state the K episodes are independent, so
 the mean and second moment of the group's mean gradient need only moments of one episode: E[A],
-E[A^2], E[w], E[w w'], E[B], E[A w'], E[A B], E[B B] and E[B w'] per parameter (:func:`pair_moments`,
-"pairs"). Those come from enumerating each start state's paths; reward noise enters through its
-variance, as in ``pgvar.exact``. ``group-std`` divides by the group's std and is not linear: its
-moments come from enumerating every multiset of K paths ("tuples"), which needs noiseless rewards
-(noise that is discrete is a random transition) and few paths. Elsewhere
-:class:`GroupMomentsError` says why, and ``pgvar.montecarlo.group_moments_estimate`` samples
+E[A^2], E[w], E[w w'], E[B], E[A w'], E[A B], E[B B] and E[B w'] per parameter. Method "pairs" sums
+them over each start state's enumerated paths (reward noise enters through its variance, as in
+``pgvar.exact``); method "recursion" computes them by passes over the steps, using that the scores
+have zero mean given the past (E[B] = 0, E[B_t B_u] = 0 for t != u), for any horizon but without
+``:per-length`` or an entropy bonus. ``group-std`` divides by the group's std and is not linear:
+its moments come from enumerating every multiset of K paths ("tuples"), which needs noiseless
+rewards (noise that is discrete is a random transition) and few paths. Elsewhere
+:class:`GroupMomentsError` says why, and ``pgvar.montecarlo.groups.group_moments_estimate`` samples
 them with confidence intervals.
 
 The variance reported is K times the variance of a group's mean gradient: the batch mean of N/K
@@ -30,14 +32,23 @@ import numpy as np
 
 from pgvar import budget
 from pgvar.errors import PgvarError
-from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, weights
-from pgvar.exact import MAX_ENUMERATED_PATHS, Chain, ExactMoments, unroll
+from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, score_scale_t, weights
+from pgvar.exact import (
+    MAX_ENUMERATED_PATHS,
+    Chain,
+    ExactMoments,
+    exact_moments,
+    score_products,
+    state_distribution,
+    unroll,
+    values,
+)
 from pgvar.mdp import TabularMDP
 from pgvar.paths import count_flow_paths, enumerate_flow_paths
 from pgvar.policy import entropy_table, parameter_index, policy_table
 
 MAX_TUPLES = 200_000  # multisets of K paths per start state that "tuples" enumerates at most
-METHODS = ("auto", "pairs", "tuples")
+METHODS = ("auto", "pairs", "recursion", "tuples")
 
 
 class GroupMomentsError(PgvarError):
@@ -54,9 +65,10 @@ def group_moments(
 ) -> ExactMoments:
     """Exact mean and variance of a group baseline's estimate at ``theta``: ``mean`` is E g (biased
     for ``group``, ``group-std`` and ``:per-length``), ``variance`` K times the per-parameter variance
-    of a group's mean gradient. ``method``: ``pairs`` (loo, group), ``tuples`` (any, noiseless
-    rewards), ``auto`` the first that applies. Raises :class:`GroupMomentsError` where neither
-    does."""
+    of a group's mean gradient. ``method``: ``pairs`` (loo and group, each start state's paths
+    enumerated), ``recursion`` (loo and group without ``:per-length`` or entropy bonus, any horizon),
+    ``tuples`` (any, noiseless rewards), ``auto`` the first that applies. Raises
+    :class:`GroupMomentsError` where none does."""
     if not spec.grouped:
         raise PgvarError(f"group_moments: {spec.name!r} has no group baseline")
     if method not in METHODS:
@@ -64,39 +76,184 @@ def group_moments(
     chain = chain if chain is not None else unroll(mdp, theta, spec.entropy)
     if chain.lift_zD is not None:
         raise GroupMomentsError("group baselines: exact values are for the logit table only")
-    if chain.tail_mass > 0:
-        raise GroupMomentsError(
-            f"{spec.name}: exact group moments enumerate paths, and episodes without a horizon have no end"
-        )
+    method = _method(chain, spec, method)
+    starts = start_states(mdp)
+    if method == "recursion":
+        _check_recursion_work(chain, spec, starts.size)
+        parts = [_recursion_parts(chain, spec, s) for s in starts]
+    else:
+        paths = [_start_paths(chain, s) for s in starts]
+        if method == "pairs":
+            _check_pairs_work(chain, spec, paths)
+            parts = [_pair_parts(chain, spec, p) for p in paths]
+        else:
+            _check_tuples_work(chain, spec, paths)
+            parts = [_tuple_parts(chain, spec, p) for p in paths]
+    weights_s = mdp.initial_s[starts]
+    mean = sum(w * part[0] for w, part in zip(weights_s, parts, strict=True))
+    second = sum(w * part[1] for w, part in zip(weights_s, parts, strict=True))
+    second_no_noise = sum(w * part[2] for w, part in zip(weights_s, parts, strict=True))
+    k = spec.group
+    variance = np.maximum(k * (second - mean**2), 0.0)
+    total = float(variance.sum())
+    sampling = max(k * (second_no_noise - float(mean @ mean)), 0.0)
+    return ExactMoments(
+        spec, mean, variance, total, max(total - sampling, 0.0), min(sampling, total), method, chain.steps,
+        chain.tail_mass, None,
+    )  # fmt: skip
+
+
+def _method(chain: Chain, spec: EstimatorSpec, method: str) -> str:
+    """The method that serves ``spec`` (``auto``: pairs, else recursion, for the linear baselines;
+    tuples for group-std), or why none does."""
+    mdp = chain.mdp
+    linear = spec.baseline != "group-std"
+    recursion_ok = linear and not spec.per_length and chain.beta == 0
+    enumerable = chain.tail_mass == 0 and all(
+        count_flow_paths(np.eye(mdp.n_states)[s], chain.flow_tsas, mdp.terminal_s, MAX_ENUMERATED_PATHS)
+        <= MAX_ENUMERATED_PATHS
+        for s in start_states(mdp)
+    )
     if method == "auto":
-        method = "pairs" if spec.baseline != "group-std" else "tuples"
-    if method == "pairs" and spec.baseline == "group-std":
+        if not linear:
+            method = "tuples"
+        elif enumerable or not recursion_ok:
+            method = "pairs"
+        else:
+            method = "recursion"
+    if method in ("pairs", "recursion") and not linear:
         raise GroupMomentsError(f"{spec.name}: the std normalisation is not linear; use tuples")
-    noisy = bool(chain.noise_var_sa.any())
-    if method == "tuples" and noisy:
+    if method == "recursion" and not recursion_ok:
+        what = "the division by length" if spec.per_length else "the entropy bonus"
+        raise GroupMomentsError(f"{spec.name}: the recursion does not take {what}; use pairs")
+    if method in ("pairs", "tuples") and chain.tail_mass > 0:
+        raise GroupMomentsError(
+            f"{spec.name}: exact moments of {'K-tuples' if method == 'tuples' else 'pairs'} enumerate paths, "
+            "and episodes without a horizon have no end"
+        )
+    if method in ("pairs", "tuples") and not enumerable:
+        raise GroupMomentsError(
+            f"mdp {mdp.name!r}: {spec.name}'s exact moments enumerate each start state's paths, at most "
+            f"{MAX_ENUMERATED_PATHS:,}, and this MDP has more"
+        )
+    if method == "tuples" and chain.noise_var_sa.any():
         raise GroupMomentsError(
             f"{spec.name} on {mdp.name!r}: the reward noise is continuous, so K-tuples of episodes cannot "
             "be enumerated"
         )
-    rho_s = mdp.initial_s
-    paths = [_start_paths(chain, s) for s in start_states(mdp)]
-    if method == "pairs":
-        _check_pairs_work(chain, spec, paths)
-        parts = [_pair_parts(chain, spec, p) for p in paths]
-        noiseless = [_pair_parts(chain, spec, p, noise=False) for p in paths] if noisy else parts
-    else:
-        _check_tuples_work(chain, spec, paths)
-        parts = noiseless = [_tuple_parts(chain, spec, p) for p in paths]
-    weights_s = rho_s[start_states(mdp)]
-    mean = sum(w * m for w, (m, _) in zip(weights_s, parts, strict=True))
-    second = sum(w * q for w, (_, q) in zip(weights_s, parts, strict=True))
-    second_no_noise = sum(w * q for w, (_, q) in zip(weights_s, noiseless, strict=True))
-    k = spec.group
-    variance = np.maximum(k * (second - mean**2), 0.0)
-    total = float(variance.sum())
-    sampling = float(np.maximum(k * (second_no_noise - mean**2), 0.0).sum())
-    return ExactMoments(
-        spec, mean, variance, total, max(total - sampling, 0.0), sampling, method, chain.steps, 0.0, None
+    return method
+
+
+# -- the recursion: one episode's moments by passes over the steps -----------------------------------
+
+
+def _recursion_parts(chain: Chain, spec: EstimatorSpec, start: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean (D,), second moment (D,), second moment's trace without reward noise) of a group's mean
+    gradient from one start state, by the module's formulas with E[B] = 0 (the scores have zero mean
+    given the past) and E[B_t B_u] = 0 for t != u, from passes over the steps (no paths listed).
+
+    Needs per step t and u, from ``start``: E[f^2] and E[f] of the plain estimator f (pgvar.exact),
+    U_t = E[score_t f], V_t = E[score_t^2], q_t = E[score_t G_t] (``exact.score_products``), E[w_t],
+    E[w_t w_u] and Y_tu = E[score_t w_u]."""
+    mdp, k = chain.mdp, spec.group
+    initial = np.eye(mdp.n_states)[start]
+    started = replace(chain, mdp=replace(mdp, initial_s=initial))
+    plain = replace(spec, baseline="none", group=1, per_length=False, name="")
+    f = exact_moments(started.mdp, chain.theta, plain, method="recursion", chain=started)
+    own_tD, squares_tD, reward_to_go_tD = score_products(started, plain, initial)
+    mean_w_t, second_w_tt, second_w_no_noise_tt, cross_ttD = _weight_moments(started, plain, reward_to_go_tD)
+    kappa, c = (0.0, 1.0 / (k - 1)) if spec.baseline == "loo" else (1.0 / k, 1.0 / k)
+    mu_A = (1 - kappa) * f.mean
+    pair = mu_A**2 + c**2 * np.einsum("tud,utd->d", cross_ttD, cross_ttD)
+
+    def own_square(second_f: np.ndarray, second_w: np.ndarray) -> np.ndarray:
+        diagonal_t = np.diag(second_w)
+        return (
+            (1 - kappa) ** 2 * second_f
+            - 2 * c * (k - 1) * (1 - kappa) * (mean_w_t @ own_tD)
+            + c**2 * ((k - 1) * (diagonal_t @ squares_tD) + (k - 1) * (k - 2) * (mean_w_t**2 @ squares_tD))
+        )
+
+    second = own_square(f.variance + f.mean**2, second_w_tt) / k + (k - 1) / k * pair
+    sampling_f = f.sampling + float(f.mean @ f.mean)  # the plain estimator's trace without reward noise
+    second_no_noise = float(
+        own_square(np.full(f.mean.size, sampling_f / f.mean.size), second_w_no_noise_tt).sum() / k
+        + (k - 1) / k * pair.sum()
+    )
+    return mu_A, second, second_no_noise
+
+
+def _weight_moments(chain: Chain, plain: EstimatorSpec, reward_to_go_tD: np.ndarray):
+    """E[w_t] (T,), E[w_t w_u] with and without reward noise (T, T), and E[score_t w_u] (T, T, D),
+    for episodes from the chain's start distribution; w_t = c_t G_t (``rtg``) or R (``return``)."""
+    mdp, n_steps, gamma = chain.mdp, chain.steps, chain.mdp.gamma
+    value_ts = values(chain)[0]
+    dist_ts = state_distribution(chain)
+    seconds = [_second_moment_of_return(chain, value_ts, noise) for noise in (True, False)]
+    discount_t = gamma ** np.arange(n_steps, dtype=float)
+    if plain.weight == "return":  # R at every step: E[score_t R] = gamma^t E[score_t G_t]
+        mean_t = np.full(n_steps, mdp.initial_s @ value_ts[0])
+        second = [np.full((n_steps, n_steps), mdp.initial_s @ y_ts[0]) for y_ts in seconds]
+        cross_ttD = np.broadcast_to(
+            (discount_t[:, None] * reward_to_go_tD)[:, None, :], (n_steps, n_steps, chain.dimension)
+        )
+        return mean_t, second[0], second[1], cross_ttD
+    scale_t = score_scale_t(plain, gamma, n_steps)
+    mean_t = (dist_ts[:-1] * value_ts[:-1]).sum(axis=1)
+    square_t = [(dist_ts[:-1] * y_ts[:-1]).sum(axis=1) for y_ts in seconds]
+    products_tt = np.zeros((n_steps, n_steps))  # E[G_t G_u] - gamma^(u - t) E[G_u^2], t < u: the past part
+    cross_ttD = np.zeros((n_steps, n_steps, chain.dimension))  # E[score_t G_u]
+    for t in range(n_steps):
+        past_s = np.zeros(mdp.n_states)  # E[sum_{k=t}^{u-1} gamma^(k-t) r_k ; s_u = s]
+        for u in range(t, n_steps):
+            products_tt[t, u] = past_s @ value_ts[u]
+            flow = chain.flow_tsas[u]
+            past_s = np.einsum("sap,s->p", flow, past_s) + gamma ** (u - t) * np.einsum(
+                "sap,s,sap->p", flow, dist_ts[u], chain.reward_tsas[u]
+            )
+        cross_ttD[t, : t + 1] = gamma ** (t - np.arange(t + 1))[:, None] * reward_to_go_tD[t]  # u <= t
+    for u in range(1, n_steps):  # t < u: E[G_u | s_(t+1)] carried back from V_u without rewards
+        following_s = value_ts[u]
+        for t in range(u - 1, -1, -1):
+            flow = chain.flow_tsas[t]
+            given_sD = np.einsum("sap,p,sad->sd", flow, following_s, chain.score_tsaD[t])
+            cross_ttD[t, u] = dist_ts[t] @ given_sD
+            following_s = np.einsum("sap,p->s", flow, following_s)
+    second = []
+    for square in square_t:
+        ahead_tt = np.maximum(np.subtract.outer(np.arange(n_steps), np.arange(n_steps)).T, 0)  # u - t
+        moment_tt = products_tt + np.triu(gamma**ahead_tt * square[None, :], 1)
+        moment_tt = np.triu(moment_tt, 1) + np.diag(square)
+        moment_tt = moment_tt + np.triu(moment_tt, 1).T
+        second.append(scale_t[:, None] * scale_t[None, :] * moment_tt)
+    return scale_t * mean_t, second[0], second[1], cross_ttD * scale_t[None, :, None]
+
+
+def _second_moment_of_return(chain: Chain, value_ts: np.ndarray, noise: bool) -> np.ndarray:
+    """(T + 1, S) E[G_t^2 | s_t = s], reward noise included or not, zero in terminal states."""
+    mdp, gamma = chain.mdp, chain.mdp.gamma
+    square_ts = np.zeros((chain.steps + 1, mdp.n_states))
+    noise_var_sa1 = chain.noise_var_sa[:, :, None] if noise else 0.0
+    for t in range(chain.steps - 1, -1, -1):
+        reward = chain.reward_tsas[t]
+        following = (
+            reward**2 + noise_var_sa1 + 2 * gamma * reward * value_ts[t + 1] + gamma**2 * square_ts[t + 1]
+        )
+        square_ts[t] = (chain.flow_tsas[t] * following).sum(axis=(1, 2))
+    return square_ts
+
+
+def _check_recursion_work(chain: Chain, spec: EstimatorSpec, starts: int) -> None:
+    mdp, steps, params = chain.mdp, float(chain.steps), float(chain.dimension)
+    per_start = steps * steps * mdp.n_states * mdp.n_actions * (2 * mdp.n_states + params) + 120.0 * steps * (
+        mdp.n_states * mdp.n_actions * mdp.n_states * params
+    )
+    budget.check(
+        f"{spec.name}: exact group moments by recursion over {chain.steps} steps from {starts} start states",
+        memory=8.0 * (steps * steps * params * 3 + 20 * mdp.n_states * mdp.n_actions * params),
+        seconds=starts * per_start / budget.EXACT_ENTRIES_PER_SECOND
+        + starts * steps * steps * 4 * budget.NUMPY_CALL_SECONDS,
+        hint="measure it by sampling (pgvar variance) instead",
     )
 
 
@@ -124,16 +281,6 @@ class _Paths:
 
 
 def _start_paths(chain: Chain, start: int) -> _Paths:
-    mdp = chain.mdp
-    initial = np.eye(mdp.n_states)[start]
-    if (
-        count_flow_paths(initial, chain.flow_tsas, mdp.terminal_s, MAX_ENUMERATED_PATHS)
-        > MAX_ENUMERATED_PATHS
-    ):
-        raise GroupMomentsError(
-            f"mdp {mdp.name!r}: exact group moments enumerate each start state's paths, at most "
-            f"{MAX_ENUMERATED_PATHS:,}, and start state {start} has more"
-        )
     return _Paths(chain, start)
 
 
@@ -159,7 +306,16 @@ def _zero_baseline(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
     )
 
 
-def _pair_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths, noise: bool = True):
+def _pair_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean (D,), second moment (D,), its trace without reward noise) of a group's mean gradient
+    from one start state."""
+    mean, second = _pair_moments(chain, spec, paths, noise=True)
+    if not paths.noise_var_tb.any():
+        return mean, second, float(second.sum())
+    return mean, second, float(_pair_moments(chain, spec, paths, noise=False)[1].sum())
+
+
+def _pair_moments(chain: Chain, spec: EstimatorSpec, paths: _Paths, noise: bool):
     """(mean (D,), second moment (D,)) of a group's mean gradient from one start state (see the
     module docs for A, B, w, c)."""
     mdp, k = chain.mdp, spec.group
@@ -243,9 +399,10 @@ def _multisets(n_paths: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return tuples_mk, math.factorial(k) / factorials[counts_mp].prod(axis=1)
 
 
-def _tuple_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths):
+def _tuple_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, second moment) per parameter of a group's mean gradient from one start state, summed
-    over every multiset of K paths with its multinomial probability (noiseless rewards)."""
+    over every multiset of K paths with its multinomial probability (noiseless rewards), and the
+    second moment's trace."""
     mdp, k = chain.mdp, spec.group
     tuples_mk, coefficient_m = _multisets(paths.count, k)
     prob_m = coefficient_m * np.prod(paths.prob_b[tuples_mk], axis=1)
@@ -265,7 +422,7 @@ def _tuple_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths):
         prob = prob_m[first : first + chunk]
         mean += prob @ group_mD
         second += prob @ group_mD**2
-    return mean, second
+    return mean, second, float(second.sum())
 
 
 def _check_pairs_work(chain: Chain, spec: EstimatorSpec, paths: list[_Paths]) -> None:
