@@ -96,7 +96,7 @@ def group_moments(
     k = spec.group
     variance = np.maximum(k * (second - mean**2), 0.0)
     total = float(variance.sum())
-    sampling = max(k * (second_no_noise - float(mean @ mean)), 0.0)
+    sampling = max(k * (second_no_noise - float(mean @ mean)), 0.0) if chain.noise_var_sa.any() else total
     return ExactMoments(
         spec, mean, variance, total, max(total - sampling, 0.0), min(sampling, total), method, chain.steps,
         chain.tail_mass, None,
