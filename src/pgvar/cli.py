@@ -23,7 +23,7 @@ from pgvar.commands.sweep import app as sweep_app
 from pgvar.commands.train import train as train_command
 from pgvar.documents import estimator_keys, network_variance_document, plain, variance_document
 from pgvar.errors import PgvarError, SpecError
-from pgvar.estimators import EstimatorSpec, parse_estimators
+from pgvar.estimators import MAX_GROUP, EstimatorSpec, parse_estimators
 from pgvar.kpi import RELIABLE_DOF, TARGET_COSINE
 from pgvar.mdp import REWARD_LIMIT, TabularMDP
 from pgvar.validation import check_choice, check_int, check_int_list, check_number, check_seed
@@ -219,7 +219,7 @@ def _load(mdp: str, theta: str) -> tuple[TabularMDP, np.ndarray]:
 def _specs(estimators: str, entropy: float, group: int | None = None) -> list[EstimatorSpec]:
     """The estimators of ``-e``; ``group`` is ``--group`` on the commands that measure groups."""
     entropy = check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
-    group = None if group is None else check_int(group, "--group", low=1)
+    group = None if group is None else check_int(group, "--group", low=1, high=MAX_GROUP)
     return parse_estimators(estimators, entropy=entropy, group=group)
 
 
@@ -411,7 +411,7 @@ def exact(
         out.print(
             "a group baseline's variance is K × that of a group's mean gradient (a batch of N = N/K groups "
             "has variance / N); "
-            + "; ".join(f"{r.spec.name}: {_group_method(r.method)}" for r in grouped)
+            + "; ".join(f"{r.spec.name}: {_group_method(r.method, r.spec.group)}" for r in grouped)
             + ".",
             highlight=False,
         )
@@ -425,14 +425,15 @@ def _bias_text(moments, grad: np.ndarray) -> str:
     return "none" if bias < 1e-9 * max(1.0, float(np.linalg.norm(grad))) else f"{bias:.4g}"
 
 
-def _group_method(method: str) -> str:
+def _group_method(method: str, k: int) -> str:
     """How a group baseline's moments were had, in words."""
-    from pgvar.montecarlo.groups import ESTIMATE_GROUPS
+    from pgvar.montecarlo.groups import estimate_groups
 
     return {
         "pairs": "exact, from moments of pairs of episodes",
+        "recursion": "exact, from moments of pairs of episodes by recursion over the steps",
         "tuples": "exact, from every multiset of K paths",
-        "monte-carlo": f"estimated from {ESTIMATE_GROUPS:,} sampled groups, 95% interval in brackets",
+        "monte-carlo": f"estimated from {estimate_groups(k):,} sampled groups, 95% interval in brackets",
     }[method]
 
 

@@ -31,7 +31,14 @@ from pgvar.montecarlo.plan import Episodes
 from pgvar.montecarlo.sampler import Sample, Sampler
 from pgvar.validation import check_int
 
-ESTIMATE_GROUPS = 20_000  # groups sampled where a group baseline's moments cannot be enumerated
+ESTIMATE_EPISODES = 80_000  # episodes sampled where a group baseline's moments cannot be enumerated
+ESTIMATE_MIN_GROUPS = 256
+
+
+def estimate_groups(k: int) -> int:
+    """How many groups of ``k`` an estimate of a group baseline's moments samples: 20,000 groups of
+    4, and at least 256 groups for large K."""
+    return max(ESTIMATE_MIN_GROUPS, ESTIMATE_EPISODES // k)
 
 
 def check_group_size(spec: EstimatorSpec, n: int) -> None:
@@ -129,11 +136,12 @@ class GroupSampler:
 
 
 def group_moments_estimate(
-    mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, groups: int = ESTIMATE_GROUPS, seed: int = 0
+    mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, groups: int | None = None, seed: int = 0
 ) -> ExactMoments:
-    """A group baseline's mean and variance estimated from ``groups`` sampled groups (method
-    ``monte-carlo``), with the 95% interval of the variance trace and each mean's standard error."""
-    check_int(groups, "groups", low=2)
+    """A group baseline's mean and variance estimated from ``groups`` sampled groups (default
+    :func:`estimate_groups`; method ``monte-carlo``), with the 95% interval of the variance trace
+    and each mean's standard error."""
+    groups = estimate_groups(spec.group) if groups is None else check_int(groups, "groups", low=2)
     sampler = GroupSampler(mdp, theta, [spec])
     sample = sampler.sample(spec.group, groups, seed)
     group_means_gD = sample.batch_means_emd[0]
