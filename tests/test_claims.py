@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from helpers import random_mdp
 from test_cli import run, strict_json
 
+from pgvar import claims as claims_module
 from pgvar import envs
-from pgvar.claims import Claim, check_entropy_gradient, check_transitions_cancel, verify_lesson
+from pgvar.claims import Claim, check_entropy_gradient, check_transitions_cancel, verify_groups, verify_lesson
 from pgvar.errors import SpecError
 from pgvar.mdp import TabularMDP
 
@@ -18,7 +20,7 @@ from pgvar.mdp import TabularMDP
 def test_every_claim_holds_on_the_lesson_at_the_uniform_policy(capsys):
     code, out, _ = run(["verify"], capsys)
     assert code == 0
-    assert out.count("PASS") == 10 and "FAIL" not in out
+    assert out.count("PASS") == 13 and "FAIL" not in out  # the lesson's 10 and the group baselines' 3
 
 
 def test_repayment_breaks_two_claims_and_says_why():
@@ -56,8 +58,9 @@ def test_verify_json_is_strict_json_with_every_claim(capsys):
     code, out, _ = run(["verify", "--json", "--seed", "3"], capsys)
     assert code == 0
     payload = strict_json(out)
-    assert {"mdp", "seed", "theta", "claims", "variance_optimal"} <= payload.keys()
-    assert payload["seed"] == 3 and len(payload["claims"]) == 10
+    assert {"mdp", "seed", "theta", "claims", "variance_optimal", "group_claims"} <= payload.keys()
+    assert payload["seed"] == 3 and len(payload["claims"]) == 10 and len(payload["group_claims"]) == 3
+    assert all(claim["passed"] for claim in payload["group_claims"])
     for claim in payload["claims"]:
         assert claim["passed"] is True
         assert claim["numbers"] and all(isinstance(v, (int, float)) for v in claim["numbers"].values())
@@ -103,3 +106,50 @@ def test_verify_refuses_a_negative_seed():
     mdp = envs.lesson()
     with pytest.raises(SpecError, match="seed: must be a whole number >= 0, got -1"):
         verify_lesson(mdp, np.zeros(mdp.theta_shape()), seed=-1)
+
+
+# -- the group baselines (docs/groups.md) ----------------------------------------------------------
+
+
+def test_the_group_claims_hold_on_the_prompts_mdp_exactly():
+    mdp = envs.make("prompts")
+    loo, shrink, turn = verify_groups(mdp, np.zeros(mdp.theta_shape()))
+    assert loo.passed and loo.numbers["exact_bias"] < 1e-15
+    assert shrink.passed and shrink.numbers["exact_max_difference"] < 1e-15
+    assert "K=4: 0.7500" in shrink.detail
+    assert turn.passed and turn.numbers["statistic"] is None  # decided exactly (every K-tuple of paths)
+    assert 1 - 1e-3 < turn.numbers["cosine"] < 1 - 1e-9
+
+
+def test_where_the_std_only_rescales_the_claim_fails_with_the_reason():
+    repayment = envs.repayment()
+    turn = verify_groups(repayment, np.zeros(repayment.theta_shape()))[2]
+    assert not turn.passed and "the std only rescales the gradient" in turn.detail
+    assert turn.numbers["cosine"] == pytest.approx(1.0, abs=1e-12)
+    corridor = envs.make("short-corridor")  # one logit pair: every estimate lies along grad J
+    turn = verify_groups(corridor, np.zeros(corridor.theta_shape()))[2]
+    assert not turn.passed and "every estimate lies along grad J" in turn.detail
+
+
+def test_on_the_lesson_the_turn_is_shown_by_sampling_with_a_derived_bound():
+    mdp = envs.lesson()
+    turn = verify_groups(mdp, np.zeros(mdp.theta_shape()))[2]
+    assert "reward noise is continuous" in turn.detail  # so the check samples
+    assert turn.passed and turn.numbers["statistic"] > claims_module.S_LIMIT
+
+
+def test_the_sampled_checks_catch_a_baseline_that_is_not_what_it_claims(monkeypatch):
+    """Swap the group mean for RLOO in the sampled check: E g is then grad J, not (K-1)/K grad J, and
+    the claim must fail; swap RLOO for the group mean and the unbiasedness claim must fail."""
+    mdp = envs.make("prompts")
+    theta = np.zeros(mdp.theta_shape())
+    real = claims_module._group_sample
+
+    def swapped(mdp, theta, spec, seed):
+        other = {"group": "loo", "loo": "group"}.get(spec.baseline, spec.baseline)
+        return real(mdp, theta, replace(spec, baseline=other, name=""), seed)
+
+    monkeypatch.setattr(claims_module, "_group_sample", swapped)
+    loo, shrink, _ = verify_groups(mdp, theta)
+    assert not loo.passed and loo.numbers["monte_carlo_max_z"] > claims_module.Z_LIMIT
+    assert not shrink.passed and shrink.numbers["monte_carlo_max_z"] > claims_module.Z_LIMIT

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_cli import run
 
 from pgvar import envs, report, vocabulary
 from pgvar.errors import SpecError
-from pgvar.exact import unroll
+from pgvar.exact import exact_gradient, unroll
 from pgvar.policy import uniform_theta
 from pgvar.report import COMPARED_BASELINES, figure_baselines
 
@@ -16,11 +17,13 @@ def test_report_writes_figures_and_html(tmp_path, capsys):
     out = tmp_path / "report"
     code, printed, err = run(["report", "--mdp", "repayment", "--out", str(out), "--batches", "20"], capsys)
     assert code == 0, err
-    for name in ("variance_by_estimator", "variance_against_n", "baselines", "gae_lambda", "learning_curves"):
+    names = ("variance_by_estimator", "variance_against_n", "baselines", "gae_lambda", "group_baselines")
+    for name in (*names, "learning_curves"):
         for suffix in ("png", "svg"):
             assert (out / f"{name}.{suffix}").stat().st_size > 1000
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6
+    assert "RLOO (leave-one-out baseline) is unbiased" in page
     assert "FAIL" in page and "reward-to-go lowers the variance" in page  # repayment breaks that claim
     assert "report.html" in printed
 
@@ -75,3 +78,25 @@ def test_report_out_is_checked_before_anything_is_computed_or_created(tmp_path, 
     with pytest.raises(SpecError, match="not finite"):
         report.build_report(mdp, theta, tmp_path / "new", batches=2, learning=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # a failed report leaves nothing
+
+
+def test_the_group_figure_draws_exact_values_against_k_beside_the_single_episode_baselines():
+    mdp = envs.make("prompts")
+    theta = uniform_theta(mdp)
+    figure = report.figure_groups(mdp, theta, unroll(mdp, theta))
+    variance_ax, bias_ax = figure.figure.axes
+    lines = {bars.get_label(): bars.lines[0] for bars in bias_ax.containers}  # each an ErrorbarContainer
+    grad_norm = float(np.linalg.norm(exact_gradient(mdp, theta)))
+    loo, group = (lines[name].get_ydata() for name in ("rtg+loo", "rtg+group"))
+    np.testing.assert_allclose(loo, 0.0, atol=1e-12)  # RLOO is unbiased
+    np.testing.assert_allclose(group, grad_norm / np.array(report.GROUP_SIZES), rtol=1e-9)  # |∇J| / K
+    flat = [
+        line for line in variance_ax.get_lines() if line.get_label().startswith(("rtg+lesson", "rtg+value"))
+    ]
+    assert len(flat) == 2
+    assert "Estimated from sampled groups" not in figure.caption  # prompts is enumerable: all exact
+    lesson = envs.make("lesson")
+    caption = report.figure_groups(
+        lesson, uniform_theta(lesson), unroll(lesson, uniform_theta(lesson))
+    ).caption
+    assert "Estimated from sampled groups" in caption and "rtg+group-std" in caption  # noisy rewards

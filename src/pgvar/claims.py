@@ -15,8 +15,10 @@ import numpy as np
 from pgvar import kpi
 from pgvar.estimators import EstimatorSpec, parse_estimator
 from pgvar.exact import Chain, ExactMoments, chain_gradient, exact_moments, optimal_constants, unroll
+from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import sample_batch_means
+from pgvar.montecarlo.groups import GroupSampler
 from pgvar.policy import entropy_gradient, log_softmax, logits_table, parameter_index, policy_table, softmax
 from pgvar.studies import variance_study
 from pgvar.validation import check_seed
@@ -260,6 +262,130 @@ def check_entropy_gradient(mdp: TabularMDP, theta: np.ndarray) -> Claim:
 def _kl_to_uniform(logits: np.ndarray) -> float:
     log_probs = log_softmax(logits)
     return float(np.exp(log_probs) @ (log_probs + np.log(logits.size)))
+
+
+# -- the group baselines of language-model RL (docs/groups.md) --------------------------------------
+
+GROUP_SIZES = (2, 4, 8)  # K of the exact checks
+SAMPLED_GROUP = 4  # K of the Monte-Carlo checks
+SAMPLED_GROUPS = 4000
+S_LIMIT = 15.1  # P(chi2_1 >= 15.1) = 1e-4 bounds the tail of S below (Szekely & Bakirov 2003)
+
+
+def _group_sample(mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, seed: int) -> np.ndarray:
+    """(G, D) the mean gradients of ``SAMPLED_GROUPS`` sampled groups."""
+    return GroupSampler(mdp, theta, [spec]).sample(spec.group, SAMPLED_GROUPS, seed).batch_means_emd[0]
+
+
+def _max_z(group_means_gD: np.ndarray, target: np.ndarray) -> float:
+    """max over parameters of |mean - target| / its standard error (from the groups' spread)."""
+    error = group_means_gD.std(axis=0, ddof=1) / np.sqrt(group_means_gD.shape[0])
+    z = np.abs(group_means_gD.mean(axis=0) - target) / np.where(error > 0, error, 1.0)
+    return float(np.where(error > 0, z, np.where(z > 0, np.inf, 0.0)).max())
+
+
+def _exact_group_means(mdp, theta, text: str, chain: Chain) -> dict[int, ExactMoments]:
+    return {k: exact_moments(mdp, theta, parse_estimator(text, group=k), chain=chain) for k in GROUP_SIZES}
+
+
+def check_loo_unbiased(mdp: TabularMDP, theta: np.ndarray, chain: Chain, seed: int = 0) -> Claim:
+    """RLOO (Ahmadian et al. 2024): E g = grad J exactly for every K, and a sampled mean agrees."""
+    grad = chain_gradient(chain)
+    scale = max(1.0, float(np.abs(grad).max()))
+    bias = max(
+        float(np.abs(m.mean - grad).max())
+        for weight in ("return", "rtg")
+        for m in _exact_group_means(mdp, theta, f"{weight}+loo", chain).values()
+    )
+    z = _max_z(_group_sample(mdp, theta, parse_estimator("rtg+loo", group=SAMPLED_GROUP), seed), grad)
+    return Claim(
+        "RLOO (leave-one-out baseline) is unbiased",
+        bias < 1e-9 * scale and z < Z_LIMIT,
+        f"exact max |E g - grad J| = {bias:.1e} over return and rtg, K = {', '.join(map(str, GROUP_SIZES))}; "
+        f"Monte Carlo ({SAMPLED_GROUPS} groups of {SAMPLED_GROUP}, rtg+loo): max |z| = {z:.2f} "
+        f"(< {Z_LIMIT:g} passes)",
+        {"exact_bias": bias, "monte_carlo_max_z": z},
+    )
+
+
+def check_group_mean_shrinks(mdp: TabularMDP, theta: np.ndarray, chain: Chain, seed: int = 0) -> Claim:
+    """GRPO's mean baseline includes the episode itself: E g = (K - 1)/K grad J exactly (Shao et al.
+    2024; Liu et al. 2025), and a sampled mean agrees."""
+    grad = chain_gradient(chain)
+    scale = max(1.0, float(np.abs(grad).max()))
+    exact = _exact_group_means(mdp, theta, "return+group", chain)
+    off = max(float(np.abs(m.mean - (k - 1) / k * grad).max()) for k, m in exact.items())
+    k = SAMPLED_GROUP
+    z = _max_z(_group_sample(mdp, theta, parse_estimator("return+group", group=k), seed), (k - 1) / k * grad)
+    norm = float(np.linalg.norm(grad))
+    shrink = ", ".join(
+        f"K={k}: {float(np.linalg.norm(m.mean)) / norm:.4f}" if norm > 0 else f"K={k}: —"
+        for k, m in exact.items()
+    )
+    return Claim(
+        "GRPO's group-mean baseline shrinks the gradient by (K - 1)/K",
+        off < 1e-9 * scale and z < Z_LIMIT,
+        f"|E g| / |grad J| = {shrink}; exact max |E g - (K-1)/K grad J| = {off:.1e}; Monte Carlo "
+        f"({SAMPLED_GROUPS} groups of {k}): max |z| = {z:.2f} (< {Z_LIMIT:g} passes)",
+        {"exact_max_difference": off, "monte_carlo_max_z": z},
+    )
+
+
+def check_std_turns_gradient(mdp: TabularMDP, theta: np.ndarray, chain: Chain, seed: int = 0) -> Claim:
+    """Dividing by the group's std (GRPO) turns E g away from grad J: exactly where the groups can be
+    enumerated (1 - cos > 1e-9), else by a sampled test. There the part of the groups' mean gradient
+    orthogonal to grad J has, if E g were along grad J, mean zero, and S = G |r|^2 / tr Cov(r) over
+    G groups exceeds 15.1 with probability at most 1e-4 (Szekely & Bakirov 2003)."""
+    claim = "std normalisation (GRPO) changes the direction of the gradient"
+    grad = chain_gradient(chain)
+    norm = float(np.linalg.norm(grad))
+    spec = parse_estimator("rtg+group-std", group=SAMPLED_GROUP)
+    if norm == 0:
+        return Claim(claim, False, "grad J = 0 here: there is no direction to change", {"cosine": None})
+    try:
+        exact = exact_moments(mdp, theta, spec, chain=chain)
+        cosine = kpi.gradient_cosine(exact.mean, grad)
+        passed = cosine is not None and 1 - cosine > 1e-9
+        return Claim(
+            claim,
+            passed,
+            f"{spec.name}, K = {spec.group}: exact cos(E g, grad J) = {cosine:.9f}"
+            + ("" if passed else "; does NOT hold here: the std only rescales the gradient"),
+            {"cosine": cosine, "statistic": None},
+        )
+    except GroupMomentsError as why:
+        reason = str(why)
+    means_gD = _group_sample(mdp, theta, spec, seed)
+    unit = grad / norm
+    orthogonal_gD = means_gD - np.outer(means_gD @ unit, unit)
+    spread = float(orthogonal_gD.var(axis=0, ddof=1).sum())
+    mean_orthogonal = orthogonal_gD.mean(axis=0)
+    # estimates that all lie along grad J (one free logit per state) leave only rounding orthogonal to it
+    along = spread <= 1e-20 * float(means_gD.var(axis=0, ddof=1).sum())
+    statistic = 0.0 if along else means_gD.shape[0] * float(mean_orthogonal @ mean_orthogonal) / spread
+    cosine = kpi.gradient_cosine(means_gD.mean(axis=0), grad)
+    passed = statistic > S_LIMIT
+    verdict = "" if passed else "; not shown here"
+    if along:
+        verdict = "; does NOT hold here: every estimate lies along grad J (the gradient has one direction)"
+    return Claim(
+        claim,
+        passed,
+        f"{spec.name}, K = {spec.group}, {SAMPLED_GROUPS} sampled groups (no exact value: {reason}): "
+        f"cos(E g, grad J) = {cosine:.5f}; the part orthogonal to grad J gives S = {statistic:.1f} "
+        f"(> {S_LIMIT:g} passes, P <= 1e-4 if the direction were kept){verdict}",
+        {"cosine": cosine, "statistic": statistic},
+    )
+
+
+def verify_groups(mdp: TabularMDP, theta: np.ndarray, seed: int = 0) -> list[Claim]:
+    """The claims about the group baselines of language-model RL, on this MDP and policy."""
+    chain = unroll(mdp, theta)
+    return [
+        check_loo_unbiased(mdp, theta, chain, seed),
+        check_group_mean_shrinks(mdp, theta, chain, seed),
+        check_std_turns_gradient(mdp, theta, chain, seed),
+    ]
 
 
 def verify_lesson(mdp: TabularMDP, theta: np.ndarray, seed: int = 0) -> tuple[list[Claim], str]:

@@ -815,33 +815,44 @@ def verify(
 ) -> None:
     """Check every claim of the lesson on this MDP and policy: PASS or FAIL with the numbers.
     Exit code 0 only when all hold."""
-    from pgvar.claims import verify_lesson
+    from pgvar.claims import verify_groups, verify_lesson
 
     seed = check_seed(seed, "--seed")
     model, logits = _load(mdp, theta)
     _check_start(model, logits, "verify")  # a claim on NaN numbers would fail for the wrong reason
     claims, summary = verify_lesson(model, logits, seed)
+    group_claims = verify_groups(model, logits, seed)
     if as_json:
+
+        def listed(found):
+            return [
+                {"claim": c.claim, "passed": c.passed, "detail": c.detail, "numbers": c.numbers}
+                for c in found
+            ]
+
         _print_json(
             {
                 "mdp": model.name,
                 "seed": seed,
                 "theta": logits.tolist(),
-                "claims": [
-                    {"claim": c.claim, "passed": c.passed, "detail": c.detail, "numbers": c.numbers}
-                    for c in claims
-                ],
+                "claims": listed(claims),
                 "variance_optimal": summary,
+                "group_claims": listed(group_claims),
             }
         )
     else:
-        out.print(f"Lesson 07's claims on {model.name!r}:", highlight=False)
-        for c in claims:
-            mark = "[green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
-            out.print(f"{mark} {c.claim}", highlight=False)
-            out.print(f"     {c.detail}", highlight=False, markup=False)
-        out.print(summary, highlight=False)
-    if not all(c.passed for c in claims):
+        for title, found in (
+            (f"Lesson 07's claims on {model.name!r}:", claims),
+            ("The group baselines of language-model RL (RLOO, GRPO; docs/groups.md):", group_claims),
+        ):
+            out.print(title, highlight=False)
+            for c in found:
+                mark = "[green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
+                out.print(f"{mark} {c.claim}", highlight=False)
+                out.print(f"     {c.detail}", highlight=False, markup=False)
+            if found is claims:
+                out.print(summary, highlight=False)
+    if not all(c.passed for c in [*claims, *group_claims]):
         raise typer.Exit(1)
 
 

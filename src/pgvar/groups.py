@@ -201,27 +201,29 @@ def _weight_moments(chain: Chain, plain: EstimatorSpec, reward_to_go_tD: np.ndar
     scale_t = score_scale_t(plain, gamma, n_steps)
     mean_t = (dist_ts[:-1] * value_ts[:-1]).sum(axis=1)
     square_t = [(dist_ts[:-1] * y_ts[:-1]).sum(axis=1) for y_ts in seconds]
+    steps_t = np.arange(n_steps)
     products_tt = np.zeros((n_steps, n_steps))  # E[G_t G_u] - gamma^(u - t) E[G_u^2], t < u: the past part
+    past_ts = np.zeros((n_steps, mdp.n_states))  # row t: E[sum_{k=t}^{u-1} gamma^(k-t) r_k ; s_u = s]
+    for u in range(n_steps):
+        flow = chain.flow_tsas[u]
+        products_tt[:, u] = past_ts @ value_ts[u]
+        earned_s = np.einsum("sap,s,sap->p", flow, dist_ts[u], chain.reward_tsas[u])
+        started_t = np.where(steps_t <= u, gamma ** np.maximum(u - steps_t, 0), 0.0)
+        past_ts = past_ts @ flow.sum(axis=1) + started_t[:, None] * earned_s
     cross_ttD = np.zeros((n_steps, n_steps, chain.dimension))  # E[score_t G_u]
-    for t in range(n_steps):
-        past_s = np.zeros(mdp.n_states)  # E[sum_{k=t}^{u-1} gamma^(k-t) r_k ; s_u = s]
-        for u in range(t, n_steps):
-            products_tt[t, u] = past_s @ value_ts[u]
-            flow = chain.flow_tsas[u]
-            past_s = np.einsum("sap,s->p", flow, past_s) + gamma ** (u - t) * np.einsum(
-                "sap,s,sap->p", flow, dist_ts[u], chain.reward_tsas[u]
-            )
-        cross_ttD[t, : t + 1] = gamma ** (t - np.arange(t + 1))[:, None] * reward_to_go_tD[t]  # u <= t
-    for u in range(1, n_steps):  # t < u: E[G_u | s_(t+1)] carried back from V_u without rewards
-        following_s = value_ts[u]
-        for t in range(u - 1, -1, -1):
-            flow = chain.flow_tsas[t]
-            given_sD = np.einsum("sap,p,sad->sd", flow, following_s, chain.score_tsaD[t])
-            cross_ttD[t, u] = dist_ts[t] @ given_sD
-            following_s = np.einsum("sap,p->s", flow, following_s)
+    ahead_tt = np.maximum(steps_t[None, :] - steps_t[:, None], 0)  # u - t where u >= t
+    cross_ttD += np.tril(gamma**ahead_tt.T)[:, :, None] * reward_to_go_tD[:, None, :]  # u <= t
+    following_us = np.zeros((n_steps, mdp.n_states))  # row u > t: E[G_u | s_(t+1) = s]
+    for t in range(n_steps - 1, -1, -1):
+        flow = chain.flow_tsas[t]
+        if t + 1 < n_steps:
+            following_us[t + 1] = value_ts[t + 1]
+            later = following_us[t + 1 :]
+            moved_usa = np.einsum("sap,up->usa", flow, later)
+            cross_ttD[t, t + 1 :] = np.einsum("s,usa,sad->ud", dist_ts[t], moved_usa, chain.score_tsaD[t])
+            following_us[t + 1 :] = moved_usa.sum(axis=2)
     second = []
     for square in square_t:
-        ahead_tt = np.maximum(np.subtract.outer(np.arange(n_steps), np.arange(n_steps)).T, 0)  # u - t
         moment_tt = products_tt + np.triu(gamma**ahead_tt * square[None, :], 1)
         moment_tt = np.triu(moment_tt, 1) + np.diag(square)
         moment_tt = moment_tt + np.triu(moment_tt, 1).T

@@ -19,9 +19,11 @@ import numpy as np
 from pgvar.errors import SpecError
 from pgvar.estimators import parse_estimator, parse_estimators
 from pgvar.exact import exact_gradient, exact_moments, unroll
+from pgvar.kpi import bias_norm
 from pgvar.mdp import TabularMDP
+from pgvar.montecarlo.groups import estimator_moments
 from pgvar.studies import variance_study
-from pgvar.vocabulary import BASELINE_KINDS, GROUP_BASELINES, LESSON_FOUR
+from pgvar.vocabulary import BASELINE_KINDS, GROUP_BASELINES, LESSON_COLOURS, LESSON_FOUR
 
 #: The baseline kinds the report compares: every kind with an exact value or limit (``learned`` needs
 #: a table that only training fits, so it is left out).
@@ -183,6 +185,72 @@ def figure_gae(mdp: TabularMDP, theta: np.ndarray, chain, n: int) -> Figure:
     )
 
 
+GROUP_SIZES = (2, 4, 8, 16)
+#: The group baselines the report draws against K, each with its Okabe–Ito colour (Okabe & Ito 2008).
+GROUP_FIGURE: dict[str, str] = {"rtg+loo": "#009E73", "rtg+group": "#CC79A7", "rtg+group-std": "#E69F00"}
+
+
+def figure_groups(mdp: TabularMDP, theta: np.ndarray, chain) -> Figure:
+    """Variance and bias of the group baselines (RLOO, GRPO) against the group size K, beside the
+    lesson's running baseline and the exact V: exact where the groups can be enumerated or the
+    recursion serves, else estimated from sampled groups with 95% intervals."""
+    plt = _pyplot()
+    grad = exact_gradient(mdp, theta).ravel()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    estimated = []
+    for text, colour in GROUP_FIGURE.items():
+        moments = [estimator_moments(mdp, theta, parse_estimator(text, group=k), chain) for k in GROUP_SIZES]
+        variance = np.array([m.variance_trace for m in moments])
+        bias = np.array([bias_norm(m.mean, grad) for m in moments])
+        sampled = [m.variance_ci95 is not None for m in moments]
+        if any(sampled):
+            estimated.append(text)
+        low = [m.variance_trace - m.variance_ci95[0] if m.variance_ci95 else 0.0 for m in moments]
+        high = [m.variance_ci95[1] - m.variance_trace if m.variance_ci95 else 0.0 for m in moments]
+        axes[0].errorbar(
+            GROUP_SIZES, variance, yerr=[low, high], fmt="o-", color=colour, capsize=3, label=text
+        )
+        errors = [
+            float(np.linalg.norm(m.mean_standard_error)) if m.mean_standard_error is not None else 0.0
+            for m in moments
+        ]
+        axes[1].errorbar(GROUP_SIZES, bias, yerr=errors, fmt="o-", color=colour, capsize=3, label=text)
+    for text, style in (("rtg+lesson", "--"), ("rtg+value", ":")):
+        moments = exact_moments(mdp, theta, parse_estimator(text), chain=chain)
+        label = f"{text}: {BASELINE_KINDS[parse_estimator(text).baseline]} (no groups)"
+        axes[0].axhline(
+            moments.variance_trace,
+            linestyle=style,
+            color=LESSON_COLOURS["rtg+lesson"] if text == "rtg+lesson" else "#000000",
+            label=label,
+        )
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(GROUP_SIZES, [str(k) for k in GROUP_SIZES])
+        ax.set_xlabel("group size K (episodes per start state)")
+    axes[0].set_ylabel("variance of one episode's estimate (trace)")
+    axes[1].set_ylabel("|E g − ∇J| (bias)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    how = (
+        f"Estimated from sampled groups (error bars: 95% interval; bias ± standard error): "
+        f"{', '.join(estimated)}. "
+        if estimated
+        else ""
+    )
+    return Figure(
+        "group_baselines",
+        "Group baselines (RLOO, GRPO) against the group size K",
+        "Left: variance of one episode's estimate (K times the variance of a group's mean gradient, so a "
+        "batch of N has variance / N) for the leave-one-out baseline (RLOO), the group mean (GRPO, Dr. "
+        "GRPO) and the group mean and std (GRPO), beside the lesson's running baseline and the exact "
+        "V(s), which need no groups. Right: bias: zero for RLOO, |∇J| / K for the group mean. "
+        + how
+        + "docs/groups.md.",
+        fig,
+    )
+
+
 def learning_curves(mdp: TabularMDP, theta: np.ndarray, out: Path, seed: int) -> tuple[Path, str]:
     """Learning curves of the lesson's four estimators (``pgvar.train``), written as PNG + SVG
     (``pgvar.curves``)."""
@@ -243,7 +311,7 @@ def build_report(
         figure_variance_against_n(mdp, theta, batches, seed),
     ]
     baseline_figure, _ = figure_baselines(mdp, theta, chain)
-    figures += [baseline_figure, figure_gae(mdp, theta, chain, n)]
+    figures += [baseline_figure, figure_gae(mdp, theta, chain, n), figure_groups(mdp, theta, chain)]
     plt = _pyplot()
     try:
         out.mkdir(exist_ok=True)
@@ -262,19 +330,19 @@ def build_report(
     if learning:
         png_path, caption = learning_curves(mdp, theta, out, seed)
         sections.append(_section("Learning curves", png_path.read_bytes(), caption))
-    from pgvar.claims import verify_lesson
+    from pgvar.claims import verify_groups, verify_lesson
 
     claims, summary = verify_lesson(mdp, theta, seed)
     rows = "".join(
         f"<tr><td class='{'pass' if c.passed else 'fail'}'>{'PASS' if c.passed else 'FAIL'}</td>"
         f"<td>{html.escape(c.claim)}</td><td>{html.escape(c.detail)}</td></tr>"
-        for c in claims
+        for c in [*claims, *verify_groups(mdp, theta, seed)]
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>pgvar report: {html.escape(mdp.name)}</title><style>{_STYLE}</style></head>
 <body><h1>pgvar report: {html.escape(mdp.name)}</h1><p>{html.escape(mdp.description)}</p>
 <p>theta = {html.escape(np.array2string(theta, precision=3))}</p>
-{"".join(sections)}<h2>The lesson's claims on this MDP</h2><table>{rows}</table><p>{html.escape(summary)}</p>
+{"".join(sections)}<h2>The claims on this MDP</h2><table>{rows}</table><p>{html.escape(summary)}</p>
 </body></html>"""
     path = out / "report.html"
     path.write_text(page)
