@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pgvar import envs
+from pgvar.errors import SpecError
 from pgvar.estimators import parse_estimator
 from pgvar.exact import exact_moments, objective
 from pgvar.explorer.export import HISTORY_COLUMNS, READINGS_COLUMNS, history_csv, readings_csv
@@ -22,6 +23,7 @@ from pgvar.explorer.state import (
     BATCH_CHOICES,
     CONFIG_COLOURS,
     CONFIGS,
+    DEFAULT_GROUP,
     LESSON_SPECS,
     N_CHOICES,
     PAGE_BASELINE_KINDS,
@@ -31,6 +33,7 @@ from pgvar.explorer.state import (
     check_knobs,
     config_label,
     parse_query,
+    settings_query,
     spec_text,
 )
 from pgvar.vocabulary import BASELINE_KINDS, LESSON_COLOURS, LESSON_FOUR, LESSON_LABELS, PRESETS
@@ -167,8 +170,8 @@ def test_query_string_values_and_messages():
         changes, messages = parse_query({key: raw})
         assert changes == {} and len(messages) == 1 and messages[0].startswith(f"query string: {key}: ")
     assert set(QUERY_KEYS) == {
-        "N", "rtg", "baseline", "kind", "lam", "gamma", "entropy", "batches", "history", "learn", "lr", "mdp",
-        "logits", "story",
+        "N", "rtg", "baseline", "kind", "lam", "gamma", "entropy", "batches", "group", "history", "learn",
+        "lr", "mdp", "logits", "story",
     }  # fmt: skip
 
 
@@ -854,3 +857,85 @@ def test_a_closed_session_frees_its_state_and_does_no_more_work():
     view.mdp_select.value = "bandit"
     assert view.state.tick_count == ticks and view.state.base_mdp.name == "lesson"
     view.close()  # twice is harmless
+
+
+# -- the group baselines (RLOO, GRPO; docs/groups.md) -----------------------------------------------
+
+
+def test_group_kinds_take_a_group_size_and_whole_groups():
+    knobs = check_knobs(Knobs(), {"baseline_kind": "loo"})
+    assert knobs.grouped and knobs.group == DEFAULT_GROUP and knobs.n == DEFAULT_GROUP  # N follows K up
+    knobs = check_knobs(knobs, {"group": 16})
+    assert knobs.n == 16
+    assert check_knobs(knobs, {"n": 64}).n == 64  # N above K stays: a power of two is whole groups
+    assert check_knobs(knobs, {"n": 2}).n == 16
+    with pytest.raises(SpecError, match="group: must be one of 2, 4, 8, 16, 32, 64"):
+        check_knobs(knobs, {"group": 3})
+    with pytest.raises(SpecError, match="GAE"):
+        check_knobs(knobs, {"lam": 0.9})
+    assert check_knobs(Knobs(), {"group": 8}).n == 1  # K alone changes nothing while no group kind is chosen
+    specs = lesson_state().specs(knobs)
+    assert [s.grouped for s in specs] == [False, False, True, True] and specs[3].group == 16
+
+
+def test_group_knobs_round_trip_through_the_query_string():
+    state = lesson_state()
+    state.set_knobs(baseline_kind="group-std", group=8, baseline=True, rtg=True)
+    query = settings_query(state.snapshot())
+    assert query["kind"] == "group-std" and query["group"] == "8" and query["N"] == "8"
+    changes, messages = parse_query(query)
+    assert messages == [] and changes["group"] == 8 and changes["baseline_kind"] == "group-std"
+    assert "group" not in settings_query(lesson_state().snapshot())  # the default stays out of links
+    _, messages = parse_query({"group": "5"})
+    assert messages == ["query string: group: must be one of 2, 4, 8, 16, 32, 64, got '5'"]
+
+
+def test_a_group_baseline_ticks_with_its_exact_value_and_bias():
+    """loo is unbiased; the group mean's bias is exactly |grad J| / K (E g = (K - 1)/K grad J)."""
+    state = lesson_state()
+    state.set_knobs(baseline_kind="group", group=4, n=16, baseline=True, rtg=True)
+    result = state.tick()
+    grad_norm = float(np.linalg.norm(state.exact.grad))
+    group = result.configs[3]
+    assert group.spec == "rtg+group" and group.bias == pytest.approx(grad_norm / 4, rel=1e-9)
+    assert group.cosine == pytest.approx(1.0)
+    assert result.configs[1].bias is None  # reward-to-go without a baseline: unbiased, nothing shown
+    exact = exact_moments(state.mdp, state.theta, parse_estimator("rtg+group", group=4)).variance_trace / 16
+    assert group.exact == pytest.approx(exact)
+    assert group.lo <= group.variance <= group.hi
+    state.set_knobs(baseline_kind="loo")
+    loo = state.tick().configs[3]
+    assert loo.spec == "rtg+loo" and loo.bias is None and loo.exact is not None
+
+
+def test_group_std_on_noisy_rewards_is_measured_without_an_exact_value():
+    state = lesson_state()
+    state.set_knobs(baseline_kind="group-std", baseline=True, rtg=True)
+    result = state.tick()
+    reading = result.configs[3]
+    assert reading.exact is None and reading.bias is None and math.isfinite(reading.variance)
+    assert "exact" not in state.messages  # the other configurations still have theirs
+    assert result.configs[0].exact is not None
+
+
+def test_the_group_measurement_agrees_with_the_exact_value():
+    """The KPI over 1,000 batches: its 95% interval (Satterthwaite, kpi.variance_trace_ci) holds the
+    exact value / N unless the interval misses, which a fixed seed makes a fixed outcome."""
+    state = ExplorerState("prompts", seed=3)
+    state.set_knobs(baseline_kind="loo", group=8, n=32, batches=1000, baseline=True)
+    reading = state.tick().configs[2]
+    assert reading.spec == "return+loo"
+    assert reading.lo <= reading.exact <= reading.hi
+
+
+def test_learn_mode_and_the_n_sweep_take_group_baselines():
+    state = ExplorerState("prompts", seed=2)
+    state.set_knobs(baseline_kind="loo", group=4, baseline=True)
+    before = state.objective()
+    state.set_learning(True, 1.0)
+    for _ in range(20):
+        state.tick()
+    assert state.learn_steps == 20 and state.objective() > before
+    state.set_learning(False)
+    curve = state.sweep()
+    assert min(curve) == 4  # no N below one group

@@ -115,6 +115,15 @@ def _share(value: float | None, reference: float | None) -> float | None:
     return value / reference
 
 
+def bias_text(reading: ConfigReading) -> str:
+    """A biased configuration's exact bias beside its variance (GRPO's group mean and std, ...);
+    empty for an unbiased one."""
+    if reading.bias is None:
+        return ""
+    cosine = "" if reading.cosine is None else f", cos to ∇J {reading.cosine:.4f}"
+    return f"biased: |E g − ∇J| = {number(reading.bias)}{cosine}"
+
+
 def config_view(reading: ConfigReading, vanilla: ConfigReading, index: int) -> dict:
     """One configuration at the current N, against vanilla at N = 1 (both measured in the same tick;
     the exact share from the exact values)."""
@@ -135,6 +144,7 @@ def config_view(reading: ConfigReading, vanilla: ConfigReading, index: int) -> d
         "value_text": number(reading.variance),
         "ci_text": f"95% CI {number(reading.lo)} to {number(reading.hi)}",
         "exact_text": number(reading.exact),
+        "bias_text": bias_text(reading),
         "share_text": percent(share),
         "share_exact_text": percent(exact_share),
         "ratio_text": ratio_words(share),
@@ -665,7 +675,9 @@ function pgvarLesson(root, host) {
     attr(v, 'data-value', c && c.value); attr(v, 'data-lo', c && c.lo); attr(v, 'data-hi', c && c.hi);
     attr(v, 'data-exact', c && c.exact); attr(v, 'data-share', c && c.share);
     attr(v, 'data-share-exact', c && c.share_exact);
-    $('pgvar-variance-sub').textContent = c ? `${c.ci_text} · exact ${c.exact_text}` : (view.status || '');
+    const biased = c && c.bias_text ? ` · ${c.bias_text}` : '';
+    $('pgvar-variance-sub').textContent =
+      c ? `${c.ci_text} · exact ${c.exact_text}${biased}` : (view.status || '');
     q.textContent = c ? c.ratio_text : '–';
     q.className = 'pl-big pl-tone ' + (c ? c.tone : '');
     attr(q, 'data-value', c && c.share); attr(q, 'data-lo', c && c.share_lo);

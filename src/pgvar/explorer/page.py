@@ -75,6 +75,7 @@ from pgvar.explorer.lesson import (
     FORMAT_JS,
     PAGE_COLOURS,
     WIDGET_JS,
+    bias_text,
     number,
     page_view,
     story_knobs,
@@ -85,6 +86,7 @@ from pgvar.explorer.state import (
     DEFAULT_HISTORY,
     ENTROPY,
     GAMMA,
+    GROUP_CHOICES,
     LAMBDA,
     LEARNING_RATE,
     LOGIT_LIMIT,
@@ -332,8 +334,17 @@ class ExplorerView:
             css_classes=["pgvar-batches"],
             width=300,
         )
+        self.group = pn.widgets.Select(
+            label="group size K (RLOO, GRPO: episodes per start state; N is at least K)",
+            options=list(GROUP_CHOICES),
+            value=k.group,
+            disabled=not k.grouped,
+            css_classes=["pgvar-group"],
+            width=300,
+        )
         self._knob_widgets = {
             "baseline_kind": self.kind,
+            "group": self.group,
             "lam": self.lam,
             "gamma": self.gamma,
             "entropy": self.entropy,
@@ -614,7 +625,7 @@ class ExplorerView:
             return pn.Card(*items, title=title, collapsed=collapsed, width=340, margin=(4, 4))
 
         controls = pn.Column(
-            card("Estimator", self.kind, self.lam, self.gamma, self.entropy, self.batches),
+            card("Estimator", self.kind, self.group, self.lam, self.gamma, self.entropy, self.batches),
             card(
                 "Policy",
                 self.sliders_box,
@@ -775,6 +786,7 @@ class ExplorerView:
         k = frame.knobs
         values = {
             "baseline_kind": k.baseline_kind,
+            "group": k.group,
             "lam": k.lam,
             "gamma": frame.gamma,
             "entropy": k.entropy,
@@ -785,6 +797,7 @@ class ExplorerView:
             for name, widget in self._knob_widgets.items():
                 if widget.value != values[name]:
                     widget.value = values[name]
+            self.group.disabled = not k.grouped
             lesson = self.lesson
             if (lesson.rtg, lesson.baseline, lesson.n) != (k.rtg, k.baseline, k.n):
                 lesson.param.update(rtg=k.rtg, baseline=k.baseline, n=k.n)
@@ -1061,6 +1074,7 @@ class ExplorerView:
         r = frame.last
         stale = frame.stale
         rows = []
+        biased = r is not None and any(c.bias is not None for c in r.configs)
         for i, c in enumerate(r.configs if r is not None else ()):
             cls = ' class="pgvar-current"' if i == r.current else ""
             rows.append(
@@ -1068,12 +1082,16 @@ class ExplorerView:
                 f'data-lo="{_attr(c.lo)}" data-hi="{_attr(c.hi)}" data-exact="{_attr(c.exact)}">'
                 f"<td>{html.escape(c.label)}</td><td>{_fmt(c.variance)}</td>"
                 f"<td>{_fmt(c.lo)} to {_fmt(c.hi)}</td><td>{_fmt(c.exact)}</td>"
-                f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td></tr>"
+                f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td>"
+                + (f'<td data-bias="{_attr(c.bias)}">{html.escape(bias_text(c))}</td>' if biased else "")
+                + "</tr>"
             )
         table_class = "pgvar-table pgvar-stale" if stale is not None else "pgvar-table"
         self.table.object = (
             f'<table id="pgvar-breakdown" class="{table_class}"><tr><th>config</th><th>measured</th>'
-            "<th>95% CI</th><th>exact</th><th>reward noise</th><th>sampling</th></tr>"
+            "<th>95% CI</th><th>exact</th><th>reward noise</th><th>sampling</th>"
+            + ("<th>bias |E g − ∇J| (cos to ∇J)</th>" if biased else "")
+            + "</tr>"
             + "".join(rows)
             + "</table>"
         )

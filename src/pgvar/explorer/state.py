@@ -54,13 +54,22 @@ from pgvar.baselines import RunningBaselines
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import BIAS_FREE_FOR_GAE, EstimatorSpec, parse_estimator
 from pgvar.exact import ExactMoments, exact_gradient, exact_moments, objective, state_distribution, unroll
+from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
 from pgvar.mdpfile import resolve_mdp
 from pgvar.montecarlo import DEFAULT_BATCHES, Sampler, estimate_gradient
+from pgvar.montecarlo.groups import GroupSampler
 from pgvar.policy import softmax
 from pgvar.studies import VarianceReading, read_sample
 from pgvar.validation import check_choice, check_flag, check_int, check_number
-from pgvar.vocabulary import BASELINE_KINDS, BASELINE_SHORT, LESSON_COLOURS, LESSON_LABELS, label
+from pgvar.vocabulary import (
+    BASELINE_KINDS,
+    BASELINE_SHORT,
+    GROUP_BASELINES,
+    LESSON_COLOURS,
+    LESSON_LABELS,
+    label,
+)
 
 # -- ranges: each defined once, for the checks (library calls, query string) and the widgets -------
 
@@ -99,8 +108,15 @@ PAGE_BASELINE_KINDS: tuple[str, ...] = (
     "value",
     "optimal",
     "optimal-per-parameter",
+    *GROUP_BASELINES,
 )
+#: Group sizes K the page offers for the group baselines (powers of two, so that N >= K is whole groups).
+GROUP_CHOICES: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+DEFAULT_GROUP = 4
 DEFAULT_HISTORY = 200
+#: A bias below this (relative to max(1, |grad J|)) is rounding: the page shows none.
+BIAS_TOLERANCE = 1e-9
+GROUP_STREAM = 0x6770  # the grouped episodes' stream key beside a tick's own
 DEFAULT_LEARNING_RATE = 0.5
 #: A tick that would simulate more agent-steps than this is refused with a message (the server would
 #: stall); the lesson's MDP at N = 1024 and 60 batches needs about 1.8e5.
@@ -127,6 +143,12 @@ class Knobs:
     gamma: float | None = None
     entropy: float = 0.0
     batches: int = DEFAULT_BATCHES
+    group: int = DEFAULT_GROUP
+
+    @property
+    def grouped(self) -> bool:
+        """The baseline kind is a group baseline: N is then at least the group size K."""
+        return self.baseline_kind in GROUP_BASELINES
 
 
 def spec_text(rtg: bool, baseline: bool, knobs: Knobs) -> str:
@@ -144,7 +166,7 @@ CONFIG_COLOURS: tuple[str, ...] = tuple(LESSON_COLOURS[spec] for spec in LESSON_
 def config_label(rtg: bool, baseline: bool, knobs: Knobs | None = None) -> str:
     """The name the page shows: the lesson's four names, adjusted for GAE and other baseline kinds."""
     knobs = knobs or Knobs()
-    canonical = parse_estimator(spec_text(rtg, baseline, knobs)).canonical
+    canonical = parse_estimator(spec_text(rtg, baseline, knobs), group=knobs.group).canonical
     if canonical in LESSON_LABELS:
         return LESSON_LABELS[canonical]
     name = label(LESSON_SPECS[CONFIGS.index((rtg, baseline))])
@@ -160,6 +182,13 @@ def _check_n(value: object, name: str) -> int:
     if n not in N_CHOICES:
         raise SpecError(f"{name}: must be a power of two from 1 to {MAX_N}, got {value!r}")
     return n
+
+
+def _check_group(value: object, name: str) -> int:
+    group = check_int(value, name, low=GROUP_CHOICES[0], high=GROUP_CHOICES[-1])
+    if group not in GROUP_CHOICES:
+        raise SpecError(f"{name}: must be one of {', '.join(map(str, GROUP_CHOICES))}, got {value!r}")
+    return group
 
 
 def _check_batches(value: object, name: str) -> int:
@@ -179,6 +208,7 @@ KNOB_KEYS: dict[str, str] = {
     "gamma": "gamma",
     "entropy": "entropy",
     "batches": "batches",
+    "group": "group",
 }
 _KNOB_CHECKS: dict[str, Callable[[object, str], object]] = {
     "n": _check_n,
@@ -189,6 +219,7 @@ _KNOB_CHECKS: dict[str, Callable[[object, str], object]] = {
     "gamma": lambda value, name: None if value is None else GAMMA.check(value, name),
     "entropy": ENTROPY.check,
     "batches": _check_batches,
+    "group": _check_group,
 }
 
 
@@ -199,6 +230,8 @@ def check_knobs(knobs: Knobs, changes: Mapping[str, object]) -> Knobs:
         raise SpecError(f"knobs: unknown {', '.join(sorted(unknown))}; use {', '.join(sorted(_KNOB_CHECKS))}")
     values = {name: _KNOB_CHECKS[name](value, KNOB_KEYS[name]) for name, value in changes.items()}
     new = dataclasses.replace(knobs, **values)
+    if new.grouped and new.n < new.group:  # a batch is whole groups: N follows K up
+        new = dataclasses.replace(new, n=new.group)
     if new.lam < 1.0 and new.baseline_kind not in BIAS_FREE_FOR_GAE:
         allowed = ", ".join(BASELINE_KINDS[k] for k in PAGE_BASELINE_KINDS if k in BIAS_FREE_FOR_GAE)
         raise SpecError(
@@ -270,6 +303,8 @@ def settings_query(frame: Frame, *, story: int = 0, default_history: int = DEFAU
         "entropy": _number_text(k.entropy),
         "batches": str(k.batches),
     }
+    if k.group != DEFAULT_GROUP or k.grouped:
+        query["group"] = str(k.group)
     if frame.theta.any() and frame.theta.size <= MAX_QUERY_LOGITS:
         query["logits"] = ",".join(_number_text(x) for x in frame.theta.ravel())
     if story:
@@ -286,7 +321,7 @@ def settings_query(frame: Frame, *, story: int = 0, default_history: int = DEFAU
 def parse_query(args: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
     """Knob changes from a page's query string (``?N=64&rtg=1``); unknown or bad values become messages.
 
-    Keys (:data:`QUERY_KEYS`): N, rtg, baseline, kind, lam, gamma, entropy, batches (knobs, returned
+    Keys (:data:`QUERY_KEYS`): N, rtg, baseline, kind, lam, gamma, entropy, batches, group (knobs, returned
     under their :class:`Knobs` field names) and history, learn, lr, mdp, logits, story (returned under
     their keys). :func:`settings_query` writes a page's settings back in these keys.
     """
@@ -314,14 +349,14 @@ class ExactValues:
     """Exact single-episode moments of the four configurations (CONFIGS order) at one setting."""
 
     key: tuple
-    moments: tuple[ExactMoments, ...]
+    moments: tuple[ExactMoments | None, ...]  # None where a group baseline has no exact value
     grad: np.ndarray
     objective: float
     seconds: float
 
     @property
     def by_spec(self) -> dict[EstimatorSpec, ExactMoments]:
-        return {m.spec: m for m in self.moments}
+        return {m.spec: m for m in self.moments if m is not None}
 
 
 def compute_exact(key: tuple, mdp: TabularMDP, theta: np.ndarray, specs: list[EstimatorSpec]) -> ExactValues:
@@ -329,7 +364,14 @@ def compute_exact(key: tuple, mdp: TabularMDP, theta: np.ndarray, specs: list[Es
     start = time.perf_counter()
     entropy = specs[0].entropy
     chain = unroll(mdp, theta, entropy)
-    moments = tuple(exact_moments(mdp, theta, spec, chain=chain) for spec in specs)
+
+    def exact_or_none(spec: EstimatorSpec) -> ExactMoments | None:
+        try:
+            return exact_moments(mdp, theta, spec, chain=chain)
+        except GroupMomentsError:  # continuous reward noise or too many paths: measured only
+            return None
+
+    moments = tuple(exact_or_none(spec) for spec in specs)
     grad = exact_gradient(mdp, theta, entropy).ravel()
     value = objective(mdp, theta, entropy)
     return ExactValues(key, moments, grad, value, time.perf_counter() - start)
@@ -349,6 +391,8 @@ class ConfigReading:
     exact: float | None = None
     reward_noise: float | None = None
     sampling: float | None = None
+    bias: float | None = None  # |E g - grad J| where the estimator is biased (exact), else None
+    cosine: float | None = None  # cos(E g, grad J) beside it
 
 
 @dataclass(frozen=True)
@@ -493,6 +537,7 @@ class ExplorerState:
         self._samplers: dict[tuple, Sampler] = {}  # plans of the current setting, by estimators
         self._failed_key: tuple | None = None
         self._running: RunningBaselines | None = None
+        self._truncated = 0  # episodes cut at the step cap in the latest tick
         self._curve_key: tuple | None = None
         self._mdp_version = 0
         self._gamma_mdps: dict[float, TabularMDP] = {}
@@ -629,7 +674,10 @@ class ExplorerState:
     def specs(self, knobs: Knobs | None = None) -> list[EstimatorSpec]:
         """The four configurations' estimators (CONFIGS order) for ``knobs``."""
         knobs = knobs or self.knobs
-        return [parse_estimator(spec_text(r, b, knobs), entropy=knobs.entropy) for r, b in CONFIGS]
+        return [
+            parse_estimator(spec_text(r, b, knobs), entropy=knobs.entropy, group=knobs.group)
+            for r, b in CONFIGS
+        ]
 
     @property
     def current_index(self) -> int:
@@ -682,7 +730,15 @@ class ExplorerState:
     # -- exact values ---------------------------------------------------------------------
     def _exact_key(self) -> tuple:
         k = self.knobs
-        return (self._mdp_version, self.gamma, k.entropy, k.baseline_kind, k.lam, self.theta.tobytes())
+        return (
+            self._mdp_version,
+            self.gamma,
+            k.entropy,
+            k.baseline_kind,
+            k.lam,
+            k.group,
+            self.theta.tobytes(),
+        )
 
     @property
     def exact(self) -> ExactValues | None:
@@ -746,15 +802,39 @@ class ExplorerState:
             raise chain
         return chain
 
-    def _sampler(self, specs: list[EstimatorSpec], chain) -> Sampler:
+    def _sampler(self, specs: list[EstimatorSpec], chain) -> Sampler | GroupSampler:
         """The Monte-Carlo plan for ``specs`` in the current setting, made once per setting (its
-        policy, path and baseline tables cost about half a millisecond on the lesson)."""
+        policy, path and baseline tables cost about half a millisecond on the lesson): grouped
+        episodes for group baselines (all of ``specs`` or none)."""
         key = (self._mdp_version, self.gamma, self.knobs.entropy, self.theta.tobytes(), tuple(specs))
         if key not in self._samplers:
             if len(self._samplers) >= 8:  # settings change as the knobs move: keep the last few
                 self._samplers.pop(next(iter(self._samplers)))
-            self._samplers[key] = Sampler(self.mdp, self.theta, specs, chain=chain)
+            if specs[0].grouped:
+                self._samplers[key] = GroupSampler(self.mdp, self.theta, specs)
+            else:
+                self._samplers[key] = Sampler(self.mdp, self.theta, specs, chain=chain)
         return self._samplers[key]
+
+    def _sample(self, specs: list[EstimatorSpec], chain, n: int, seed) -> list[VarianceReading]:
+        """Readings of ``specs`` at N (CONFIGS order kept): independent episodes for the single-episode
+        baselines (carrying the running baselines), groups sharing a start state for the others."""
+        exact = self.exact
+        by_spec = exact.by_spec if exact is not None else None
+        grad = exact.grad if exact is not None else None
+        single = [spec for spec in specs if not spec.grouped]
+        grouped = [spec for spec in specs if spec.grouped]
+        readings = []
+        if single:
+            sample = self._sampler(single, chain).sample(n, self.knobs.batches, seed, running=self._running)
+            self._running = sample.running
+            self._truncated = sample.truncated_episodes
+            readings += read_sample(sample, grad, by_spec)
+        if grouped:  # a stream of its own, derived without touching the one above
+            group_seed = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, GROUP_STREAM))
+            sample = self._sampler(grouped, chain).sample(n, self.knobs.batches, group_seed)
+            readings += read_sample(sample, grad, by_spec)
+        return sorted(readings, key=lambda reading: specs.index(reading.spec))
 
     def steps_per_tick(self, chain=None) -> float:
         """Expected number of simulated steps in one tick (measurement + vanilla at N = 1)."""
@@ -798,17 +878,13 @@ class ExplorerState:
             exact = self.refresh_exact()
             specs = self.specs()
             seeds = self._seeds.spawn(3)
-            sampler = self._sampler(specs, chain)
-            sample = sampler.sample(knobs.n, knobs.batches, seeds[0], running=self._running)
-            self._running = sample.running
-            by_spec = exact.by_spec if exact is not None else None
-            grad = exact.grad if exact is not None else None
-            readings = read_sample(sample, grad, by_spec)
+            readings = self._sample(specs, chain, knobs.n, seeds[0])
             if knobs.n == 1:
                 vanilla = readings[0]
             else:
+                by_spec = exact.by_spec if exact is not None else None
                 sample_n1 = self._sampler(specs[:1], chain).sample(1, knobs.batches, seeds[1])
-                vanilla = read_sample(sample_n1, grad, by_spec)[0]
+                vanilla = read_sample(sample_n1, exact.grad if exact is not None else None, by_spec)[0]
         except (PgvarError, MemoryError) as err:
             self.measure_error = f"cannot measure: {err or 'out of memory'}"
             self.messages["measure"] = self.measure_error
@@ -847,7 +923,7 @@ class ExplorerState:
             ratio_exact,
             exact.objective if exact is not None else None,
             time.perf_counter() - start,
-            sample.truncated_episodes,
+            self._truncated,
             learned,
         )
         self.history.append(
@@ -875,10 +951,14 @@ class ExplorerState:
     def _reading(
         label: str, rtg: bool, baseline: bool, reading: VarianceReading, exact: ExactValues | None, n: int
     ) -> ConfigReading:
-        noise = sampling = None
-        if exact is not None:
-            moments = exact.moments[CONFIGS.index((rtg, baseline))]
+        noise = sampling = bias = cosine = None
+        moments = exact.moments[CONFIGS.index((rtg, baseline))] if exact is not None else None
+        if moments is not None:
             noise, sampling = moments.reward_noise / n, moments.sampling / n
+            if reading.exact_bias is not None and reading.exact_bias > BIAS_TOLERANCE * max(
+                1.0, float(np.linalg.norm(exact.grad))
+            ):
+                bias, cosine = reading.exact_bias, reading.exact_cosine
         return ConfigReading(
             label,
             reading.spec.canonical,
@@ -890,6 +970,8 @@ class ExplorerState:
             reading.exact_variance_trace,
             noise,
             sampling,
+            bias,
+            cosine,
         )
 
     def sweep(self) -> dict[int, tuple[float, float, float]]:
@@ -900,9 +982,9 @@ class ExplorerState:
         if self.steps_per_tick(chain) / (knobs.n + 1) * sum(N_CHOICES) > MAX_STEPS_PER_TICK:
             raise PgvarError("sweep: too many steps for this MDP and policy; lower the number of batches")
         for n, child in zip(N_CHOICES, self._seeds.spawn(len(N_CHOICES)), strict=True):
-            sample = self._sampler([spec], chain).sample(n, knobs.batches, child, running=self._running)
-            self._running = sample.running
-            reading = read_sample(sample, None)[0]
+            if spec.grouped and n < spec.group:  # fewer episodes than one group
+                continue
+            reading = self._sample([spec], chain, n, child)[0]
             self.by_n[n] = (float(reading.variance_trace), float(reading.ci95[0]), float(reading.ci95[1]))
         self._curve_key = (self._exact_key(), knobs.rtg, knobs.baseline, knobs.batches)
         return dict(self.by_n)
@@ -911,7 +993,15 @@ class ExplorerState:
     def _learn_step(self, spec: EstimatorSpec, seed) -> bool:
         """theta += lr * (one batch-mean gradient estimate of the chosen estimator at N)."""
         try:
-            grad = estimate_gradient(self.mdp, self.theta, spec, self.knobs.n, seed, running=self._running)
+            if spec.grouped:  # one batch of N/K groups
+                grad = (
+                    self._sampler([spec], self._chain()).sample(self.knobs.n, 1, seed).batch_means_emd[0, 0]
+                )
+                grad = grad.reshape(self.theta.shape)
+            else:
+                grad = estimate_gradient(
+                    self.mdp, self.theta, spec, self.knobs.n, seed, running=self._running
+                )
             self.set_theta(self.theta + self.learning_rate * grad, keep_running=True)
             self._chain()
             value = objective(self.mdp, self.theta, self.knobs.entropy)
