@@ -939,3 +939,23 @@ def test_learn_mode_and_the_n_sweep_take_group_baselines():
     state.set_learning(False)
     curve = state.sweep()
     assert min(curve) == 4  # no N below one group
+
+
+def test_view_offers_the_group_knob_and_shows_the_bias():
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0)
+    assert view.group.disabled and list(view.group.options) == [2, 4, 8, 16, 32, 64]
+    view = build("lesson", seed=0, query={"kind": "group", "group": "8", "baseline": "1", "rtg": "1"})
+    assert view.group.value == 8 and not view.group.disabled and view.state.knobs.n == 8
+    view.state._executor = None
+    view.on_tick()
+    current = view.lesson.view["reading"]["configs"][3]
+    assert (
+        current["bias_text"].startswith("biased: |E g − ∇J| = ")
+        and "cos to ∇J 1.0000" in current["bias_text"]
+    )
+    assert view.lesson.view["reading"]["configs"][1]["bias_text"] == ""  # reward-to-go: unbiased
+    assert "bias |E g − ∇J|" in view.table.object and "data-bias=" in view.table.object
+    assert "group=8" in view.lesson.query
