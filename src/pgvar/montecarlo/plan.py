@@ -100,7 +100,9 @@ def make_plan(
         raise SpecError("estimators: give at least one")
     grouped = [spec.name for spec in specs if spec.grouped]
     if grouped:  # their baseline comes from the other episodes of a group: montecarlo.groups
-        raise SpecError(f"estimators {', '.join(grouped)}: group baselines are sampled in groups (GroupSampler)")
+        raise SpecError(
+            f"estimators {', '.join(grouped)}: group baselines are sampled in groups (GroupSampler)"
+        )
     entropies = {spec.entropy for spec in specs}
     if len(entropies) != 1:
         raise SpecError("entropy: all estimators measured together must share one entropy coefficient")
