@@ -434,6 +434,7 @@ def test_pgvar_variance_measures_groups_and_reports_the_exact_bias(capsys):
             "group baselines (loo, group, group-std) are measured by pgvar exact",
         ),
         (["train", "-e", "rtg+group-std"], "are measured by pgvar exact and pgvar variance"),
+        (["exact", "--env", "FrozenLake-v1", "-e", "rtg+loo", "--group", "2"], "not for neural policies"),
     ],
 )
 def test_group_errors_are_one_line_and_exit_2(capsys, args, message):

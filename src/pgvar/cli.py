@@ -306,6 +306,7 @@ def exact(
     method = check_choice(method, "--method", ("auto", "enumeration", "recursion"))
     specs = _specs(estimators, entropy, group)
     if env is not None:
+        _refuse_groups_on_env(specs)
         _exact_on_env(env, mdp, policy, policy_seed, weights, specs, method, as_json)
         return
     model, logits = _load(mdp, theta)
@@ -504,6 +505,7 @@ def variance(
     seed = check_seed(seed, "--seed")
     specs = _specs(estimators, entropy, group)
     if env is not None:
+        _refuse_groups_on_env(specs)
         reference_episodes = check_int(reference_episodes, "--reference-episodes", low=0)
         study_args = (specs, n_list, batches, seed, reference_episodes)
         _variance_on_env(env, mdp, policy, policy_seed, weights, study_args, as_json)
@@ -585,6 +587,15 @@ def variance(
     truncated = max((r.truncated_episodes for r in study.readings), default=0)
     if truncated:
         out.print(f"[yellow]note:[/] {truncated} episodes hit the step cap and were cut short")
+
+
+def _refuse_groups_on_env(specs: list[EstimatorSpec]) -> None:
+    grouped = [spec.name for spec in specs if spec.grouped]
+    if grouped:
+        raise SpecError(
+            f"--env: {', '.join(grouped)}: group baselines are measured on tabular MDPs (--mdp, e.g. "
+            "--mdp gym:FrozenLake-v1), not for neural policies"
+        )
 
 
 def _network(env: str, mdp: str, policy: str, policy_seed: int, weights: str | None):
