@@ -24,7 +24,8 @@ import pytest
 
 from pgvar import budget, envs
 from pgvar.estimators import parse_estimator
-from pgvar.exact import exact_moments, objective
+from pgvar.exact import exact_gradient, exact_moments, objective
+from pgvar.explorer.lesson import number
 from pgvar.explorer.state import ExplorerState
 
 pytestmark = pytest.mark.browser
@@ -529,3 +530,34 @@ def test_an_oversized_mdp_is_refused_or_confined_and_other_tabs_keep_ticking(bro
         context.close()
     output = server.output()
     assert "Traceback" not in output and "WebSocketClosedError" not in output, output[-3000:]
+
+
+def test_group_baselines_show_their_bias_or_say_no_exact_value(page, explorer_server):
+    """GRPO's group mean: its exact bias |grad J| / K beside the variance; its std on the lesson's
+    noisy rewards: the measurement with "no exact value" (docs/explorer.md, group baselines)."""
+    open_page(page, explorer_server.url + "?kind=group&group=4&baseline=1&rtg=1&N=16")
+    state = wait_for(page, lambda s: s["exact"] is not None, what="the exact values")
+    assert state["config"] == "rtg + baseline (group mean)" and state["n"] == 16
+    model = envs.make("lesson")
+    bias = float(np.linalg.norm(exact_gradient(model, np.zeros(model.theta_shape())))) / 4
+    sub = poll(
+        lambda: (
+            "biased" in page.locator("#pgvar-variance-sub").inner_text()
+            and page.locator("#pgvar-variance-sub").inner_text()
+        ),
+        what="the bias",
+    )
+    assert f"biased: |E g − ∇J| = {number(bias)}" in sub and "cos to ∇J 1.0000" in sub
+    assert "group=4" in page.evaluate("window.location.search")
+
+    open_page(page, explorer_server.url + "?kind=group-std&baseline=1&rtg=1&N=16")
+    text = poll(
+        lambda: (
+            "no exact value" in page.locator("#pgvar-variance-sub").inner_text()
+            and page.locator("#pgvar-variance-sub").inner_text()
+        ),
+        what="no exact value",
+    )
+    state = readout(page)
+    assert state["variance"] is not None and state["exact"] is None and "biased" not in text
+    assert messages(page).strip() == ""

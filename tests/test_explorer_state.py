@@ -959,3 +959,32 @@ def test_view_offers_the_group_knob_and_shows_the_bias():
     assert view.lesson.view["reading"]["configs"][1]["bias_text"] == ""  # reward-to-go: unbiased
     assert "bias |E g − ∇J|" in view.table.object and "data-bias=" in view.table.object
     assert "group=8" in view.lesson.query
+
+
+def test_a_group_baseline_without_exact_values_is_drawn_and_exported():
+    """GRPO's std on the lesson's noisy rewards has no exact value: every panel, the story's caption
+    and the PNG show the measurement only ("no exact value"), and the vs-N lines of the grouped
+    configurations start at N = K."""
+    pytest.importorskip("panel")
+    from pgvar.explorer.export import render_png
+    from pgvar.explorer.page import build
+
+    view = build("lesson", seed=0, query={"kind": "group-std", "group": "8", "story": "4"})
+    view.state._executor = None
+    view.on_tick()
+    frame = view.state.snapshot()
+    assert frame.exact is not None and frame.exact.moments[3] is None and view.lesson.story == 4
+    config = view.lesson.view["reading"]["configs"][3]
+    assert config["no_exact"] and config["exact"] is None and config["bias_text"] == ""
+    assert view.lesson.view["caption"]["step"] == 4  # the caption takes the measurement instead
+    assert view.lesson.view["reading"]["configs"][0]["no_exact"] is False
+    assert "no exact value" in view.table.object
+    lines = view.vs_n_lines.data
+    assert len(lines["xs"]) == 4 and lines["ys"][2] == lines["ys"][3] == [] and min(lines["xs"][0]) == 1
+    assert render_png(view.state)[:8] == b"\x89PNG\r\n\x1a\n"
+    view.state.set_knobs(baseline_kind="group")  # exact values again: its line from N = K on
+    view.on_tick()
+    lines = view.vs_n_lines.data
+    assert min(lines["xs"][2]) == min(lines["xs"][3]) == 8 and len(lines["ys"][3]) == len(lines["xs"][3])
+    assert "no exact value" not in view.table.object
+    view.close()

@@ -293,3 +293,13 @@ def gradient_cosine(mean: np.ndarray, grad: np.ndarray) -> float | None:
     """cos(E g, grad J): 1 where a bias only rescales the step; None where either vector is zero."""
     norms = float(np.linalg.norm(mean) * np.linalg.norm(grad))
     return float(np.dot(mean, grad) / norms) if norms > 0 else None
+
+
+def gradient_angle(mean_d: np.ndarray, grad_d: np.ndarray) -> float | None:
+    """The angle between ``mean_d`` and ``grad_d`` in degrees, from the parts along and across
+    ``grad_d`` (arccos of a cosine near 1 would round a small angle away); None where either is 0."""
+    norm = float(np.linalg.norm(grad_d))
+    if norm == 0 or not np.any(mean_d):
+        return None
+    along = float(mean_d @ grad_d) / norm
+    return math.degrees(math.atan2(float(np.linalg.norm(mean_d - along * grad_d / norm)), along))

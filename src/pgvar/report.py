@@ -11,17 +11,20 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pgvar import kpi
+from pgvar.budget import BudgetError
 from pgvar.errors import SpecError
-from pgvar.estimators import parse_estimator, parse_estimators
-from pgvar.exact import exact_gradient, exact_moments, unroll
-from pgvar.kpi import bias_norm
+from pgvar.estimators import EstimatorSpec, parse_estimator, parse_estimators
+from pgvar.exact import Chain, chain_gradient, exact_gradient, exact_moments, unroll
+from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
-from pgvar.montecarlo.groups import estimator_moments
+from pgvar.montecarlo.groups import GroupSampler, estimate_groups
 from pgvar.studies import variance_study
 from pgvar.vocabulary import BASELINE_KINDS, GROUP_BASELINES, LESSON_COLOURS, LESSON_FOUR
 
@@ -187,39 +190,132 @@ def figure_gae(mdp: TabularMDP, theta: np.ndarray, chain, n: int) -> Figure:
 
 GROUP_SIZES = (2, 4, 8, 16)
 #: The group baselines the report draws against K, each with its Okabe–Ito colour (Okabe & Ito 2008).
+#: Their weight is reward-to-go, the two reference lines' weight, so that only the baseline differs
+#: (with ``return`` GRPO's std keeps the direction on the lesson's MDP, by the symmetry of its steps).
 GROUP_FIGURE: dict[str, str] = {"rtg+loo": "#009E73", "rtg+group": "#CC79A7", "rtg+group-std": "#E69F00"}
+#: Marker and size per group baseline: RLOO's larger circles stay visible under the group mean's
+#: squares where the two are drawn at the same value (an angle of 0).
+GROUP_MARKERS: dict[str, tuple[str, float]] = {
+    "rtg+loo": ("o", 8.0),
+    "rtg+group": ("s", 5.0),
+    "rtg+group-std": ("^", 6.0),
+}
 
 
-def figure_groups(mdp: TabularMDP, theta: np.ndarray, chain) -> Figure:
-    """Variance and bias of the group baselines (RLOO, GRPO) against the group size K, beside the
-    lesson's running baseline and the exact V: exact where the groups can be enumerated or the
-    recursion serves, else estimated from sampled groups with 95% intervals."""
+@dataclass(frozen=True)
+class GroupPoint:
+    """One group baseline at one K in the group figure.
+
+    Attributes:
+      method: ``pgvar.groups``' exact method (pairs, recursion, tuples), or "monte-carlo".
+      variance: one episode's variance, K times a group mean's (``ExactMoments.variance_trace``).
+      variance_ci95: its 95% interval where sampled (``kpi.variance_trace_ci`` times K), else None.
+      bias: |E g - grad J| (``kpi.bias_norm``); angle: the angle between E g and grad J in degrees
+        (``kpi.gradient_angle``; None where E g = 0; sampled, without the noise's share:
+        :func:`_sampled_angle`).
+        ``bias_half``, ``angle_half``: half-widths of their 95% intervals where sampled (1.96
+        delta-method standard errors from the groups' covariance), else 0.
+      groups: the groups sampled (0 where exact).
+    """
+
+    spec: EstimatorSpec
+    method: str
+    variance: float
+    variance_ci95: tuple[float, float] | None
+    bias: float
+    bias_half: float
+    angle: float | None
+    angle_half: float
+    groups: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        return self.method == "monte-carlo"
+
+
+def group_point(
+    mdp: TabularMDP, theta: np.ndarray, spec: EstimatorSpec, chain: Chain, seed: int = 0
+) -> GroupPoint:
+    """``spec``'s point in the group figure: exact where ``pgvar.exact`` serves it, else from the
+    groups that ``montecarlo.groups.estimator_moments`` samples with this seed (the same mean and
+    variance as ``pgvar exact`` prints), with 95% intervals."""
+    grad = chain_gradient(chain).ravel()
+    try:
+        moments = exact_moments(mdp, theta, spec, chain=chain)
+    except (GroupMomentsError, BudgetError):
+        moments = None
+    if moments is not None:
+        bias, angle = kpi.bias_norm(moments.mean, grad), kpi.gradient_angle(moments.mean, grad)
+        return GroupPoint(spec, moments.method, moments.variance_trace, None, bias, 0.0, angle, 0.0)
+    k, groups = spec.group, estimate_groups(spec.group)
+    means_gd = GroupSampler(mdp, theta, [spec]).sample(k, groups, seed).batch_means_emd[0]
+    mean = means_gd.mean(axis=0)
+
+    def half_width(slope_d: np.ndarray) -> float:  # 1.96 standard errors of slope . (mean of the groups)
+        return kpi.Z95 * float(np.std(means_gd @ slope_d, ddof=1)) / math.sqrt(groups)
+
+    bias = kpi.bias_norm(mean, grad)
+    bias_half = half_width((mean - grad) / bias) if bias > 0 else 0.0
+    angle, angle_half = _sampled_angle(means_gd, grad, half_width)
+    low, high = kpi.variance_trace_ci(means_gd)
+    return GroupPoint(
+        spec, "monte-carlo", k * kpi.variance_trace(means_gd), (k * low, k * high), bias, bias_half,
+        angle, angle_half, groups,
+    )  # fmt: skip
+
+
+def _sampled_angle(means_gd: np.ndarray, grad: np.ndarray, half_width) -> tuple[float | None, float]:
+    """The angle between the groups' mean and grad J in degrees, without the noise's share, and its
+    95% half-width. Noise lengthens the mean's part across grad J: E |across|^2 = |E across|^2 +
+    tr Cov(across) / G, so the sampled angle of a kept direction would still show a turn; the
+    estimate takes that share off. Its half-width is the delta method's (d angle / d mean = (along
+    across/|across| - |across| unit) / |mean|^2); where nothing is left, the angle is 0 and the
+    half-width the angle that 1.96 times the noise's share would make."""
+    norm = float(np.linalg.norm(grad))
+    mean = means_gd.mean(axis=0)
+    if norm == 0 or not np.any(mean):
+        return None, 0.0
+    unit = grad / norm
+    along = float(mean @ unit)
+    across_d = mean - along * unit
+    across = float(np.linalg.norm(across_d))
+    groups = means_gd.shape[0]
+    noise = max(float(np.var(means_gd, axis=0, ddof=1).sum() - np.var(means_gd @ unit, ddof=1)), 0.0) / groups
+    kept = across**2 - noise
+    if kept <= 0:
+        return 0.0, math.degrees(math.atan2(kpi.Z95 * math.sqrt(noise), abs(along)))
+    angle = math.degrees(math.atan2(math.sqrt(kept), along))
+    slope_d = (along * across_d / across - across * unit) / float(mean @ mean)
+    return angle, math.degrees(half_width(slope_d))
+
+
+def figure_groups(mdp: TabularMDP, theta: np.ndarray, chain: Chain, seed: int = 0) -> Figure:
+    """Variance, bias and angle to grad J of the group baselines (RLOO, GRPO) against the group size
+    K, beside the lesson's running baseline and the exact V: exact where the groups can be
+    enumerated or the recursion serves, else estimated from sampled groups with 95% intervals."""
     plt = _pyplot()
-    grad = exact_gradient(mdp, theta).ravel()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    estimated = []
-    for text, colour in GROUP_FIGURE.items():
-        moments = [estimator_moments(mdp, theta, parse_estimator(text, group=k), chain) for k in GROUP_SIZES]
-        variance = np.array([m.variance_trace for m in moments])
-        bias = np.array([bias_norm(m.mean, grad) for m in moments])
-        sampled = [m.variance_ci95 is not None for m in moments]
-        if any(sampled):
-            estimated.append(text)
-        low = [m.variance_trace - m.variance_ci95[0] if m.variance_ci95 else 0.0 for m in moments]
-        high = [m.variance_ci95[1] - m.variance_trace if m.variance_ci95 else 0.0 for m in moments]
-        axes[0].errorbar(
-            GROUP_SIZES, variance, yerr=[low, high], fmt="o-", color=colour, capsize=3, label=text
-        )
-        errors = [
-            float(np.linalg.norm(m.mean_standard_error)) if m.mean_standard_error is not None else 0.0
-            for m in moments
-        ]
-        axes[1].errorbar(GROUP_SIZES, bias, yerr=errors, fmt="o-", color=colour, capsize=3, label=text)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    points = {
+        text: [group_point(mdp, theta, parse_estimator(text, group=k), chain, seed) for k in GROUP_SIZES]
+        for text in GROUP_FIGURE
+    }
+    for text, row in points.items():
+        marker, size = GROUP_MARKERS[text]
+        style = {"fmt": f"{marker}-", "markersize": size, "color": GROUP_FIGURE[text], "capsize": 3}
+        low = [p.variance - p.variance_ci95[0] if p.variance_ci95 else 0.0 for p in row]
+        high = [p.variance_ci95[1] - p.variance if p.variance_ci95 else 0.0 for p in row]
+        variance = np.array([p.variance for p in row])
+        axes[0].errorbar(GROUP_SIZES, variance, yerr=[low, high], label=text, **style)
+        bias = np.array([p.bias for p in row])
+        axes[1].errorbar(GROUP_SIZES, bias, [p.bias_half for p in row], label=text, **style)
+        angles = np.array([np.nan if p.angle is None else p.angle for p in row])
+        axes[2].errorbar(GROUP_SIZES, angles, [p.angle_half for p in row], label=text, **style)
+    references = {}
     for text, style in (("rtg+lesson", "--"), ("rtg+value", ":")):
-        moments = exact_moments(mdp, theta, parse_estimator(text), chain=chain)
+        references[text] = exact_moments(mdp, theta, parse_estimator(text), chain=chain).variance_trace
         label = f"{text}: {BASELINE_KINDS[parse_estimator(text).baseline]} (no groups)"
         axes[0].axhline(
-            moments.variance_trace,
+            references[text],
             linestyle=style,
             color=LESSON_COLOURS["rtg+lesson"] if text == "rtg+lesson" else "#000000",
             label=label,
@@ -229,22 +325,33 @@ def figure_groups(mdp: TabularMDP, theta: np.ndarray, chain) -> Figure:
         ax.set_xticks(GROUP_SIZES, [str(k) for k in GROUP_SIZES])
         ax.set_xlabel("group size K (episodes per start state)")
     axes[0].set_ylabel("variance of one episode's estimate (trace)")
+    axes[0].set_ylim(bottom=0)
     axes[1].set_ylabel("|E g − ∇J| (bias)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    axes[2].set_ylabel("angle between E g and ∇J (degrees)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    estimated = [text for text, row in points.items() if any(p.sampled for p in row)]
+    fewest = min((p.groups for row in points.values() for p in row if p.sampled), default=0)
     how = (
-        f"Estimated from sampled groups (error bars: 95% interval; bias ± standard error): "
-        f"{', '.join(estimated)}. "
+        f"Estimated from sampled groups ({fewest:,} "
+        "or more per K; error bars: 95% intervals, the variance's a scaled chi-square, the bias's and "
+        "angle's 1.96 delta-method standard errors; the angle without the share that noise adds "
+        f"across ∇J): {', '.join(estimated)}. "
         if estimated
         else ""
     )
+    tie = "; here the two coincide" if math.isclose(*references.values(), rel_tol=1e-9) else ""
     return Figure(
         "group_baselines",
         "Group baselines (RLOO, GRPO) against the group size K",
         "Left: variance of one episode's estimate (K times the variance of a group's mean gradient, so a "
         "batch of N has variance / N) for the leave-one-out baseline (RLOO), the group mean (GRPO, Dr. "
-        "GRPO) and the group mean and std (GRPO), beside the lesson's running baseline and the exact "
-        "V(s), which need no groups. Right: bias: zero for RLOO, |∇J| / K for the group mean. "
+        "GRPO) and the group mean and std (GRPO), all with reward-to-go, beside the lesson's running "
+        f"baseline and the exact V(s), which need no groups{tie}. Middle: bias, zero for RLOO and "
+        "|∇J| / K for the group mean, which is RLOO's estimate times (K − 1)/K episode by episode (so "
+        "its variance is ((K − 1)/K)² RLOO's). Right: the angle between E g and ∇J: 0 where a bias only "
+        "rescales the step (the group mean), above 0 where the std normalisation turns it. "
         + how
         + "docs/groups.md.",
         fig,
@@ -311,7 +418,7 @@ def build_report(
         figure_variance_against_n(mdp, theta, batches, seed),
     ]
     baseline_figure, _ = figure_baselines(mdp, theta, chain)
-    figures += [baseline_figure, figure_gae(mdp, theta, chain, n), figure_groups(mdp, theta, chain)]
+    figures += [baseline_figure, figure_gae(mdp, theta, chain, n), figure_groups(mdp, theta, chain, seed)]
     plt = _pyplot()
     try:
         out.mkdir(exist_ok=True)

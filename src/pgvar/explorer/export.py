@@ -162,10 +162,13 @@ def _render_png(state: ExplorerState, dpi: int) -> bytes:
     ns = np.array(N_CHOICES, dtype=float)
     if exact_values is not None:
         for i, moments in enumerate(exact_values.moments):
+            if moments is None:  # a group baseline without exact values here: no line
+                continue
             bold = i == state.current_index
+            line_ns = ns[ns >= moments.spec.group] if moments.spec.grouped else ns  # whole groups
             ax_n.plot(
-                ns,
-                moments.variance_trace / ns,
+                line_ns,
+                moments.variance_trace / line_ns,
                 color=CONFIG_COLOURS[i],
                 lw=3 if bold else 1.2,
                 alpha=1 if bold else 0.6,

@@ -19,7 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pgvar.explorer.state import CONFIG_COLOURS, N_CHOICES, STORY_STEPS, ConfigReading, Frame, TickResult
+from pgvar.explorer.state import (
+    CONFIG_COLOURS,
+    CONFIGS,
+    N_CHOICES,
+    STORY_STEPS,
+    ConfigReading,
+    Frame,
+    TickResult,
+)
 from pgvar.vocabulary import BASELINE_KINDS
 
 #: The four configurations' colours on the page (``pgvar.vocabulary``'s colour-blind-safe ones).
@@ -144,6 +152,7 @@ def config_view(reading: ConfigReading, vanilla: ConfigReading, index: int) -> d
         "value_text": number(reading.variance),
         "ci_text": f"95% CI {number(reading.lo)} to {number(reading.hi)}",
         "exact_text": number(reading.exact),
+        "no_exact": reading.no_exact,
         "bias_text": bias_text(reading),
         "share_text": percent(share),
         "share_exact_text": percent(exact_share),
@@ -267,17 +276,18 @@ def story_caption(step: int, traces: Sequence[float] | None, mdp: str, baseline_
     return {"step": step, "title": title, "sentence": sentence, "tone": way}
 
 
-def story_traces(frame: Frame) -> list[float] | None:
+def story_traces(frame: Frame) -> list[float | None] | None:
     """The four configurations' variances at N = 1 for the captions: exact where known, else the last
-    tick's measurements times N (vanilla's own at N = 1)."""
-    if frame.exact is not None:
-        return [m.variance_trace for m in frame.exact.moments]
+    tick's measurements times N (vanilla's own at N = 1; a group baseline without exact values, as
+    GRPO's std on noisy rewards, takes its measurement too)."""
     last = frame.last
-    if last is None:
-        return None
-    traces = [c.variance * last.n for c in last.configs]
-    traces[0] = last.vanilla_n1.variance
-    return traces
+    measured: list[float | None] = [None] * len(CONFIGS)
+    if last is not None:
+        measured = [c.variance * last.n for c in last.configs]
+        measured[0] = last.vanilla_n1.variance
+    if frame.exact is not None:
+        return [m.variance_trace if m is not None else measured[i] for i, m in enumerate(frame.exact.moments)]
+    return None if last is None else measured
 
 
 # -- the live page's data ---------------------------------------------------------------------------
@@ -676,15 +686,17 @@ function pgvarLesson(root, host) {
     attr(v, 'data-exact', c && c.exact); attr(v, 'data-share', c && c.share);
     attr(v, 'data-share-exact', c && c.share_exact);
     const biased = c && c.bias_text ? ` · ${c.bias_text}` : '';
+    const exactWords = c && c.no_exact ? 'no exact value' : `exact ${c && c.exact_text}`;
     $('pgvar-variance-sub').textContent =
-      c ? `${c.ci_text} · exact ${c.exact_text}${biased}` : (view.status || '');
+      c ? `${c.ci_text} · ${exactWords}${biased}` : (view.status || '');
     q.textContent = c ? c.ratio_text : '–';
     q.className = 'pl-big pl-tone ' + (c ? c.tone : '');
     attr(q, 'data-value', c && c.share); attr(q, 'data-lo', c && c.share_lo);
     attr(q, 'data-hi', c && c.share_hi);
     attr(q, 'data-exact', c && c.share_exact); attr(q, 'data-tone', c && c.tone);
+    const shareExact = c && c.no_exact ? 'no exact value' : `exact ${c && c.share_exact_text}`;
     $('pgvar-ratio-sub').textContent =
-      c ? `${c.share_text} of vanilla's variance at N = 1 (exact ${c.share_exact_text})` : '';
+      c ? `${c.share_text} of vanilla's variance at N = 1 (${shareExact})` : '';
     const j = $('pgvar-objective');
     j.textContent = r ? r.objective_text : '–'; attr(j, 'data-value', r && r.objective);
     const status = $('pgvar-status');

@@ -83,6 +83,7 @@ from pgvar.explorer.lesson import (
 )
 from pgvar.explorer.state import (
     BATCH_CHOICES,
+    CONFIGS,
     DEFAULT_HISTORY,
     ENTROPY,
     GAMMA,
@@ -1077,11 +1078,12 @@ class ExplorerView:
         biased = r is not None and any(c.bias is not None for c in r.configs)
         for i, c in enumerate(r.configs if r is not None else ()):
             cls = ' class="pgvar-current"' if i == r.current else ""
+            exact_cell = "no exact value" if c.no_exact else _fmt(c.exact)
             rows.append(
                 f'<tr{cls} data-config="{html.escape(c.label)}" data-value="{_attr(c.variance)}" '
                 f'data-lo="{_attr(c.lo)}" data-hi="{_attr(c.hi)}" data-exact="{_attr(c.exact)}">'
                 f"<td>{html.escape(c.label)}</td><td>{_fmt(c.variance)}</td>"
-                f"<td>{_fmt(c.lo)} to {_fmt(c.hi)}</td><td>{_fmt(c.exact)}</td>"
+                f"<td>{_fmt(c.lo)} to {_fmt(c.hi)}</td><td>{exact_cell}</td>"
                 f"<td>{_fmt(c.reward_noise)}</td><td>{_fmt(c.sampling)}</td>"
                 + (f'<td data-bias="{_attr(c.bias)}">{html.escape(bias_text(c))}</td>' if biased else "")
                 + "</tr>"
@@ -1165,10 +1167,16 @@ class ExplorerView:
         if exact is not None:
             ns = np.array(N_CHOICES, dtype=float)
             current = frame.current_index
-            traces = [m.variance_trace for m in exact.moments]
+            # a group baseline's line starts at N = K (whole groups); none where it has no exact value
+            grouped = [frame.knobs.grouped and baseline for _, baseline in CONFIGS]
+            xs = [[n for n in ns if not (g and n < frame.knobs.group)] for g in grouped]
+            xs = [x if m is not None else [] for x, m in zip(xs, exact.moments, strict=True)]
             self.vs_n_lines.data = {
-                "xs": [list(ns)] * 4,
-                "ys": [[self._floor(t / n) for n in ns] for t in traces],
+                "xs": xs,
+                "ys": [
+                    [self._floor(m.variance_trace / n) for n in x] if m is not None else []
+                    for x, m in zip(xs, exact.moments, strict=True)
+                ],
                 "color": list(PAGE_COLOURS),
                 "width": [4 if i == current else 1.5 for i in range(4)],
                 "alpha": [CURRENT_ALPHA if i == current else 0.5 for i in range(4)],

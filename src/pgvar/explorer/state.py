@@ -393,6 +393,7 @@ class ConfigReading:
     sampling: float | None = None
     bias: float | None = None  # |E g - grad J| where the estimator is biased (exact), else None
     cosine: float | None = None  # cos(E g, grad J) beside it
+    no_exact: bool = False  # a group baseline whose exact values cannot be had here: measured only
 
 
 @dataclass(frozen=True)
@@ -972,6 +973,7 @@ class ExplorerState:
             sampling,
             bias,
             cosine,
+            exact is not None and moments is None,
         )
 
     def sweep(self) -> dict[int, tuple[float, float, float]]:
