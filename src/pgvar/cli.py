@@ -43,7 +43,11 @@ err = Console(stderr=True)
 
 MdpOption = Annotated[
     str,
-    typer.Option("--mdp", help="Built-in name (lesson, short-corridor, bandit, random) or a YAML/JSON file."),
+    typer.Option(
+        "--mdp",
+        help="Built-in name (lesson, short-corridor, bandit, random, repayment, deceptive, prompts), "
+        "gym:ID[,key=value...] or a YAML/JSON file.",
+    ),
 ]
 ThetaOption = Annotated[
     str, typer.Option("--theta", help="Logits: 'uniform', a JSON list, or a .json/.npy file.")
