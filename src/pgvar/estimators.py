@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -170,6 +170,11 @@ def parse_estimator(text: str, *, entropy: float = 0.0, group: int | None = 1) -
         weight, baseline, lam, "common" not in suffixes, float(entropy), raw,
         int(group) if grouped else 1, "per-length" in suffixes,
     )  # fmt: skip
+
+
+def without_group(spec: EstimatorSpec) -> EstimatorSpec:
+    """The single-episode estimator inside a group baseline: the same weight, no baseline."""
+    return replace(spec, baseline="none", group=1, per_length=False, name="")
 
 
 def parse_estimators(text: str, *, entropy: float = 0.0, group: int | None = 1) -> list[EstimatorSpec]:

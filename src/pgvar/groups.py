@@ -32,12 +32,13 @@ import numpy as np
 
 from pgvar import budget
 from pgvar.errors import PgvarError
-from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, score_scale_t, weights
+from pgvar.estimators import EstimatorSpec, episode_gradients, score_scale_t, weights, without_group
 from pgvar.exact import (
     MAX_ENUMERATED_PATHS,
     Chain,
     ExactMoments,
     exact_moments,
+    resolve,
     score_products,
     state_distribution,
     unroll,
@@ -82,7 +83,7 @@ def group_moments(
         _check_recursion_work(chain, spec, starts.size)
         parts = [_recursion_parts(chain, spec, s) for s in starts]
     else:
-        paths = [_start_paths(chain, s) for s in starts]
+        paths = [_Paths(chain, s) for s in starts]
         if method == "pairs":
             _check_pairs_work(chain, spec, paths)
             parts = [_pair_parts(chain, spec, p) for p in paths]
@@ -158,7 +159,7 @@ def _recursion_parts(chain: Chain, spec: EstimatorSpec, start: int) -> tuple[np.
     mdp, k = chain.mdp, spec.group
     initial = np.eye(mdp.n_states)[start]
     started = replace(chain, mdp=replace(mdp, initial_s=initial))
-    plain = replace(spec, baseline="none", group=1, per_length=False, name="")
+    plain = without_group(spec)
     f = exact_moments(started.mdp, chain.theta, plain, method="recursion", chain=started)
     own_tD, squares_tD, reward_to_go_tD = score_products(started, plain, initial)
     mean_w_t, second_w_tt, second_w_no_noise_tt, cross_ttD = _weight_moments(started, plain, reward_to_go_tD)
@@ -282,10 +283,6 @@ class _Paths:
         return self.prob_b.size
 
 
-def _start_paths(chain: Chain, start: int) -> _Paths:
-    return _Paths(chain, start)
-
-
 def _scores(chain: Chain, paths: _Paths) -> np.ndarray:
     """(B, T, D) each path's score e_a - pi(.|s_t) per step in theta's layout, zero after its end."""
     mdp, theta = chain.mdp, chain.theta
@@ -298,14 +295,6 @@ def _scores(chain: Chain, paths: _Paths) -> np.ndarray:
         index_bA = parameter_index(mdp, theta.shape, t)[states]
         np.add.at(scores_btD[:, t], (np.broadcast_to(rows, index_bA.shape), index_bA), score_bA)
     return scores_btD * paths.alive_tb.T[:, :, None]
-
-
-def _zero_baseline(chain: Chain, spec: EstimatorSpec) -> ResolvedEstimator:
-    mdp = chain.mdp
-    plain = replace(spec, baseline="none", group=1, per_length=False, name="")
-    return ResolvedEstimator(
-        plain, np.zeros((chain.steps, mdp.n_states, mdp.n_actions)), np.zeros((chain.steps + 1, mdp.n_states))
-    )
 
 
 def _pair_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths) -> tuple[np.ndarray, np.ndarray, float]:
@@ -322,7 +311,7 @@ def _pair_moments(chain: Chain, spec: EstimatorSpec, paths: _Paths, noise: bool)
     module docs for A, B, w, c)."""
     mdp, k = chain.mdp, spec.group
     p = paths.prob_b
-    plain = _zero_baseline(chain, spec)
+    plain = resolve(chain, without_group(spec))
     args = (paths.states_tb, paths.actions_tb)
     own_bD = episode_gradients(mdp, chain.theta, plain, *args, paths.rewards_tb, paths.alive_tb)
     w_bt = np.ascontiguousarray(weights(plain.spec, _with_bonus(chain, paths), mdp.gamma).T)
@@ -408,9 +397,7 @@ def _tuple_parts(chain: Chain, spec: EstimatorSpec, paths: _Paths) -> tuple[np.n
     mdp, k = chain.mdp, spec.group
     tuples_mk, coefficient_m = _multisets(paths.count, k)
     prob_m = coefficient_m * np.prod(paths.prob_b[tuples_mk], axis=1)
-    estimator = ResolvedEstimator(
-        spec, np.zeros((chain.steps, mdp.n_states, mdp.n_actions)), np.zeros((chain.steps + 1, mdp.n_states))
-    )
+    estimator = resolve(chain, spec)  # no offsets: the group supplies the baseline
     mean = np.zeros(chain.theta.size)
     second = np.zeros(chain.theta.size)
     chunk = max(1, 65_536 // k)

@@ -20,10 +20,8 @@ from pgvar.exact import ExactMoments, chain_gradient, exact_moments, moments_ref
 from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import DEFAULT_BATCHES, Sample, Sampler
-from pgvar.montecarlo.groups import GroupSampler, check_group_size
+from pgvar.montecarlo.groups import GROUP_STREAM, GroupSampler, check_group_size
 from pgvar.validation import check_int, check_int_list, check_seed
-
-GROUP_STREAM = 0x6770  # mixed into the seed of grouped batches, apart from the independent ones
 
 
 @dataclass(frozen=True)

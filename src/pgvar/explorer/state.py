@@ -58,7 +58,7 @@ from pgvar.groups import GroupMomentsError
 from pgvar.mdp import TabularMDP
 from pgvar.mdpfile import resolve_mdp
 from pgvar.montecarlo import DEFAULT_BATCHES, Sampler, estimate_gradient
-from pgvar.montecarlo.groups import GroupSampler
+from pgvar.montecarlo.groups import GROUP_STREAM, GroupSampler
 from pgvar.policy import softmax
 from pgvar.studies import VarianceReading, read_sample
 from pgvar.validation import check_choice, check_flag, check_int, check_number
@@ -116,7 +116,6 @@ DEFAULT_GROUP = 4
 DEFAULT_HISTORY = 200
 #: A bias below this (relative to max(1, |grad J|)) is rounding: the page shows none.
 BIAS_TOLERANCE = 1e-9
-GROUP_STREAM = 0x6770  # the grouped episodes' stream key beside a tick's own
 DEFAULT_LEARNING_RATE = 0.5
 #: A tick that would simulate more agent-steps than this is refused with a message (the server would
 #: stall); the lesson's MDP at N = 1024 and 60 batches needs about 1.8e5.

@@ -23,7 +23,7 @@ import numpy as np
 from pgvar import budget, kpi
 from pgvar.baselines import RunningBaselines
 from pgvar.errors import SpecError
-from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients
+from pgvar.estimators import EstimatorSpec, ResolvedEstimator, episode_gradients, without_group
 from pgvar.exact import Chain, ExactMoments, exact_moments
 from pgvar.groups import GroupMomentsError, start_states
 from pgvar.mdp import TabularMDP
@@ -31,6 +31,7 @@ from pgvar.montecarlo.plan import Episodes
 from pgvar.montecarlo.sampler import Sample, Sampler
 from pgvar.validation import check_int
 
+GROUP_STREAM = 0x6770  # the grouped episodes' stream key beside the independent ones of the same seed
 ESTIMATE_EPISODES = 80_000  # episodes sampled where a group baseline's moments cannot be enumerated
 ESTIMATE_MIN_GROUPS = 256
 
@@ -63,7 +64,7 @@ class GroupSampler:
         self.mdp, self.theta = mdp, theta
         self.starts = start_states(mdp)
         self.start_probs = mdp.initial_s[self.starts] / mdp.initial_s[self.starts].sum()
-        plain = replace(self.specs[0], baseline="none", group=1, per_length=False, name="")
+        plain = without_group(self.specs[0])
         self._sources = [
             Sampler(replace(mdp, initial_s=np.eye(mdp.n_states)[s]), theta, [plain]).source
             for s in self.starts
@@ -73,8 +74,7 @@ class GroupSampler:
         self._resolved = [
             ResolvedEstimator(spec, zeros, np.zeros((steps + 1, mdp.n_states))) for spec in self.specs
         ]
-        self.steps = steps
-        self._steps = float(mdp.horizon or steps)
+        self.steps = steps  # the horizon, or the sampler's rows for unbounded episodes
 
     def episodes(self, k: int, groups: int, seed: int | np.random.SeedSequence) -> Episodes:
         """``groups`` groups of ``k`` episodes, group g in columns g k .. g k + k - 1."""
@@ -95,13 +95,13 @@ class GroupSampler:
         return Episodes(*(array[:, columns] for array in vars(drawn).values()))
 
     def check_cost(self, what: str, episodes: float) -> None:
-        steps = episodes * self._steps
+        steps = episodes * self.steps
         budget.check_steps(
             f"{what}: {episodes:,.0f} grouped episodes, about {steps:,.3g} agent steps",
             steps * 20,  # read by the NumPy reference, about 20 times a compiled read-out's cost per step
             memory=8.0
             * min(episodes, 65_536)
-            * (self._steps * (self.mdp.n_actions * 6 + 4) + self.theta.size),
+            * (self.steps * (self.mdp.n_actions * 6 + 4) + self.theta.size),
         )
 
     def sample(self, n: int, batches: int, seed: int | np.random.SeedSequence = 0) -> Sample:
