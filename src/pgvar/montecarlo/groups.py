@@ -32,6 +32,7 @@ from pgvar.montecarlo.sampler import Sample, Sampler
 from pgvar.validation import check_int
 
 GROUP_STREAM = 0x6770  # the grouped episodes' stream key beside the independent ones of the same seed
+CHUNK_EPISODES = 65_536  # episodes drawn at a time (each chunk its own stream), whatever the total
 ESTIMATE_EPISODES = 80_000  # episodes sampled where a group baseline's moments cannot be enumerated
 ESTIMATE_MIN_GROUPS = 256
 
@@ -100,7 +101,7 @@ class GroupSampler:
             f"{what}: {episodes:,.0f} grouped episodes, about {steps:,.3g} agent steps",
             steps * 20,  # read by the NumPy reference, about 20 times a compiled read-out's cost per step
             memory=8.0
-            * min(episodes, 65_536)
+            * min(episodes, CHUNK_EPISODES)
             * (self.steps * (self.mdp.n_actions * 6 + 4) + self.theta.size),
         )
 
@@ -114,18 +115,13 @@ class GroupSampler:
         self.check_cost(f"N={n}, batches={batches}", float(n) * batches * len(sizes))
         root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         means_emd = np.zeros((len(self.specs), batches, self.theta.size))
-        per_chunk = max(1, 65_536 // n)  # batches read at a time, to bound memory
+        per_chunk = max(1, CHUNK_EPISODES // n)  # batches drawn and read at a time, to bound memory
         for k, child in zip(sizes, root.spawn(len(sizes)), strict=True):
-            drawn = self.episodes(k, batches * n // k, child)
-            for first in range(0, batches, per_chunk):
+            for index, first in enumerate(range(0, batches, per_chunk)):
                 last = min(batches, first + per_chunk)
-                cut = slice(first * n, last * n)
-                arrays = (
-                    drawn.states_tb[:, cut],
-                    drawn.actions_tb[:, cut],
-                    drawn.rewards_tb[:, cut],
-                    drawn.alive_tb[:, cut],
-                )
+                stream = np.random.SeedSequence(child.entropy, spawn_key=(*child.spawn_key, index))
+                drawn = self.episodes(k, (last - first) * n // k, stream)
+                arrays = (drawn.states_tb, drawn.actions_tb, drawn.rewards_tb, drawn.alive_tb)
                 for e, estimator in enumerate(self._resolved):
                     if estimator.spec.group == k:
                         grads_bD = episode_gradients(self.mdp, self.theta, estimator, *arrays)
