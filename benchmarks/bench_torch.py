@@ -1,10 +1,12 @@
 """Speed of neural-policy measurement (pgvar.torch): per-episode gradients and episode collection.
 
 Measures, in one process (ratios are what count on a noisy machine):
-- per-episode gradients of a 64-64 tanh MLP on 256 CartPole-v1 episodes (``episode_gradients``:
-  vmap(grad) over padded episodes) against ONE batched backward pass over the same episodes
-  (``batched_gradient``, the limit; target at most 1.5x) and against a per-episode backward loop
-  (``loop_gradients``, the reference); the same on 64 Pendulum-v1 episodes of 200 steps (Gaussian head);
+- per-episode gradients of a 64-64 tanh MLP on 256 CartPole-v1 episodes (``episode_gradients``: its
+  default ``packed`` method, one backward pass and each layer's per-episode outer products, and its
+  ``vmap`` method, vmap(grad) over padded episodes) against ONE batched backward pass over the same
+  episodes (``batched_gradient``, the limit; target at most 1.5x) and against a per-episode backward
+  loop (``loop_gradients``, the reference); the same on 64 Pendulum-v1 episodes of 200 steps
+  (Gaussian head);
 - episode collection (``collect``, 8 sub-environments) against the same vector environment stepping
   with uniformly random actions for the same number of vector steps (target at most 2x);
 - the lifted exact engine (``exact_network_moments``: J' E[g], tr(J' Cov J) per parameter tensor) on
@@ -38,7 +40,6 @@ from pgvar.torch.gradients import (
     episode_gradients,
     loop_gradients,
     parameter_layout,
-    score_weights_bt,
 )
 from pgvar.torch.lift import exact_network_moments
 from pgvar.torch.policies import make_policy
@@ -55,26 +56,22 @@ def best_time(work, repeats: int, min_seconds: float = 0.3) -> float:
     return min(times)
 
 
-def padded_backward(policy, batch, spec) -> None:
-    """One backward pass over the padded (B, T) batch, masked: the batched pass before packing."""
-    weights_bt = torch.from_numpy(score_weights_bt(policy, batch, spec))
-    total = (weights_bt * policy.log_prob(batch.observations_bt, batch.actions_bt)).sum()
-    torch.autograd.grad(total, list(policy.parameters()))
-
-
 def gradient_row(env_text: str, n_episodes: int, repeats: int) -> dict:
     env = make_env(env_text)
     policy = make_policy("mlp:64,64", env.observation_space, env.action_space, seed=0)
     batch = collect(env_text, policy, n_episodes, seed=0)
     spec = parse_estimator("rtg")
-    per_episode = episode_gradients(policy, batch, spec)
+    per_episode = episode_gradients(policy, batch, spec, method="packed")
     assert torch.allclose(per_episode.mean(0), batched_gradient(policy, batch, spec), rtol=1e-6, atol=1e-12)
+    assert torch.allclose(
+        per_episode, episode_gradients(policy, batch, spec, method="vmap"), rtol=1e-9, atol=1e-12
+    )
     return {
         "case": f"{env_text.split(',')[0]}: B={n_episodes}, T={batch.n_steps}, "
         f"mean length {batch.lengths_b.mean():.1f}, D={sum(size for _, size in parameter_layout(policy))}",
-        "vmap": best_time(lambda: episode_gradients(policy, batch, spec), repeats),
+        "packed": best_time(lambda: episode_gradients(policy, batch, spec, method="packed"), repeats),
+        "vmap": best_time(lambda: episode_gradients(policy, batch, spec, method="vmap"), repeats),
         "batched": best_time(lambda: batched_gradient(policy, batch, spec), repeats),
-        "padded": best_time(lambda: padded_backward(policy, batch, spec), repeats),
         "loop": best_time(lambda: loop_gradients(policy, batch, spec), max(1, repeats // 2)),
     }
 
@@ -151,17 +148,17 @@ def main() -> None:
         gradient_row("Pendulum-v1", max(args.episodes // 4, 1), args.repeats),
     ]
     print("\nPer-episode gradients (rtg, 64-64 tanh MLP), seconds, best of repeats")
-    header = ("vmap", "packed", "ratio", "padded", "ratio", "loop", "gain")
+    header = ("packed", "vmap", "batched", "ratio", "ratio", "loop", "gain")
     print(f"{'case':<58}" + "".join(f"{name:>8}" for name in header))
     for row in rows:
-        cells = (row["vmap"], row["batched"], row["vmap"] / row["batched"], row["padded"],
-                 row["vmap"] / row["padded"], row["loop"], row["loop"] / row["vmap"])  # fmt: skip
-        formats = ("8.4f", "8.4f", "8.2f", "8.4f", "8.2f", "8.4f", "8.1f")
+        cells = (row["packed"], row["vmap"], row["batched"], row["packed"] / row["batched"],
+                 row["vmap"] / row["batched"], row["loop"], row["loop"] / row["packed"])  # fmt: skip
+        formats = ("8.4f", "8.4f", "8.4f", "8.2f", "8.2f", "8.4f", "8.1f")
         line = "".join(format(cell, spec) for cell, spec in zip(cells, formats, strict=True))
         print(f"{row['case']:<58}{line}")
-    print("  vmap: episode_gradients; packed: batched_gradient (one backward over the steps that run);")
-    print("  padded: one backward over the padded (B, T) batch; ratios: vmap / each (target <= 1.5);")
-    print("  gain: loop (one backward per episode) / vmap")
+    print("  packed, vmap: episode_gradients(method=...); batched: batched_gradient (one backward over")
+    print("  the steps that run); ratios: packed / batched (target <= 1.5), vmap / batched;")
+    print("  gain: loop (one backward per episode) / packed")
     rows = [
         collection_row("CartPole-v1", args.episodes, args.repeats),
         collection_row("Pendulum-v1", max(args.episodes // 4, 1), args.repeats),

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 gym = pytest.importorskip("gymnasium")
 
 from gymnasium import spaces  # noqa: E402
+from torch import nn  # noqa: E402
 
 from pgvar import budget  # noqa: E402
 from pgvar.errors import SpecError  # noqa: E402
@@ -27,10 +28,11 @@ from pgvar.torch.gradients import (  # noqa: E402
     episode_weights_bt,
     flat_parameters,
     length_groups,
+    linear_layers,
     loop_gradients,
     parameter_layout,
 )
-from pgvar.torch.policies import make_policy  # noqa: E402
+from pgvar.torch.policies import Policy, make_policy  # noqa: E402
 
 GAMMA = 0.95
 RTOL = 1e-6
@@ -128,38 +130,91 @@ def test_tabular_policy_on_frozen_lake_is_pgvars_estimator(frozen_lake, text, en
 # -- against the backward loop, the batched pass, and chunks ---------------------------------------
 
 
+@pytest.mark.parametrize("method", ["packed", "vmap"])
 @pytest.mark.parametrize(
     ("text", "entropy"), [("rtg", 0.0), ("vanilla", 0.0), ("rtg:common", 0.02), ("gae0.95+value", 0.05)]
 )
-def test_per_episode_gradients_match_the_backward_loop_on_cartpole(cartpole, text, entropy):
+def test_per_episode_gradients_match_the_backward_loop_on_cartpole(cartpole, text, entropy, method):
     policy, episodes = cartpole
     spec = parse_estimator(text, entropy=entropy)
     kwargs = {}
     if spec.baseline == "value":
         kwargs["values_bt"] = np.where(episodes.alive_bt, np.linspace(0, 5, episodes.n_steps)[None, :], 0.0)
-    got_bD = episode_gradients(policy, episodes, spec, **kwargs)
+    got_bD = episode_gradients(policy, episodes, spec, method=method, **kwargs)
     reference_bD = loop_gradients(policy, episodes, spec, **kwargs)
     n_parameters = sum(size for _, size in parameter_layout(policy))
     assert got_bD.shape == (24, n_parameters) == (24, 4 * 16 + 16 + 16 * 16 + 16 + 16 * 2 + 2)
     assert got_bD.dtype == torch.float64
     assert relative_error(got_bD, reference_bD) < RTOL
     assert relative_error(got_bD.mean(0), batched_gradient(policy, episodes, spec, **kwargs)) < RTOL
-    assert relative_error(episode_gradients(policy, episodes, spec, chunk_size=5, **kwargs), got_bD) < 1e-12
+    chunked_bD = episode_gradients(policy, episodes, spec, chunk_size=5, method=method, **kwargs)
+    assert relative_error(chunked_bD, got_bD) < 1e-12
 
 
+@pytest.mark.parametrize("method", ["packed", "vmap"])
 @pytest.mark.parametrize(("text", "entropy"), [("rtg", 0.0), ("vanilla", 0.1), ("gae0.9+value", 0.01)])
-def test_per_episode_gradients_match_the_backward_loop_with_a_gaussian_head(pendulum, text, entropy):
+def test_per_episode_gradients_match_the_backward_loop_with_a_gaussian_head(pendulum, text, entropy, method):
     policy, episodes = pendulum
     assert not policy.discrete and parameter_layout(policy)[0] == ("log_std", 1)  # own parameters first
     spec = parse_estimator(text, entropy=entropy)
     kwargs = {}
     if spec.baseline == "value":
         kwargs["values_bt"] = np.where(episodes.alive_bt, -3.0, 0.0)
-    got_bD = episode_gradients(policy, episodes, spec, **kwargs)
+    got_bD = episode_gradients(policy, episodes, spec, method=method, **kwargs)
     assert relative_error(got_bD, loop_gradients(policy, episodes, spec, **kwargs)) < RTOL
     assert relative_error(got_bD.mean(0), batched_gradient(policy, episodes, spec, **kwargs)) < RTOL
-    assert relative_error(episode_gradients(policy, episodes, spec, chunk_size=3, **kwargs), got_bD) < 1e-12
+    chunked_bD = episode_gradients(policy, episodes, spec, chunk_size=3, method=method, **kwargs)
+    assert relative_error(chunked_bD, got_bD) < 1e-12
     assert got_bD[:, 0].abs().sum() > 0  # the log-std gets its per-episode gradient
+
+
+def test_packed_and_vmap_agree_to_rounding(cartpole):
+    """The two methods compute the same sums in another order: they agree far below RTOL."""
+    policy, episodes = cartpole
+    spec = parse_estimator("rtg")
+    packed_bD = episode_gradients(policy, episodes, spec, method="packed")
+    assert relative_error(packed_bD, episode_gradients(policy, episodes, spec, method="vmap")) < 1e-12
+    assert torch.equal(episode_gradients(policy, episodes, spec), packed_bD)  # auto takes packed here
+    assert not packed_bD.requires_grad
+
+
+class _Scaled(nn.Module):
+    """A parameter outside any linear layer: a learned scale on the hidden units."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, width, dtype=torch.float64))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_other_bodies_take_vmap_and_match_the_loop(cartpole):
+    """A body with a parameter outside linear layers cannot be packed: ``auto`` takes vmap, which
+    matches the backward loop, and ``packed`` is refused in one line. A layer used twice is packed,
+    its per-episode terms summed over both uses."""
+    trained, episodes = cartpole
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(4, 8, dtype=torch.float64), nn.Tanh(), _Scaled(8),
+                         nn.Linear(8, 2, dtype=torch.float64))  # fmt: skip
+    policy = Policy("custom", trained.observation_space, trained.action_space, body)
+    assert linear_layers(policy) is None and linear_layers(trained) is not None
+    spec = parse_estimator("rtg")
+    got_bD = episode_gradients(policy, episodes, spec)
+    assert relative_error(got_bD, loop_gradients(policy, episodes, spec)) < RTOL
+    with pytest.raises(SpecError) as err:
+        episode_gradients(policy, episodes, spec, method="packed")
+    assert "vmap" in str(err.value) and "\n" not in str(err.value)
+    shared = nn.Linear(4, 4, dtype=torch.float64)
+    body = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(4, 2, dtype=torch.float64))
+    twice = Policy("twice", trained.observation_space, trained.action_space, body)
+    assert linear_layers(twice) is not None
+    got_bD = episode_gradients(twice, episodes, spec)
+    assert got_bD.shape == (episodes.n_episodes, 4 * 4 + 4 + 4 * 2 + 2)
+    assert relative_error(got_bD, loop_gradients(twice, episodes, spec)) < RTOL
+    with pytest.raises(SpecError) as err:
+        episode_gradients(trained, episodes, spec, method="fast")
+    assert "packed" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_gaussian_gradient_is_the_score_function_by_hand():

@@ -15,9 +15,10 @@ the tabular core, measured from per-episode gradients, and exact where the envir
     record = monitor.update(per_episode_losses_b)                  # tr Sigma, |G|^2, B_simple, cosine
 
 Modules: ``policies`` (tabular, linear, mlp heads), ``episodes`` (seeded vector-env collection),
-``gradients`` (per-episode estimates by torch.func), ``critic`` (the value baseline), ``lift`` (the
-exact engine in a network's parameters), ``lqr`` (the LQR's exact gradient for a linear Gaussian
-policy), ``study`` (the measurement), ``training`` (``pgvar train --env``) and ``monitor``.
+``gradients`` (per-episode estimates: one packed backward pass, or torch.func's vmap), ``critic``
+(the value baseline), ``lift`` (the exact engine in a network's parameters), ``lqr`` (the LQR's exact
+gradient for a linear Gaussian policy), ``study`` (the measurement), ``training`` (``pgvar train
+--env``) and ``monitor``.
 """
 
 from pgvar.torch.critic import ValueCritic, fit_critic

@@ -8,12 +8,20 @@ gets + beta H[pi(.|s_t)] before Psi is computed, and each step adds the direct t
 beta gamma^t grad H (Williams & Peng 1991). Weights and baselines are computed in NumPy on (T, B)
 arrays by ``pgvar.estimators`` and ``pgvar.returns`` and enter the surrogate as constants.
 
-Per-episode gradients come from ``torch.func``: ``vmap(grad(surrogate of one episode))`` over padded
-episodes (masked after their ends), through ``functional_call`` on the policy's parameters, in chunks
-of episodes so that memory stays bounded; a chunk holds episodes of similar lengths and is padded only
-to its own longest. The limit is one batched backward pass over the steps that run
-(:func:`batched_gradient`, which gives the mean); :func:`loop_gradients` (one backward per episode) is
-the reference the tests compare with.
+Per-episode gradients (:func:`episode_gradients`) come one of two ways, in chunks of episodes so that
+memory stays bounded, each chunk split into groups of episodes of similar lengths, padded only to
+their group's longest (weight zero after each end):
+
+- ``packed``, for the policies pgvar builds (every parameter in a linear layer, or the Gaussian's
+  log-std): one forward and one backward pass over the chunk's steps give each layer's inputs a_t and
+  output gradients delta_t, and an episode's weight gradient is sum_t delta_t a_t^T, one batched
+  matrix product per group (Goodfellow 2015). The backward pass is the batched one, less its weight
+  products; the per-episode products replace them.
+- ``vmap``, for any body: ``torch.func``'s ``vmap(grad(surrogate of one episode))`` through
+  ``functional_call`` on the policy's parameters, one call per group.
+
+The limit is one batched backward pass over the steps that run (:func:`batched_gradient`, which gives
+the mean); :func:`loop_gradients` (one backward per episode) is the reference the tests compare with.
 
 Baselines for neural policies: ``none``; ``lesson`` and ``running`` (per-step running means over
 EARLIER batches, of G_t and of the weight: :class:`RunningBaseline` keeps them, the caller passes its
@@ -43,6 +51,9 @@ SUPPORTED_BASELINES = ("none", "lesson", "running", "value")
 CHUNK_MEMORY = 256e6
 #: What one vmap call costs besides its steps, in padded episode-steps (measured on CartPole, 64-64 MLP).
 CALL_STEPS = 384
+#: What one group's outer products cost besides its steps, in padded episode-steps (the same case).
+GROUP_STEPS = 64
+GRADIENT_METHODS = ("auto", "packed", "vmap")
 #: Floating-point operations per second assumed for the budget's work estimate (one core, float64).
 FLOPS = 2e9
 
@@ -254,11 +265,11 @@ def gradient_chunk_size(policy: Policy, n_episodes: int, steps: int) -> int:
     return int(max(1, min(n_episodes, room // _per_episode_bytes(policy, steps))))
 
 
-def length_groups(lengths_b: np.ndarray, chunk: int) -> list[np.ndarray]:
-    """The episodes of each vmap call: sorted by length and split into k groups of at most ``chunk``
-    episodes, each padded only to its own longest episode. k minimises the padded steps plus
-    ``CALL_STEPS`` per call; on episodes of very unequal lengths (CartPole's) a few groups halve the
-    work of one padded batch.
+def length_groups(lengths_b: np.ndarray, chunk: int, call_steps: int = CALL_STEPS) -> list[np.ndarray]:
+    """The episodes of each vmap call (or batched outer product): sorted by length and split into k
+    groups of at most ``chunk`` episodes, each padded only to its own longest episode. k minimises
+    the padded steps plus ``call_steps`` per group; on episodes of very unequal lengths (CartPole's) a
+    few groups halve the work of one padded batch.
 
     Returns:
       k arrays of episode indices, each sorted by length (its last episode the longest)."""
@@ -267,7 +278,7 @@ def length_groups(lengths_b: np.ndarray, chunk: int) -> list[np.ndarray]:
 
     def cost(groups: list[np.ndarray]) -> float:
         padded = sum(len(group) * max(int(lengths_b[group[-1]]), 1) for group in groups)
-        return padded + len(groups) * CALL_STEPS
+        return padded + len(groups) * call_steps
 
     counts = [fewest * 2**i for i in range(5) if fewest * 2**i <= len(order_b)]
     return min((np.array_split(order_b, k) for k in counts), key=cost)
@@ -281,6 +292,84 @@ def _check_gradient_budget(what: str, policy: Policy, episodes: Episodes, chunk:
     budget.check(what, memory=memory, seconds=seconds, hint="fewer episodes, or a smaller chunk_size")
 
 
+def linear_layers(policy: Policy) -> list[nn.Module] | None:
+    """The body's modules in call order when the body is a chain of ``nn.Linear`` layers (shared
+    ones too) and modules without parameters or buffers (activations, which act on each step alone), and
+    the policy has no other parameter than the Gaussian's log-std: every policy :func:`make_policy`
+    builds. Else None. Such a policy's per-episode gradients need only one packed backward pass."""
+    body = policy.body
+    modules = list(body) if isinstance(body, nn.Sequential) else [body]
+    linears = [module for module in modules if isinstance(module, nn.Linear)]
+    if any(next(module.buffers(), None) is not None for module in modules):
+        return None  # a normalisation's statistics may mix steps; its parameters fail the check below
+    in_linears = {id(parameter) for module in linears for parameter in module.parameters()}
+    for name, parameter in policy.named_parameters():
+        if id(parameter) not in in_linears and name != "log_std":
+            return None
+    return modules
+
+
+def _packed_order(episodes: Episodes, groups: list[np.ndarray]) -> tuple[Tensor, list[int]]:
+    """Flat indices into the (B, T) arrays that lay the groups out one after another, each episode
+    padded to its group's longest, and each group's padded length."""
+    steps_g = [max(int(episodes.lengths_b[group[-1]]), 1) for group in groups]
+    order_b = np.concatenate(groups)
+    steps_b = np.repeat(steps_g, [len(group) for group in groups])
+    firsts_b = np.cumsum(steps_b) - steps_b  # where each episode's steps start in the layout
+    step_i = np.arange(int(steps_b.sum())) - np.repeat(firsts_b, steps_b)
+    return torch.from_numpy(np.repeat(order_b, steps_b) * episodes.n_steps + step_i), steps_g
+
+
+def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt, grads_bD) -> None:
+    """Fill the rows of ``grads_bD`` of the episodes in ``groups`` (a pass that fits in memory).
+
+    One forward and one backward pass over the groups' steps (each episode padded only to its
+    group's longest, weight zero on padding) give every linear layer's input a_t and output gradient
+    delta_t; the episode's weight gradient is sum_t delta_t a_t^T and its bias gradient sum_t delta_t
+    (Goodfellow 2015, "Efficient per-example gradient computations"), one batched matrix product per
+    group, as one backward pass computes their sum over all steps. The log-std's gradient is summed
+    per episode from its per-step copies."""
+    flat_i, steps_g = _packed_order(episodes, groups)
+
+    def steps_of(array_bt: Tensor) -> Tensor:  # (B, T, ...) -> (steps of the layout, ...)
+        return array_bt.flatten(0, 1).index_select(0, flat_i)
+
+    x = policy.encode(steps_of(episodes.observations_bt))
+    inputs, outputs, linears = [], [], []
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            inputs.append(x)
+            linears.append(module)
+            x = module(x)
+            outputs.append(x)
+        else:
+            x = module(x)
+    log_std = None if policy.discrete else policy.log_std.expand(x.shape)
+    total = (steps_of(weights_bt) * policy.head_log_prob(x, steps_of(episodes.actions_bt), log_std)).sum()
+    if entropy_bt is not None:
+        total = total + (steps_of(entropy_bt) * policy.head_entropy(x, log_std)).sum()
+    deltas = torch.autograd.grad(total, outputs + ([] if log_std is None else [log_std]))
+    position = {id(parameter): i for i, parameter in enumerate(policy.parameters())}
+    first = 0
+    for group, steps in zip(groups, steps_g, strict=True):
+        n, last = len(group), first + len(group) * steps
+        terms: list[tuple[Tensor, Tensor]] = []  # (parameter, its (n, size) per-episode gradient)
+        for module, a, delta in zip(linears, inputs, deltas[: len(linears)], strict=True):
+            delta_nto = delta[first:last].view(n, steps, -1)
+            a_nti = a[first:last].detach().view(n, steps, -1)
+            terms.append((module.weight, torch.bmm(delta_nto.transpose(1, 2), a_nti).flatten(1)))
+            if module.bias is not None:
+                terms.append((module.bias, delta_nto.sum(1)))
+        if log_std is not None:
+            terms.append((policy.log_std, deltas[-1][first:last].view(n, steps, -1).sum(1)))
+        parts_n: list[Tensor | None] = [None] * len(position)
+        for parameter, part_n in terms:  # a shared layer's parameter: the sum over its uses
+            i = position[id(parameter)]
+            parts_n[i] = part_n if parts_n[i] is None else parts_n[i] + part_n
+        grads_bD[torch.from_numpy(group)] = torch.cat(parts_n, dim=1)
+        first = last
+
+
 def episode_gradients(
     policy: Policy,
     episodes: Episodes,
@@ -290,6 +379,7 @@ def episode_gradients(
     values_bt: np.ndarray | None = None,
     truncation_values_b: np.ndarray | None = None,
     chunk_size: int | None = None,
+    method: str = "auto",
 ) -> Tensor:
     """(B, D) float64 per-episode estimates of grad J (the ascent direction), D in
     :func:`parameter_layout` order: the estimator of ``pgvar.estimators.episode_gradients``.
@@ -301,8 +391,17 @@ def episode_gradients(
       values_bt: (B, T) V(s_t) for ``value`` and inside GAE (a critic fitted on other episodes).
       truncation_values_b: (B,) V of each final observation: truncated episodes bootstrap from it
         (terminated ones never do); None treats every end as final, as the tabular estimator does.
-      chunk_size: episodes per vmap call; default :func:`gradient_chunk_size`.
+      chunk_size: episodes per pass; default :func:`gradient_chunk_size`.
+      method: ``packed`` (one backward pass per chunk, then each linear layer's per-episode outer
+        products), ``vmap`` (``vmap(grad)`` of one episode's surrogate, for any body), or ``auto``:
+        ``packed`` where :func:`linear_layers` allows it.
     """
+    if method not in GRADIENT_METHODS:
+        raise SpecError(f"method {method!r}: use one of {', '.join(GRADIENT_METHODS)}")
+    modules = linear_layers(policy)
+    if method == "packed" and modules is None:
+        raise SpecError("method 'packed': the policy has parameters outside linear layers; use vmap")
+    packed = modules is not None and method != "vmap"
     weights_bt, entropy_bt = _inputs(policy, episodes, spec, baseline_bt, values_bt, truncation_values_b)
     B = episodes.n_episodes
     if chunk_size is None:
@@ -310,6 +409,12 @@ def episode_gradients(
     else:
         chunk = min(check_int(chunk_size, "chunk_size", low=1), B)
     _check_gradient_budget("episode_gradients", policy, episodes, chunk)
+    grads_bD = torch.empty((B, sum(size for _, size in parameter_layout(policy))), dtype=DTYPE)
+    groups = length_groups(episodes.lengths_b, chunk, GROUP_STEPS if packed else CALL_STEPS)
+    if packed:
+        for chunk_groups in _passes(groups, chunk):
+            _packed_gradients(policy, modules, episodes, chunk_groups, weights_bt, entropy_bt, grads_bD)
+        return grads_bD
     surrogate = _Surrogate(policy)
     params = {name: parameter.detach() for name, parameter in surrogate.named_parameters()}
 
@@ -317,8 +422,7 @@ def episode_gradients(
         return functional_call(surrogate, params, (observations_t, actions_t, weights_t, entropy_t))
 
     per_episode = vmap(grad(one_episode), in_dims=(None, 0, 0, 0, None if entropy_bt is None else 0))
-    grads_bD = torch.empty((B, sum(size for _, size in parameter_layout(policy))), dtype=DTYPE)
-    for group_i in length_groups(episodes.lengths_b, chunk):
+    for group_i in groups:
         steps = max(int(episodes.lengths_b[group_i[-1]]), 1)  # the group's longest: the rest is padding
         rows = torch.from_numpy(group_i)
         grads_n = per_episode(
@@ -330,6 +434,16 @@ def episode_gradients(
         )
         grads_bD[rows] = flatten_gradients(grads_n, (len(group_i),))
     return grads_bD
+
+
+def _passes(groups: list[np.ndarray], chunk: int) -> list[list[np.ndarray]]:
+    """Consecutive length groups, together at most ``chunk`` episodes (one pass each)."""
+    passes: list[list[np.ndarray]] = [[]]
+    for group in groups:
+        if passes[-1] and sum(map(len, passes[-1])) + len(group) > chunk:
+            passes.append([])
+        passes[-1].append(group)
+    return passes
 
 
 def batched_gradient(

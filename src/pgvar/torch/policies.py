@@ -115,32 +115,34 @@ class Policy(nn.Module):
 
     def log_prob(self, observations: Tensor | np.ndarray, actions: Tensor) -> Tensor:
         """(...) log pi(a|o); ``actions`` (...) action indices, or (..., A) floats for a Gaussian."""
-        out = self(observations)
-        if self.discrete:
-            one_hot = torch.arange(self.n_outputs, device=out.device) == actions.long().unsqueeze(-1)
-            return (torch.log_softmax(out, dim=-1) * one_hot).sum(-1)
-        z = (actions - out) * torch.exp(-self.log_std)
-        return (-0.5 * z * z - self.log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+        return self.head_log_prob(self(observations), actions)
 
     def entropy(self, observations: Tensor | np.ndarray) -> Tensor:
         """(...) H[pi(.|o)]: -sum_a pi log pi, or sum_i (log sigma_i + log(2 pi e) / 2) for a Gaussian."""
-        out = self(observations)
-        if self.discrete:
-            log_probs = torch.log_softmax(out, dim=-1)
-            return -(torch.exp(log_probs) * log_probs).sum(-1)
-        per_state = (self.log_std + _HALF_LOG_TWO_PI_E).sum()
-        return per_state.expand(out.shape[:-1])
+        return self.head_entropy(self(observations))
 
     def log_prob_and_entropy(self, observations: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """(log pi(a|o), H[pi(.|o)]) from one pass through the body, each (...)."""
         out = self(observations)
+        return self.head_log_prob(out, actions), self.head_entropy(out)
+
+    def head_log_prob(self, out: Tensor, actions: Tensor, log_std: Tensor | None = None) -> Tensor:
+        """(...) log pi(a|o) from the body's (..., A) output ``out``; ``log_std`` replaces the
+        Gaussian's (A,) log-std (any shape that broadcasts, e.g. one row per step)."""
+        if self.discrete:
+            one_hot = torch.arange(self.n_outputs, device=out.device) == actions.long().unsqueeze(-1)
+            return (torch.log_softmax(out, dim=-1) * one_hot).sum(-1)
+        log_std = self.log_std if log_std is None else log_std
+        z = (actions - out) * torch.exp(-log_std)
+        return (-0.5 * z * z - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+
+    def head_entropy(self, out: Tensor, log_std: Tensor | None = None) -> Tensor:
+        """(...) H[pi(.|o)] from the body's (..., A) output; ``log_std`` as in :meth:`head_log_prob`."""
         if self.discrete:
             log_probs = torch.log_softmax(out, dim=-1)
-            one_hot = torch.arange(self.n_outputs, device=out.device) == actions.long().unsqueeze(-1)
-            return (log_probs * one_hot).sum(-1), -(torch.exp(log_probs) * log_probs).sum(-1)
-        z = (actions - out) * torch.exp(-self.log_std)
-        log_prob = (-0.5 * z * z - self.log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
-        return log_prob, (self.log_std + _HALF_LOG_TWO_PI_E).sum().expand(out.shape[:-1])
+            return -(torch.exp(log_probs) * log_probs).sum(-1)
+        log_std = self.log_std if log_std is None else log_std
+        return (log_std + _HALF_LOG_TWO_PI_E).sum(-1).expand(out.shape[:-1])
 
     def activations_per_step(self) -> int:
         """Floats one step keeps for the backward pass (inputs, every layer's output before and after
