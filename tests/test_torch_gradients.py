@@ -212,6 +212,12 @@ def test_other_bodies_take_vmap_and_match_the_loop(cartpole):
     got_bD = episode_gradients(twice, episodes, spec)
     assert got_bD.shape == (episodes.n_episodes, 4 * 4 + 4 + 4 * 2 + 2)
     assert relative_error(got_bD, loop_gradients(twice, episodes, spec)) < RTOL
+    for method in ("packed", "vmap"):  # vmap through functional_call must leave the shared layer intact
+        before = list(twice.parameters())
+        got_bD = episode_gradients(twice, episodes, spec, method=method)
+        assert all(a is b for a, b in zip(twice.parameters(), before, strict=True))
+        assert all(isinstance(parameter, nn.Parameter) for parameter in twice.parameters())
+        assert relative_error(got_bD, loop_gradients(twice, episodes, spec)) < RTOL
     with pytest.raises(SpecError) as err:
         episode_gradients(trained, episodes, spec, method="fast")
     assert "packed" in str(err.value) and "\n" not in str(err.value)

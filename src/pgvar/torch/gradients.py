@@ -422,17 +422,26 @@ def episode_gradients(
         return functional_call(surrogate, params, (observations_t, actions_t, weights_t, entropy_t))
 
     per_episode = vmap(grad(one_episode), in_dims=(None, 0, 0, 0, None if entropy_bt is None else 0))
-    for group_i in groups:
-        steps = max(int(episodes.lengths_b[group_i[-1]]), 1)  # the group's longest: the rest is padding
-        rows = torch.from_numpy(group_i)
-        grads_n = per_episode(
-            params,
-            episodes.observations_bt[rows, :steps],
-            episodes.actions_bt[rows, :steps],
-            weights_bt[rows, :steps],
-            None if entropy_bt is None else entropy_bt[rows, :steps],
-        )
-        grads_bD[rows] = flatten_gradients(grads_n, (len(group_i),))
+    # functional_call restores a module used twice in the body with the swapped-in tensor, not its
+    # Parameter (torch 2.13): put every original back, or the caller's optimiser loses them.
+    originals = [(module, name, parameter) for module in policy.modules()
+                 for name, parameter in module.named_parameters(recurse=False)]  # fmt: skip
+    try:
+        for group_i in groups:
+            steps = max(int(episodes.lengths_b[group_i[-1]]), 1)  # the group's longest: the rest is padding
+            rows = torch.from_numpy(group_i)
+            grads_n = per_episode(
+                params,
+                episodes.observations_bt[rows, :steps],
+                episodes.actions_bt[rows, :steps],
+                weights_bt[rows, :steps],
+                None if entropy_bt is None else entropy_bt[rows, :steps],
+            )
+            grads_bD[rows] = flatten_gradients(grads_n, (len(group_i),))
+    finally:
+        for module, name, parameter in originals:
+            if getattr(module, name) is not parameter:
+                setattr(module, name, parameter)
     return grads_bD
 
 
