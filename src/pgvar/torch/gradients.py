@@ -349,25 +349,37 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
     if entropy_bt is not None:
         total = total + (steps_of(entropy_bt) * policy.head_entropy(x, log_std)).sum()
     deltas = torch.autograd.grad(total, outputs + ([] if log_std is None else [log_std]))
-    position = {id(parameter): i for i, parameter in enumerate(policy.parameters())}
-    first = 0
-    for group, steps in zip(groups, steps_g, strict=True):
-        n, last = len(group), first + len(group) * steps
+    sizes = [len(group) * steps for group, steps in zip(groups, steps_g, strict=True)]
+    inputs_g = [a.detach().split(sizes) for a in inputs]  # [layer][group]: views, one call per layer
+    deltas_g = [delta.split(sizes) for delta in deltas]
+    columns, first = {}, 0  # each parameter's columns in grads_bD
+    for parameter in policy.parameters():
+        columns[id(parameter)] = slice(first, first + parameter.numel())
+        first += parameter.numel()
+    # One (n, out, in) buffer per layer for every group's products: a fresh one per group is a new
+    # mapping of memory each time, and its page faults cost more than the products.
+    most = max(map(len, groups))
+    products = [torch.empty((most, m.out_features, m.in_features), dtype=DTYPE) for m in linears]
+    for g, (group, steps) in enumerate(zip(groups, steps_g, strict=True)):
+        n = len(group)
         terms: list[tuple[Tensor, Tensor]] = []  # (parameter, its (n, size) per-episode gradient)
-        for module, a, delta in zip(linears, inputs, deltas[: len(linears)], strict=True):
-            delta_nto = delta[first:last].view(n, steps, -1)
-            a_nti = a[first:last].detach().view(n, steps, -1)
-            terms.append((module.weight, torch.bmm(delta_nto.transpose(1, 2), a_nti).flatten(1)))
+        for k, module in enumerate(linears):
+            delta_nto = deltas_g[k][g].view(n, steps, -1)
+            a_nti = inputs_g[k][g].view(n, steps, -1)
+            weight_n = torch.bmm(delta_nto.transpose(1, 2), a_nti, out=products[k][:n]).flatten(1)
+            terms.append((module.weight, weight_n))
             if module.bias is not None:
                 terms.append((module.bias, delta_nto.sum(1)))
         if log_std is not None:
-            terms.append((policy.log_std, deltas[-1][first:last].view(n, steps, -1).sum(1)))
-        parts_n: list[Tensor | None] = [None] * len(position)
+            terms.append((policy.log_std, deltas_g[-1][g].view(n, steps, -1).sum(1)))
+        rows, written = torch.from_numpy(group), set()
         for parameter, part_n in terms:  # a shared layer's parameter: the sum over its uses
-            i = position[id(parameter)]
-            parts_n[i] = part_n if parts_n[i] is None else parts_n[i] + part_n
-        grads_bD[torch.from_numpy(group)] = torch.cat(parts_n, dim=1)
-        first = last
+            block = grads_bD[:, columns[id(parameter)]]
+            if id(parameter) in written:
+                block.index_add_(0, rows, part_n)
+            else:
+                block.index_copy_(0, rows, part_n)
+                written.add(id(parameter))
 
 
 def episode_gradients(
