@@ -352,12 +352,10 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
     sizes = [len(group) * steps for group, steps in zip(groups, steps_g, strict=True)]
     inputs_g = [a.detach().split(sizes) for a in inputs]  # [layer][group]: views, one call per layer
     deltas_g = [delta.split(sizes) for delta in deltas]
-    columns, first = {}, 0  # each parameter's columns in grads_bD
-    for parameter in policy.parameters():
-        columns[id(parameter)] = slice(first, first + parameter.numel())
-        first += parameter.numel()
+    layout_sizes = [size for _, size in parameter_layout(policy)]
+    blocks = dict(zip(map(id, policy.parameters()), grads_bD.split(layout_sizes, dim=1), strict=True))
     # One (n, out, in) buffer per layer for every group's products: a fresh one per group is a new
-    # mapping of memory each time, and its page faults cost more than the products.
+    # mapping of memory each time, and its page faults cost about as much as the products.
     most = max(map(len, groups))
     products = [torch.empty((most, m.out_features, m.in_features), dtype=DTYPE) for m in linears]
     for g, (group, steps) in enumerate(zip(groups, steps_g, strict=True)):
@@ -374,11 +372,10 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
             terms.append((policy.log_std, deltas_g[-1][g].view(n, steps, -1).sum(1)))
         rows, written = torch.from_numpy(group), set()
         for parameter, part_n in terms:  # a shared layer's parameter: the sum over its uses
-            block = grads_bD[:, columns[id(parameter)]]
             if id(parameter) in written:
-                block.index_add_(0, rows, part_n)
+                blocks[id(parameter)].index_add_(0, rows, part_n)
             else:
-                block.index_copy_(0, rows, part_n)
+                blocks[id(parameter)].index_copy_(0, rows, part_n)
                 written.add(id(parameter))
 
 
