@@ -14,14 +14,22 @@ Measures, in one process (ratios are what count on a noisy machine):
 
 Everything runs on one thread (torch and the BLAS), as the per-core figures of the other benchmarks.
 
-    .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--episodes 256]
+    .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--episodes 256] [--processes K]
+
+The packed/batched ratio moves from one process to the next (glibc's page faults, the host's load):
+``--processes K`` also times the two gradient rows in K fresh processes and prints the ratio's
+minimum, median and maximum, and in how many of them the 1.5x limit was met.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads
@@ -135,12 +143,32 @@ def lifted_row(env_text: str) -> dict:
     }
 
 
+def ratio_spread(env_text: str, n_episodes: int, repeats: int, processes: int) -> dict:
+    """packed / batched of :func:`gradient_row` in ``processes`` fresh interpreters, one each."""
+    ratios = []
+    for _ in range(processes):
+        command = [sys.executable, __file__, "--row", env_text, "--episodes", str(n_episodes)]
+        done = subprocess.run(
+            [*command, "--repeats", str(repeats)], capture_output=True, text=True, check=True
+        )
+        row = json.loads(done.stdout)
+        ratios.append(row["packed"] / row["batched"])
+    return {"case": env_text, "ratios": ratios}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=256)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="also time the gradient rows in K fresh processes"
+    )
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # one gradient row as JSON (what --processes runs)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.row:
+        print(json.dumps(gradient_row(args.row, args.episodes, args.repeats)))
+        return
     machine = platform.processor() or platform.machine()
     print(f"# torch {torch.__version__}, numpy {np.__version__}, {machine}, 1 thread")
     rows = [
@@ -172,6 +200,16 @@ def main() -> None:
     print("\nLifted exact engine (rtg, 64-64 tanh MLP), seconds, one call")
     for row in (lifted_row("FrozenLake-v1"), lifted_row("FrozenLake-v1,map_name=8x8")):
         print(f"{row['case']:<58} {row['method']:>10} {row['seconds']:8.2f}")
+    if args.processes > 1:
+        cases = (("CartPole-v1", args.episodes), ("Pendulum-v1", max(args.episodes // 4, 1)))
+        spreads = [ratio_spread(env, n, args.repeats, args.processes) for env, n in cases]
+        print(f"\nPer-episode gradients, packed / batched in {args.processes} fresh processes")
+        print(f"{'case':<58}{'min':>8}{'median':>8}{'max':>8}{'<= 1.5':>8}")
+        for spread in spreads:
+            ratios = spread["ratios"]
+            within = f"{sum(ratio <= 1.5 for ratio in ratios)}/{len(ratios)}"
+            cells = f"{min(ratios):8.2f}{statistics.median(ratios):8.2f}{max(ratios):8.2f}{within:>8}"
+            print(f"{spread['case']:<58}{cells}")
 
 
 if __name__ == "__main__":
