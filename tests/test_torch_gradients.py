@@ -22,6 +22,7 @@ from pgvar.returns import reward_to_go  # noqa: E402
 from pgvar.torch.critic import fit_critic  # noqa: E402
 from pgvar.torch.episodes import collect  # noqa: E402
 from pgvar.torch.gradients import (  # noqa: E402
+    THIN_UNITS,
     RunningBaseline,
     batched_gradient,
     episode_gradients,
@@ -212,6 +213,17 @@ def test_other_bodies_take_vmap_and_match_the_loop(cartpole):
     got_bD = episode_gradients(twice, episodes, spec)
     assert got_bD.shape == (episodes.n_episodes, 4 * 4 + 4 + 4 * 2 + 2)
     assert relative_error(got_bD, loop_gradients(twice, episodes, spec)) < RTOL
+    wide = nn.Linear(16, 16, dtype=torch.float64)  # wider than THIN_UNITS: its products by bmm per group
+    body = nn.Sequential(nn.Linear(4, 16, dtype=torch.float64), nn.Tanh(), wide, nn.Tanh(), wide,
+                         nn.Linear(16, 2, dtype=torch.float64))  # fmt: skip
+    wide_twice = Policy("wide twice", trained.observation_space, trained.action_space, body)
+    assert min(wide.in_features, wide.out_features) > THIN_UNITS
+    assert (
+        relative_error(
+            episode_gradients(wide_twice, episodes, spec), loop_gradients(wide_twice, episodes, spec)
+        )
+        < RTOL
+    )
     for method in ("packed", "vmap"):  # vmap through functional_call must leave the shared layer intact
         before = list(twice.parameters())
         got_bD = episode_gradients(twice, episodes, spec, method=method)

@@ -14,9 +14,10 @@ their group's longest (weight zero after each end):
 
 - ``packed``, for the policies pgvar builds (every parameter in a linear layer, or the Gaussian's
   log-std): one forward and one backward pass over the chunk's steps give each layer's inputs a_t and
-  output gradients delta_t, and an episode's weight gradient is sum_t delta_t a_t^T, one batched
-  matrix product per group (Goodfellow 2015). The backward pass is the batched one, less its weight
-  products; the per-episode products replace them.
+  output gradients delta_t, and an episode's weight gradient is sum_t delta_t a_t^T (Goodfellow
+  2015): one batched matrix product per group for a wide layer, one compiled pass over the steps for
+  a thin one (a side of at most ``THIN_UNITS`` units, where a matrix product is slow). The backward
+  pass is the batched one, less its weight products; the per-episode products replace them.
 - ``vmap``, for any body: ``torch.func``'s ``vmap(grad(surrogate of one episode))`` through
   ``functional_call`` on the policy's parameters, one call per group.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -52,7 +54,10 @@ CHUNK_MEMORY = 256e6
 #: What one vmap call costs besides its steps, in padded episode-steps (measured on CartPole, 64-64 MLP).
 CALL_STEPS = 384
 #: What one group's outer products cost besides its steps, in padded episode-steps (the same case).
-GROUP_STEPS = 64
+GROUP_STEPS = 16
+#: A linear layer with a side this narrow or narrower gets its per-episode products from one compiled
+#: pass over the steps; on CartPole's 4-wide input and 2-wide output a ``bmm`` per group is 2-3x slower.
+THIN_UNITS = 8
 GRADIENT_METHODS = ("auto", "packed", "vmap")
 #: Floating-point operations per second assumed for the budget's work estimate (one core, float64).
 FLOPS = 2e9
@@ -280,7 +285,7 @@ def length_groups(lengths_b: np.ndarray, chunk: int, call_steps: int = CALL_STEP
         padded = sum(len(group) * max(int(lengths_b[group[-1]]), 1) for group in groups)
         return padded + len(groups) * call_steps
 
-    counts = [fewest * 2**i for i in range(5) if fewest * 2**i <= len(order_b)]
+    counts = [fewest * 2**i for i in range(6) if fewest * 2**i <= len(order_b)]
     return min((np.array_split(order_b, k) for k in counts), key=cost)
 
 
@@ -320,15 +325,65 @@ def _packed_order(episodes: Episodes, groups: list[np.ndarray]) -> tuple[Tensor,
     return torch.from_numpy(np.repeat(order_b, steps_b) * episodes.n_steps + step_i), steps_g
 
 
+@njit(cache=True, nogil=True)
+def _write_step_sums(values_iv, starts_b, lengths_b, rows_b, out_bD, column, accumulate):
+    """out_bD[rows_b[k], column + v] = the sum of values_iv[i, v] over episode k's steps, the layout
+    rows starts_b[k] .. starts_b[k] + lengths_b[k] - 1 (+= when ``accumulate``): a bias's or the
+    log-std's per-episode gradient from its per-step ones."""
+    n_v = values_iv.shape[1]
+    acc_v = np.empty(n_v)
+    for k in range(starts_b.shape[0]):
+        acc_v[:] = 0.0
+        for i in range(starts_b[k], starts_b[k] + lengths_b[k]):
+            for v in range(n_v):
+                acc_v[v] += values_iv[i, v]
+        for v in range(n_v):
+            if accumulate:
+                out_bD[rows_b[k], column + v] += acc_v[v]
+            else:
+                out_bD[rows_b[k], column + v] = acc_v[v]
+
+
+@njit(cache=True, nogil=True)
+def _write_outer_sums(deltas_iv, inputs_iv, starts_b, lengths_b, rows_b, out_bD, column, accumulate):
+    """out_bD[rows_b[k], column + v * n_in + u] = the sum of deltas_iv[i, v] inputs_iv[i, u] over
+    episode k's steps (as :func:`_write_step_sums`): a thin linear layer's per-episode weight
+    gradient, flattened as its (out, in) weight. The inner loop runs over the wider side, contiguous
+    in both the step's row and the accumulator."""
+    n_out, n_in = deltas_iv.shape[1], inputs_iv.shape[1]
+    wide_out = n_out >= n_in
+    acc_vv = np.empty((n_in, n_out) if wide_out else (n_out, n_in))
+    for k in range(starts_b.shape[0]):
+        acc_vv[:] = 0.0
+        for i in range(starts_b[k], starts_b[k] + lengths_b[k]):
+            if wide_out:
+                for u in range(n_in):
+                    a = inputs_iv[i, u]
+                    for v in range(n_out):
+                        acc_vv[u, v] += a * deltas_iv[i, v]
+            else:
+                for v in range(n_out):
+                    delta = deltas_iv[i, v]
+                    for u in range(n_in):
+                        acc_vv[v, u] += delta * inputs_iv[i, u]
+        for v in range(n_out):
+            for u in range(n_in):
+                total = acc_vv[u, v] if wide_out else acc_vv[v, u]
+                if accumulate:
+                    out_bD[rows_b[k], column + v * n_in + u] += total
+                else:
+                    out_bD[rows_b[k], column + v * n_in + u] = total
+
+
 def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt, grads_bD) -> None:
     """Fill the rows of ``grads_bD`` of the episodes in ``groups`` (a pass that fits in memory).
 
     One forward and one backward pass over the groups' steps (each episode padded only to its
     group's longest, weight zero on padding) give every linear layer's input a_t and output gradient
     delta_t; the episode's weight gradient is sum_t delta_t a_t^T and its bias gradient sum_t delta_t
-    (Goodfellow 2015, "Efficient per-example gradient computations"), one batched matrix product per
-    group, as one backward pass computes their sum over all steps. The log-std's gradient is summed
-    per episode from its per-step copies."""
+    (Goodfellow 2015, "Efficient per-example gradient computations"), as one backward pass computes
+    their sum over all steps. A wide layer's products are one batched matrix product per group; a
+    thin layer's, every bias's and the log-std's sums one compiled pass over the episodes' steps."""
     flat_i, steps_g = _packed_order(episodes, groups)
 
     def steps_of(array_bt: Tensor) -> Tensor:  # (B, T, ...) -> (steps of the layout, ...)
@@ -349,34 +404,45 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
     if entropy_bt is not None:
         total = total + (steps_of(entropy_bt) * policy.head_entropy(x, log_std)).sum()
     deltas = torch.autograd.grad(total, outputs + ([] if log_std is None else [log_std]))
-    sizes = [len(group) * steps for group, steps in zip(groups, steps_g, strict=True)]
-    inputs_g = [a.detach().split(sizes) for a in inputs]  # [layer][group]: views, one call per layer
-    deltas_g = [delta.split(sizes) for delta in deltas]
+    # The layout's episodes in order: where each one's steps start, how many run, and its row.
+    rows_b = np.concatenate(groups)
+    slots_b = np.repeat(steps_g, [len(group) for group in groups])
+    steps_layout = (np.cumsum(slots_b) - slots_b, episodes.lengths_b[rows_b].astype(np.int64), rows_b)
+    grads_np = grads_bD.numpy()
     layout_sizes = [size for _, size in parameter_layout(policy)]
-    blocks = dict(zip(map(id, policy.parameters()), grads_bD.split(layout_sizes, dim=1), strict=True))
-    # One (n, out, in) buffer per layer for every group's products: a fresh one per group is a new
-    # mapping of memory each time, and its page faults cost about as much as the products.
-    most = max(map(len, groups))
-    products = [torch.empty((most, m.out_features, m.in_features), dtype=DTYPE) for m in linears]
-    for g, (group, steps) in enumerate(zip(groups, steps_g, strict=True)):
-        n = len(group)
-        terms: list[tuple[Tensor, Tensor]] = []  # (parameter, its (n, size) per-episode gradient)
-        for k, module in enumerate(linears):
-            delta_nto = deltas_g[k][g].view(n, steps, -1)
-            a_nti = inputs_g[k][g].view(n, steps, -1)
-            weight_n = torch.bmm(delta_nto.transpose(1, 2), a_nti, out=products[k][:n]).flatten(1)
-            terms.append((module.weight, weight_n))
-            if module.bias is not None:
-                terms.append((module.bias, delta_nto.sum(1)))
-        if log_std is not None:
-            terms.append((policy.log_std, deltas_g[-1][g].view(n, steps, -1).sum(1)))
-        rows, written = torch.from_numpy(group), set()
-        for parameter, part_n in terms:  # a shared layer's parameter: the sum over its uses
-            if id(parameter) in written:
-                blocks[id(parameter)].index_add_(0, rows, part_n)
-            else:
-                blocks[id(parameter)].index_copy_(0, rows, part_n)
-                written.add(id(parameter))
+    ids = list(map(id, policy.parameters()))
+    columns = dict(zip(ids, np.cumsum([0, *layout_sizes[:-1]]).tolist(), strict=True))
+    blocks = dict(zip(ids, grads_bD.split(layout_sizes, dim=1), strict=True))
+    written: set[int] = set()
+
+    def accumulate(parameter: Tensor) -> bool:  # a shared layer's parameter: the sum over its uses
+        seen = id(parameter) in written
+        written.add(id(parameter))
+        return seen
+
+    sizes = [len(group) * steps for group, steps in zip(groups, steps_g, strict=True)]
+    for module, a, delta in zip(linears, inputs, deltas[: len(linears)], strict=True):
+        a_iv, delta_iv = a.detach().numpy(), delta.numpy()
+        if module.bias is not None:
+            column = columns[id(module.bias)]
+            _write_step_sums(delta_iv, *steps_layout, grads_np, column, accumulate(module.bias))
+        column, add = columns[id(module.weight)], accumulate(module.weight)
+        if min(module.in_features, module.out_features) <= THIN_UNITS:
+            _write_outer_sums(delta_iv, a_iv, *steps_layout, grads_np, column, add)
+            continue
+        write = blocks[id(module.weight)].index_add_ if add else blocks[id(module.weight)].index_copy_
+        # One (n, out, in) buffer for every group's products: a fresh one per group is a new mapping
+        # of memory each time, and its page faults cost about as much as the products.
+        products = torch.empty((max(map(len, groups)), module.out_features, module.in_features), dtype=DTYPE)
+        pieces = zip(groups, steps_g, delta.split(sizes), a.detach().split(sizes), strict=True)
+        for group, steps, delta_g, a_g in pieces:
+            n = len(group)
+            deltas_btv, inputs_btv = delta_g.view(n, steps, -1), a_g.view(n, steps, -1)
+            weight_b = torch.bmm(deltas_btv.transpose(1, 2), inputs_btv, out=products[:n]).flatten(1)
+            write(0, torch.from_numpy(group), weight_b)
+    if log_std is not None:
+        column = columns[id(policy.log_std)]
+        _write_step_sums(deltas[-1].numpy(), *steps_layout, grads_np, column, accumulate(policy.log_std))
 
 
 def episode_gradients(
