@@ -299,6 +299,21 @@ EXAMPLES: tuple[Example, ...] = (
         (Command(".venv/bin/python examples/grpo_prompts.py", ("python", "examples/grpo_prompts.py")),),
     ),
     Example(
+        "groups-train",
+        "docs/groups.md",
+        (
+            pgvar(
+                "train --mdp prompts -e rtg+loo,rtg+group,rtg+group-std,rtg+value --group 4 --N 8 --lr 0.5"
+                " --updates 100 --runs 5",
+                "--out",
+                "{out}",
+                keep=chain(drop_column("seconds"), drop_lines(r"wrote ")),
+            ),
+        ),
+        note="*Left out (scripts/docs_examples.py): the seconds column (timings) and the last line, "
+        "which names the files written.*",
+    ),
+    Example(
         "groups-lesson",
         "docs/groups.md",
         (pgvar("exact -e vanilla,rtg+base,rtg+loo,rtg+group-std --group 4"),),

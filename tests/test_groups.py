@@ -71,7 +71,7 @@ def test_group_specs_parse_with_their_group_size():
         ("rtg+none:per-length", 4, "':per-length' goes with the group baselines"),
         ("gae0.9+loo", 4, "GAE takes its baseline as the value function"),
         ("rtg+loo:per-length:per-length", 4, "a suffix given twice"),
-        ("return+loo", None, "are measured by pgvar exact and pgvar variance"),
+        ("return+loo", None, "are measured by pgvar exact, pgvar variance and pgvar train"),
     ],
 )
 def test_bad_group_specs_say_what_is_wrong(text, group, message):
@@ -433,7 +433,15 @@ def test_pgvar_variance_measures_groups_and_reports_the_exact_bias(capsys):
             ["readings", "-e", "return+loo"],
             "group baselines (loo, group, group-std) are measured by pgvar exact",
         ),
-        (["train", "-e", "rtg+group-std"], "are measured by pgvar exact and pgvar variance"),
+        (["train", "-e", "rtg+group-std"], "needs groups of K >= 2"),
+        (
+            ["train", "--mdp", "prompts", "-e", "rtg+loo", "--group", "4", "--N", "6"],
+            "N = 6 is not a multiple",
+        ),
+        (
+            ["train", "--env", "CartPole-v1", "-e", "rtg+loo", "--group", "2"],
+            "--group: only for a tabular MDP",
+        ),
         (["exact", "--env", "FrozenLake-v1", "-e", "rtg+loo", "--group", "2"], "not for neural policies"),
     ],
 )

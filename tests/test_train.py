@@ -20,8 +20,11 @@ from pgvar.baselines import LearnedBaseline
 from pgvar.commands.train import train as train_command
 from pgvar.curves import default_out, save
 from pgvar.errors import PgvarError, SpecError
-from pgvar.exact import objective
+from pgvar.estimators import parse_estimator
+from pgvar.exact import exact_gradient, objective
+from pgvar.groups import group_moments
 from pgvar.kpi import mean_ci, t_quantile_975
+from pgvar.policy import uniform_theta
 from pgvar.train import (
     EXACT_LABEL,
     TrainConfig,
@@ -137,6 +140,29 @@ def test_a_baseline_learns_faster_on_the_short_corridor():
     reach = episodes_to_reach(based.curves[0], 1.1 * -11.657)
     assert np.isfinite(reach).sum() >= 3  # most runs are within 10% of v* after 100 episodes
     assert not np.isfinite(episodes_to_reach(plain.curves[0], 1.1 * -11.657)).any()
+
+
+def test_group_baselines_step_by_their_exact_mean_and_record_their_exact_variance():
+    """One update of N = 16,384 episodes (8,192 groups of K = 2) on prompts steps by lr times an
+    estimate of E g: grad J for rtg+loo (RLOO is unbiased), (K - 1)/K grad J for rtg+group (GRPO's
+    mean). The squared error's mean is tr Var / N (exact, pgvar.groups), so it is under 10 times that
+    with P > 0.9 (Markov); the two means are |grad J / 2|^2 = 6.7e-4 apart, 3 and 12 of those bounds,
+    so a sampler that ignored the groups would fail. The recorded variance is the exact one over N."""
+    mdp = envs.make("prompts")
+    theta0 = uniform_theta(mdp)
+    k, n = 2, 16_384
+    specs = [parse_estimator(text, group=k) for text in ("rtg+loo", "rtg+group")]
+    config = TrainConfig(lr=1.0, n=n, updates=1, runs=1, variance_every=1)
+    result = train(mdp, specs, config, exact_reference=False)
+    grad = exact_gradient(mdp, theta0).ravel()
+    for spec, curve, expected in zip(specs, result.curves, (grad, (k - 1) / k * grad), strict=True):
+        moments = group_moments(mdp, theta0, spec)
+        np.testing.assert_allclose(moments.mean, expected, atol=1e-12)
+        assert curve.variance_rk[0, 0] == pytest.approx(moments.variance_trace / n, rel=1e-12)
+        step = (curve.theta_rp[0] - theta0.ravel()) / config.lr
+        assert np.sum((step - expected) ** 2) < 10 * moments.variance_trace / n, spec.name
+    with pytest.raises(SpecError, match="N = 6 is not a multiple of the group size K = 4"):
+        train(mdp, [parse_estimator("rtg+loo", group=4)], TrainConfig(n=6))
 
 
 def test_runs_are_reproducible_and_independent():
@@ -407,6 +433,18 @@ def test_command_rejects_bad_options_with_one_line(args, option, tmp_path):
     message = str(result.exception)
     assert message.startswith(option) and "\n" not in message
     assert not (tmp_path / "x").exists()
+
+
+def test_command_trains_group_baselines_on_prompts(tmp_path):
+    out = tmp_path / "grpo"
+    args = ["--mdp", "prompts", "-e", "rtg+loo,rtg+group-std", "--group", "2", "--N", "4", "--updates", "3"]
+    result = invoke([*args, "--runs", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["estimator"] for row in summary["summary"]] == ["rtg+loo", "rtg+group-std", EXACT_LABEL]
+    with (out / "curves.csv").open() as f:
+        rows = [row for row in csv.DictReader(f) if row["estimator"] == "rtg+group-std"]
+    assert rows and all(np.isfinite(float(row["variance"])) for row in rows if row["update"] == "0")
 
 
 def test_command_refuses_an_out_path_that_is_a_file(tmp_path):

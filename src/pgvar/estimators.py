@@ -158,8 +158,8 @@ def parse_estimator(text: str, *, entropy: float = 0.0, group: int | None = 1) -
         )
     if grouped and group is None:
         raise SpecError(
-            f"estimator {raw!r}: group baselines ({', '.join(GROUP_BASELINES)}) are measured by pgvar exact "
-            "and pgvar variance (--group K), not here"
+            f"estimator {raw!r}: group baselines ({', '.join(GROUP_BASELINES)}) are measured by pgvar exact, "
+            "pgvar variance and pgvar train (--group K), not here"
         )
     if grouped and group < 2:
         raise SpecError(

@@ -21,6 +21,10 @@ Baselines that learn:
   (:class:`~pgvar.baselines.LearnedBaseline`; ``learned_by="observation"`` shares one value between
   states that look alike).
 
+Group baselines (``loo``, ``group``, ``group-std``: RLOO and GRPO, :mod:`pgvar.groups`) draw each
+batch as N/K groups of K episodes that share a start state (a prompt), fresh every update; the
+recorded variance is exact where the groups can be enumerated, else left out.
+
 Everything recorded per update (index 0 = the starting policy) is exact: the objective, J without the
 entropy term, the mean policy entropy, the variance of the next estimate and the action probabilities.
 All exact numbers come from :mod:`pgvar.exact` (linear solves for unbounded episodes). Files and plots
@@ -41,9 +45,11 @@ from pgvar.baselines import LEARNED_BY, LearnedBaseline, RunningBaselines
 from pgvar.errors import PgvarError, SpecError
 from pgvar.estimators import EstimatorSpec, parse_estimator
 from pgvar.exact import exact_gradient, exact_moments, expected_visits, objective, state_distribution, unroll
+from pgvar.groups import GroupMomentsError
 from pgvar.kpi import mean_ci
 from pgvar.mdp import TabularMDP
 from pgvar.montecarlo import UNBOUNDED_CAP, sample_batch_means
+from pgvar.montecarlo.groups import READ_COST, GroupSampler, check_group_size
 from pgvar.policy import entropy_table, softmax, uniform_theta
 from pgvar.validation import check_choice, check_int, check_number, check_seed
 
@@ -272,22 +278,28 @@ def ascend(
         log.record(k, mdp, theta, spec.entropy)
         if _variance_due(k, config):
             table = learned.table() if learned is not None else None
-            moments = exact_moments(mdp, theta, spec, learned_ts=table)
+            try:
+                moments = exact_moments(mdp, theta, spec, learned_ts=table)
+            except GroupMomentsError:  # a group baseline whose groups cannot be enumerated: no record
+                return
             log.variance[k] = moments.variance_trace / config.n
 
     record(0)
     for update in range(1, config.updates + 1):
         try:
-            sample = sample_batch_means(
-                mdp,
-                theta,
-                [spec],
-                config.n,
-                1,
-                _child(seed, update),
-                running=running,
-                learned_ts=learned.table() if learned is not None else None,
-            )
+            if spec.grouped:  # N/K groups of K episodes that share a start state
+                sample = GroupSampler(mdp, theta, [spec]).sample(config.n, 1, _child(seed, update))
+            else:
+                sample = sample_batch_means(
+                    mdp,
+                    theta,
+                    [spec],
+                    config.n,
+                    1,
+                    _child(seed, update),
+                    running=running,
+                    learned_ts=learned.table() if learned is not None else None,
+                )
             if sample.truncated_episodes:  # a cut episode would bias the estimate: stop instead
                 raise PgvarError(
                     f"{sample.truncated_episodes} episode(s) ran past the sampler's cap of "
@@ -409,7 +421,10 @@ def train(
     ]
     if not specs and not exact_reference:
         raise SpecError("estimators: give at least one (or ask for the exact reference)")
-    episodes = float(config.runs) * len(specs) * config.updates * config.n
+    for spec in specs:
+        if spec.grouped:
+            check_group_size(spec, config.n)
+    episodes = sum(config.runs * config.updates * config.n * (READ_COST if s.grouped else 1.0) for s in specs)
     budget.check_steps(
         f"train: {config.runs} runs x {len(specs)} estimators x {config.updates} updates x N={config.n}",
         episodes * _episode_steps(mdps[0], theta0),

@@ -102,17 +102,18 @@ def check_start(model, logits, entropy: float, theta_text: str) -> None:
         )
 
 
-def check_cost(model, config, theta_size: int, curves: int) -> None:
+def check_cost(model, config, theta_size: int, curves: int, step_cost: float = 1.0) -> None:
     """Refuse up front (:class:`~pgvar.budget.BudgetError`, one line) a training whose loop alone would
     outlast the current limits or whose records would not fit: ``curves`` runs of ``config.updates``
-    updates, each a fixed cost, N episodes of sampling and an exact evaluation of the policy."""
+    updates, each a fixed cost, N episodes of sampling (``step_cost`` compiled steps a step) and an
+    exact evaluation of the policy."""
     from pgvar import budget
 
     steps = model.horizon or 1  # unbounded episodes: the sampler checks its own batches
     entries = steps * model.n_states**2 * model.n_actions
     per_update = (
         UPDATE_SECONDS
-        + config.n * steps / budget.MC_STEPS_PER_SECOND
+        + config.n * steps * step_cost / budget.MC_STEPS_PER_SECOND
         + entries / budget.EXACT_ENTRIES_PER_SECOND
     )
     budget.check(
@@ -216,6 +217,14 @@ def train(
             "run for finite horizons, never for unbounded episodes, where it is slow).",
         ),
     ] = None,
+    group: Annotated[
+        int | None,
+        typer.Option(
+            "--group",
+            help="Group size K of the group baselines loo, group and group-std (>= 2; default 1): each "
+            "update's N episodes are N/K groups of K that share a start state.",
+        ),
+    ] = None,
 ) -> None:
     """Train with stochastic gradient ascent (batch of N episodes per update) for several runs; plot
     learning curves (mean and 95% band over runs) beside ascent on the exact gradient. With --env, train
@@ -229,6 +238,7 @@ def train(
             "--baseline-lr": baseline_lr,
             "--learned-by": learned_by,
             "--variance-every": variance_every,
+            "--group": group,
         }
         for option, value in tabular_only.items():
             if value is not None:
@@ -255,9 +265,10 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pgvar.curves import check_out_dir, default_out, save
-    from pgvar.estimators import parse_estimators
+    from pgvar.estimators import MAX_GROUP, parse_estimators
     from pgvar.mdp import REWARD_LIMIT
     from pgvar.mdpfile import resolve_mdp
+    from pgvar.montecarlo.groups import READ_COST, check_group_size
     from pgvar.policy import parse_theta
     from pgvar.train import TrainConfig, validate_config
     from pgvar.train import train as run_training
@@ -280,7 +291,14 @@ def train(
     check_number(entropy, "--entropy", low=0, high=REWARD_LIMIT)
     model = resolve_mdp(mdp)
     logits = parse_theta(theta, model)
-    specs = parse_estimators(estimators, entropy=entropy, group=None)
+    specs = parse_estimators(
+        estimators,
+        entropy=entropy,
+        group=check_int(1 if group is None else group, "--group", low=1, high=MAX_GROUP),
+    )
+    for spec in specs:
+        if spec.grouped:
+            check_group_size(spec, n)
     if variance_every is None:
         fields["variance_every"] = max(1, n_updates // AUTO_VARIANCE_RECORDS) if model.horizon else 0
     config = TrainConfig(**fields)
@@ -288,7 +306,8 @@ def train(
     # a folder the user names is created, not its parents; the default runs/train-... may create runs/
     check_out_dir(out_dir, overwrite, option="--out", parents=out is None)
     check_start(model, logits, entropy, theta)
-    check_cost(model, config, logits.size, len(specs) * runs + (1 if exact_reference else 0))
+    curves = len(specs) * runs + (1 if exact_reference else 0)
+    check_cost(model, config, logits.size, curves, READ_COST if any(s.grouped for s in specs) else 1.0)
 
     total = (len(specs) * runs + (1 if exact_reference else 0)) * n_updates
     with Progress(

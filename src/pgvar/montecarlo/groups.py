@@ -35,6 +35,7 @@ GROUP_STREAM = 0x6770  # the grouped episodes' stream key beside the independent
 CHUNK_EPISODES = 65_536  # episodes drawn at a time (each chunk its own stream), whatever the total
 ESTIMATE_EPISODES = 80_000  # episodes sampled where a group baseline's moments cannot be enumerated
 ESTIMATE_MIN_GROUPS = 256
+READ_COST = 20  # a grouped step, read by the NumPy reference estimator, costs about 20 compiled ones
 
 
 def estimate_groups(k: int) -> int:
@@ -99,7 +100,7 @@ class GroupSampler:
         steps = episodes * self.steps
         budget.check_steps(
             f"{what}: {episodes:,.0f} grouped episodes, about {steps:,.3g} agent steps",
-            steps * 20,  # read by the NumPy reference, about 20 times a compiled read-out's cost per step
+            steps * READ_COST,
             memory=8.0
             * min(episodes, CHUNK_EPISODES)
             * (self.steps * (self.mdp.n_actions * 6 + 4) + self.theta.size),
