@@ -183,6 +183,17 @@ SLOW_NOTE = (
     "regenerates it. Left out: the last line (the run time and the files written).*"
 )
 
+
+def train_example(name: str, doc: str, options: str) -> Example:
+    """``pgvar train OPTIONS`` into a fresh folder, its timings and the files it names left out."""
+    keep = chain(drop_column("seconds"), drop_lines(r"wrote "))
+    note = (
+        "*Left out (scripts/docs_examples.py): the seconds column (timings) and the last line, which names "
+        "the files written.*"
+    )
+    return Example(name, doc, (pgvar(f"train {options}", "--out", "{out}", keep=keep),), note=note)
+
+
 EXAMPLES: tuple[Example, ...] = (
     Example("exact", "README.md", (pgvar("exact"),)),
     Example("variance", "README.md", (pgvar("variance --N 1,16"),)),
@@ -192,20 +203,10 @@ EXAMPLES: tuple[Example, ...] = (
         (pgvar("verify --mdp repayment", returncode=1, keep=fail_details_only),),
         note="*Exit code 1. The details under the PASS claims are left out (scripts/docs_examples.py).*",
     ),
-    Example(
+    train_example(
         "train-lesson",
         "docs/training.md",
-        (
-            pgvar(
-                "train --mdp lesson --estimators vanilla,rtg,base,rtg+base --lr 0.5 --N 4 --updates 50"
-                " --runs 5",
-                "--out",
-                "{out}",
-                keep=chain(drop_column("seconds"), drop_lines(r"wrote ")),
-            ),
-        ),
-        note="*Left out (scripts/docs_examples.py): the seconds column (timings) and the last line, "
-        "which names the files written.*",
+        "--mdp lesson --estimators vanilla,rtg,base,rtg+base --lr 0.5 --N 4 --updates 50 --runs 5",
     ),
     Example(
         "entropy-deceptive",
@@ -298,20 +299,11 @@ EXAMPLES: tuple[Example, ...] = (
         "docs/groups.md",
         (Command(".venv/bin/python examples/grpo_prompts.py", ("python", "examples/grpo_prompts.py")),),
     ),
-    Example(
+    train_example(
         "groups-train",
         "docs/groups.md",
-        (
-            pgvar(
-                "train --mdp prompts -e rtg+loo,rtg+group,rtg+group-std,rtg+value --group 4 --N 8 --lr 0.5"
-                " --updates 100 --runs 5",
-                "--out",
-                "{out}",
-                keep=chain(drop_column("seconds"), drop_lines(r"wrote ")),
-            ),
-        ),
-        note="*Left out (scripts/docs_examples.py): the seconds column (timings) and the last line, "
-        "which names the files written.*",
+        "--mdp prompts -e rtg+loo,rtg+group,rtg+group-std,rtg+value --group 4 --N 8 --lr 0.5 --updates 100"
+        " --runs 5",
     ),
     Example(
         "groups-lesson",
