@@ -903,6 +903,10 @@ def test_a_group_baseline_ticks_with_its_exact_value_and_bias():
     exact = exact_moments(state.mdp, state.theta, parse_estimator("rtg+group", group=4)).variance_trace / 16
     assert group.exact == pytest.approx(exact)
     assert group.lo <= group.variance <= group.hi
+    rows = list(csv.DictReader(io.StringIO(readings_csv(state))))
+    assert float(rows[3]["exact_bias"]) == pytest.approx(grad_norm / 4, rel=1e-9)
+    assert float(rows[3]["exact_cosine"]) == pytest.approx(1.0)
+    assert rows[1]["exact_bias"] == rows[1]["exact_cosine"] == ""  # unbiased: empty, as on the page
     state.set_knobs(baseline_kind="loo")
     loo = state.tick().configs[3]
     assert loo.spec == "rtg+loo" and loo.bias is None and loo.exact is not None
