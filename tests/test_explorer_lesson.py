@@ -20,6 +20,7 @@ from pgvar.explorer.lesson import (
     percent,
     ratio_words,
     story_caption,
+    story_changes,
     story_knobs,
     story_step_of,
     tone,
@@ -141,6 +142,7 @@ def test_a_story_link_opens_at_its_step_and_a_knob_ends_it():
     settle(view)
     lesson = view.lesson
     assert lesson.story == 3 and (lesson.rtg, lesson.baseline, lesson.n) == (True, True, 1)
+    assert "query" not in view.state.messages
     assert view.lesson.view["caption"]["title"] == "Step 3 of 4: the baseline on"
     assert "story=3" in view.lesson.query
     view.lesson.story = 4  # "next"
@@ -149,6 +151,31 @@ def test_a_story_link_opens_at_its_step_and_a_knob_ends_it():
     view.lesson.rtg = False  # a knob by hand: free play
     settle(view)
     assert view.lesson.story == 0 and view.lesson.view["caption"] is None and "story" not in view.lesson.query
+
+
+def test_the_story_sets_a_group_baseline_aside_and_says_so():
+    """A group baseline needs N >= K >= 2 and the story's steps 1 to 3 take N = 1: a story link or
+    button with a group kind chosen takes the lesson's running-mean baseline instead (the link says
+    why), so the story opens at its step instead of giving way to free play."""
+    pytest.importorskip("panel")
+    from pgvar.explorer.page import build
+
+    assert story_changes(2, "lesson", 8) == story_knobs(2)
+    assert story_changes(2, "group-std", 8) == {**story_knobs(2), "baseline_kind": "lesson"}
+    assert story_changes(4, "group-std", 8) == story_knobs(4)  # N = 64: whole groups of 8
+    view = build("lesson", seed=0, query={"kind": "group", "group": "8", "story": "1"})
+    view.state._executor = None
+    settle(view)
+    assert view.lesson.story == 1 and view.state.knobs.baseline_kind == "lesson" and view.state.knobs.n == 1
+    assert "kind=group set aside for the story" in view.state.messages["query"]
+    assert view.lesson.view["caption"]["step"] == 1
+    free = build("lesson", seed=0, query={"kind": "loo", "baseline": "1"})  # no story yet: N lifted to K
+    free.state._executor = None
+    settle(free)
+    assert free.state.knobs.n == free.state.knobs.group and free.lesson.story == 0
+    free.lesson.story = 3  # a story button
+    settle(free)
+    assert free.lesson.story == 3 and free.state.knobs.baseline_kind == "lesson" and free.state.knobs.n == 1
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pgvar.estimators import GROUP_BASELINES
 from pgvar.explorer.state import (
     CONFIG_COLOURS,
     CONFIGS,
@@ -26,6 +27,7 @@ from pgvar.explorer.state import (
     STORY_STEPS,
     ConfigReading,
     Frame,
+    Knobs,
     TickResult,
 )
 from pgvar.vocabulary import BASELINE_KINDS
@@ -194,6 +196,16 @@ def story_knobs(step: int) -> dict[str, object]:
         3: {"rtg": True, "baseline": True, "n": 1},
         4: {"rtg": True, "baseline": True, "n": STORY_N},
     }[step]
+
+
+def story_changes(step: int, baseline_kind: str, group: int) -> dict[str, object]:
+    """What going to a story step changes: its three knobs (:func:`story_knobs`), and, in place of a
+    group baseline whose groups of K episodes are more than the step's N (N = 1 in steps 1 to 3),
+    the lesson's running-mean baseline."""
+    changes = story_knobs(step)
+    if baseline_kind in GROUP_BASELINES and changes["n"] < group:
+        changes["baseline_kind"] = Knobs.baseline_kind
+    return changes
 
 
 def story_step_of(rtg: bool, baseline: bool, n: int) -> int:

@@ -78,7 +78,7 @@ from pgvar.explorer.lesson import (
     bias_text,
     number,
     page_view,
-    story_knobs,
+    story_changes,
     story_step_of,
 )
 from pgvar.explorer.state import (
@@ -96,6 +96,7 @@ from pgvar.explorer.state import (
     STORY_STEPS,
     ExplorerState,
     Frame,
+    Knobs,
     Span,
     builtin_choices,
     is_builtin_spec,
@@ -285,7 +286,13 @@ class ExplorerView:
         logits = changes.pop("logits", None)
         story = int(changes.pop("story", 0))
         if story:
-            changes.update(story_knobs(story))
+            kind = changes.get("baseline_kind", Knobs.baseline_kind)
+            changes.update(story_changes(story, kind, changes.get("group", Knobs.group)))
+            if changes.get("baseline_kind", kind) != kind:
+                query_messages.append(
+                    f"query string: kind={kind} set aside for the story: its steps take N = 1, less than a "
+                    "group of K episodes; the lesson's running-mean baseline stands in"
+                )
         self._syncing = True
         self.lesson.story = story
         self._syncing = False
@@ -779,9 +786,14 @@ class ExplorerView:
         if self._syncing:
             return
         if step:
-            self._submit(partial(self.state.apply, **story_knobs(step)), "knobs")
+            self._submit(partial(self._go_to_story, step), "knobs")
         elif self._frame is not None:
             self._render_lesson(self._frame, latest=False)
+
+    def _go_to_story(self, step: int) -> None:
+        """The story step's knobs (in the session's worker, where the state's knobs are current)."""
+        knobs = self.state.knobs
+        self.state.apply(**story_changes(step, knobs.baseline_kind, knobs.group))
 
     def _sync_widgets(self, frame: Frame) -> None:
         k = frame.knobs
