@@ -421,13 +421,12 @@ def train(
     ]
     if not specs and not exact_reference:
         raise SpecError("estimators: give at least one (or ask for the exact reference)")
-    for spec in specs:
-        if spec.grouped:
-            check_group_size(spec, config.n)
-    episodes = sum(config.runs * config.updates * config.n * (READ_COST if s.grouped else 1.0) for s in specs)
+    for spec in specs:  # K = 1 takes any N
+        check_group_size(spec, config.n)
+    read_cost = sum(READ_COST if spec.grouped else 1.0 for spec in specs)  # in compiled episode reads
     budget.check_steps(
         f"train: {config.runs} runs x {len(specs)} estimators x {config.updates} updates x N={config.n}",
-        episodes * _episode_steps(mdps[0], theta0),
+        float(config.runs) * config.updates * config.n * read_cost * _episode_steps(mdps[0], theta0),
     )
     run_seeds = np.random.SeedSequence(config.seed).spawn(config.runs)
     curves = []

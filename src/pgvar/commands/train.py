@@ -296,9 +296,8 @@ def train(
         entropy=entropy,
         group=check_int(1 if group is None else group, "--group", low=1, high=MAX_GROUP),
     )
-    for spec in specs:
-        if spec.grouped:
-            check_group_size(spec, n)
+    for spec in specs:  # before --out is created (K = 1 takes any N)
+        check_group_size(spec, n)
     if variance_every is None:
         fields["variance_every"] = max(1, n_updates // AUTO_VARIANCE_RECORDS) if model.horizon else 0
     config = TrainConfig(**fields)
@@ -309,7 +308,7 @@ def train(
     curves = len(specs) * runs + (1 if exact_reference else 0)
     check_cost(model, config, logits.size, curves, READ_COST if any(s.grouped for s in specs) else 1.0)
 
-    total = (len(specs) * runs + (1 if exact_reference else 0)) * n_updates
+    total = curves * n_updates
     with Progress(
         TextColumn("training"),
         BarColumn(),

@@ -422,7 +422,8 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
 
     sizes = [len(group) * steps for group, steps in zip(groups, steps_g, strict=True)]
     for module, a, delta in zip(linears, inputs, deltas[: len(linears)], strict=True):
-        a_iv, delta_iv = a.detach().numpy(), delta.numpy()
+        a = a.detach()
+        a_iv, delta_iv = a.numpy(), delta.numpy()
         if module.bias is not None:
             column = columns[id(module.bias)]
             _write_step_sums(delta_iv, *steps_layout, grads_np, column, accumulate(module.bias))
@@ -434,7 +435,7 @@ def _packed_gradients(policy, modules, episodes, groups, weights_bt, entropy_bt,
         # One (n, out, in) buffer for every group's products: a fresh one per group is a new mapping
         # of memory each time, and its page faults cost about as much as the products.
         products = torch.empty((max(map(len, groups)), module.out_features, module.in_features), dtype=DTYPE)
-        pieces = zip(groups, steps_g, delta.split(sizes), a.detach().split(sizes), strict=True)
+        pieces = zip(groups, steps_g, delta.split(sizes), a.split(sizes), strict=True)
         for group, steps, delta_g, a_g in pieces:
             n = len(group)
             deltas_btv, inputs_btv = delta_g.view(n, steps, -1), a_g.view(n, steps, -1)
